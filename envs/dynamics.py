@@ -1,0 +1,88 @@
+"""Pure pieces of the step: feasible port power, node projection, battery update, plug events.
+
+Every function works on whole batches: arrays (B, P) over envs and ports, (B, N) over nodes.
+Port power is grid-side kW, positive when charging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.site import SiteParams
+
+
+def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_charge_kw,
+                    ev_max_discharge_kw, min_soc):
+    """Grid-side (charge, discharge) kW each port can take this step, both >= 0.
+
+    Charge: the port limit, the car's limit tapered linearly from 1 at ``taper_knee_soc`` to
+    ``taper_floor`` at full, the room left in the battery, and the energy still requested.
+    Discharge: the consented limit and the energy above ``min_soc``.
+    """
+    dt = params.dt_hours
+    knee, floor = params.taper_knee_soc, params.taper_floor
+    taper = np.minimum(1.0, 1.0 - (1.0 - floor) * (soc - knee) / (1.0 - knee))
+    eta_c, eta_d = params.port_charge_efficiency, params.port_discharge_efficiency
+    room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
+    charge = np.minimum(np.minimum(params.port_max_charge_kw, ev_max_charge_kw * taper),
+                        room_kwh / (eta_c * dt))
+    above_min_kwh = (soc - min_soc) * battery_kwh
+    discharge = np.minimum(ev_max_discharge_kw, above_min_kwh * (eta_d / dt))
+    return np.maximum(charge, 0.0), np.maximum(discharge, 0.0)
+
+
+def _subtree_sums(cumulative: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return cumulative[:, hi] - cumulative[:, lo]
+
+
+def _prefix_sum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros((x.shape[0], x.shape[1] + 1))
+    np.cumsum(x, axis=1, out=out[:, 1:])
+    return out
+
+
+def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.ndarray):
+    """Scale port powers bottom-up until every node's flow is within its limits.
+
+    At each node, if the net flow (inflexible load - PV + ports below) exceeds the import limit,
+    the charging ports below it are scaled down by one common factor; if it exceeds the export
+    limit, the discharging ports are. When even zero charging (or discharging) cannot bring a
+    node within its limit, the remainder is exogenous and is returned as violation.
+
+    Returns (projected power (B, P), root flow kW (B,), violation kW summed over nodes (B,)).
+    """
+    x = power_kw
+    violation = np.zeros(x.shape[0])
+    root_flow = None
+    for level, slot in zip(params.levels_bottom_up, params.level_port_slot, strict=True):
+        lo, hi = params.node_port_lo[level], params.node_port_hi[level]
+        pos, neg = np.maximum(x, 0.0), np.minimum(x, 0.0)
+        sum_pos = _subtree_sums(_prefix_sum(pos), lo, hi)
+        sum_neg = _subtree_sums(_prefix_sum(neg), lo, hi)
+        exo = node_exo_kw[:, level]
+        import_limit = params.node_import_limit_kw[level]
+        export_limit = params.node_export_limit_kw[level]
+        flow = exo + sum_pos + sum_neg
+        over_import = flow > import_limit
+        over_export = flow < -export_limit
+        if over_import.any() or over_export.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                keep_pos = np.where(over_import & (sum_pos > 0),
+                                    np.clip((import_limit - exo - sum_neg) / sum_pos, 0.0, 1.0), 1.0)
+                keep_neg = np.where(over_export & (sum_neg < 0),
+                                    np.clip((-export_limit - exo - sum_pos) / sum_neg, 0.0, 1.0), 1.0)
+            ones = np.ones((x.shape[0], 1))
+            scale_pos = np.concatenate([keep_pos, ones], axis=1)[:, slot]
+            scale_neg = np.concatenate([keep_neg, ones], axis=1)[:, slot]
+            x = pos * scale_pos + neg * scale_neg
+            flow = exo + sum_pos * keep_pos + sum_neg * keep_neg
+            violation = violation + (np.maximum(flow - import_limit, 0.0)
+                                     + np.maximum(-export_limit - flow, 0.0)).sum(axis=1)
+        root_flow = flow
+    return x, root_flow[:, 0], violation
+
+
+def battery_energy_kwh(params: SiteParams, power_kw: np.ndarray) -> np.ndarray:
+    """Energy into each battery over one step (negative when discharging)."""
+    return np.where(power_kw >= 0.0, power_kw * params.port_charge_efficiency,
+                    power_kw / params.port_discharge_efficiency) * params.dt_hours

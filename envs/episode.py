@@ -1,0 +1,96 @@
+"""Exogenous episode data (sampled once at reset) and the generator protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+from envs.site import SiteParams
+
+NO_ARRIVAL = np.iinfo(np.int32).max // 2
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Episode:
+    """Everything the environment does not control, for a batch of B episodes.
+
+    Series have ``L = horizon_steps + forecast_steps + 1`` entries so that the observation at
+    the final step still has a full forecast. EVs are listed per env in order of arrival and
+    padded to a common K; padding has ``ev_valid`` False and ``ev_arrival_step == NO_ARRIVAL``.
+    Steps are indices of the episode's time grid; an EV with arrival ``a`` and departure ``d``
+    is present during the intervals ``a .. d-1``.
+    """
+
+    weekday: np.ndarray  # (B,) int, 0 = Monday, of the episode's first step
+    price_buy_eur_kwh: np.ndarray  # (B, L)
+    price_sell_eur_kwh: np.ndarray  # (B, L) paid for energy exported to the grid
+    tariff_eur_kwh: np.ndarray  # (B, L) paid by EV users per kWh delivered to their battery
+    carbon_kg_kwh: np.ndarray  # (B, L) marginal emissions of grid imports
+    setpoint_kw: np.ndarray  # (B, L) requested site import for setpoint tracking
+    node_load_kw: np.ndarray  # (B, L, N) inflexible load hanging on each node
+    node_pv_kw: np.ndarray  # (B, L, N) PV generation hanging on each node
+    ev_valid: np.ndarray  # (B, K) bool
+    ev_arrival_step: np.ndarray  # (B, K) int
+    ev_departure_step: np.ndarray  # (B, K) int, real departure
+    ev_announced_departure_step: np.ndarray  # (B, K) int, what the driver told us
+    ev_battery_kwh: np.ndarray  # (B, K)
+    ev_soc_arrival: np.ndarray  # (B, K) in [0, 1]
+    ev_requested_kwh: np.ndarray  # (B, K) energy wanted in the battery by departure
+    ev_max_charge_kw: np.ndarray  # (B, K) the car's own limit at the plug
+    ev_max_discharge_kw: np.ndarray  # (B, K) 0 if the car cannot discharge
+    ev_v2g_consent: np.ndarray  # (B, K) bool
+    ev_min_soc: np.ndarray  # (B, K) never discharged below this SoC
+    port_rank: np.ndarray  # (B, P) int, free ports are taken in increasing rank
+    port_down: np.ndarray | None  # (B, horizon_steps + 1, P) bool outage schedule, or None
+
+    @property
+    def num_envs(self) -> int:
+        return self.weekday.shape[0]
+
+    @property
+    def max_evs(self) -> int:
+        return self.ev_valid.shape[1]
+
+    def check(self, params: SiteParams) -> None:
+        """Raise ValueError naming the field whose shape or values do not fit ``params``."""
+        b = self.num_envs
+        length = params.horizon_steps + params.forecast_steps + 1
+        n, p, k = params.num_nodes, params.num_ports, self.max_evs
+        expected = {
+            "weekday": (b,),
+            "port_rank": (b, p),
+            "node_load_kw": (b, length, n),
+            "node_pv_kw": (b, length, n),
+        }
+        for name in ("price_buy_eur_kwh", "price_sell_eur_kwh", "tariff_eur_kwh", "carbon_kg_kwh",
+                     "setpoint_kw"):
+            expected[name] = (b, length)
+        for field in dataclasses.fields(self):
+            if field.name.startswith("ev_"):
+                expected[field.name] = (b, k)
+        if self.port_down is not None:
+            expected["port_down"] = (b, params.horizon_steps + 1, p)
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if value.shape != shape:
+                raise ValueError(f"episode field {name} has shape {value.shape}, expected {shape}")
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ValueError(f"episode field {name} has non-finite values")
+        valid = self.ev_valid
+        if np.any(valid & (self.ev_departure_step <= self.ev_arrival_step)):
+            raise ValueError("episode field ev_departure_step must be after ev_arrival_step")
+        if np.any(np.diff(self.ev_arrival_step, axis=1) < 0):
+            raise ValueError("episode field ev_arrival_step must be sorted within each env")
+        if np.any(valid & ((self.ev_soc_arrival < 0) | (self.ev_soc_arrival > 1))):
+            raise ValueError("episode field ev_soc_arrival must lie in [0, 1]")
+        for name in ("ev_battery_kwh", "ev_requested_kwh", "ev_max_charge_kw", "ev_max_discharge_kw"):
+            if np.any(valid & (getattr(self, name) < 0)):
+                raise ValueError(f"episode field {name} must be >= 0")
+
+
+class Generator(Protocol):
+    """Samples a batch of exogenous episodes; the only source of randomness of an environment."""
+
+    def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode: ...

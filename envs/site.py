@@ -1,0 +1,317 @@
+"""Static site parameters: the power-node tree, ports, and their validation from YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from envs.reward import RewardWeights
+
+MINUTES_PER_DAY = 1440
+
+
+class SiteError(ValueError):
+    """Invalid site description; the message names the site and the offending field."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SiteParams:
+    """Static description of one charging site, shared by every env of a batch.
+
+    Nodes form a tree (index 0 is the grid connection) listed in depth-first preorder, so the
+    subtree of node ``n`` is the node range ``[n, node_subtree_end[n])`` and the ports below it
+    are the port range ``[node_port_lo[n], node_port_hi[n])``. Limits are kW at the node's
+    upstream side: import (power drawn from the parent) and export (power fed back).
+    Port powers are grid-side kW; the battery receives ``charge_efficiency`` of it when charging
+    and gives ``1 / discharge_efficiency`` of it when discharging.
+    """
+
+    name: str
+    dt_hours: float
+    horizon_steps: int
+    start_minute: int
+    node_names: tuple[str, ...]
+    node_parent: np.ndarray  # (N,) int, -1 for the root
+    node_import_limit_kw: np.ndarray  # (N,)
+    node_export_limit_kw: np.ndarray  # (N,)
+    port_names: tuple[str, ...]
+    port_node: np.ndarray  # (P,) int, node each port hangs on
+    port_max_charge_kw: np.ndarray  # (P,)
+    port_max_discharge_kw: np.ndarray  # (P,) 0 = unidirectional
+    port_charge_efficiency: np.ndarray  # (P,)
+    port_discharge_efficiency: np.ndarray  # (P,)
+    taper_knee_soc: float = 0.8
+    taper_floor: float = 0.1
+    queue_capacity: int = 10
+    queue_patience_steps: int = 4
+    forecast_steps: int = 8
+    reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
+    scenario: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        parent = self.node_parent
+        n = len(parent)
+        depth = np.zeros(n, dtype=np.int64)
+        for i in range(1, n):
+            depth[i] = depth[parent[i]] + 1
+        subtree_end = np.arange(1, n + 1)
+        for i in range(n - 1, 0, -1):
+            subtree_end[parent[i]] = max(subtree_end[parent[i]], subtree_end[i])
+        port_lo = np.searchsorted(self.port_node, np.arange(n), side="left")
+        port_hi = np.searchsorted(self.port_node, subtree_end - 1, side="right")
+        levels = tuple(np.flatnonzero(depth == d) for d in range(int(depth.max()), -1, -1))
+        slots = []
+        for level in levels:
+            slot = np.full(len(self.port_node), len(level), dtype=np.int64)
+            for i, node in enumerate(level):
+                slot[port_lo[node]:port_hi[node]] = i
+            slots.append(slot)
+        for name, value in (
+            ("node_depth", depth),
+            ("node_subtree_end", subtree_end),
+            ("node_port_lo", port_lo),
+            ("node_port_hi", port_hi),
+            ("levels_bottom_up", levels),
+            ("level_port_slot", tuple(slots)),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def num_ports(self) -> int:
+        return len(self.port_node)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_parent)
+
+    @property
+    def steps_per_day(self) -> int:
+        return round(24 / self.dt_hours)
+
+    def node_index(self, name: str) -> int:
+        try:
+            return self.node_names.index(name)
+        except ValueError:
+            raise SiteError(f"site {self.name!r}: unknown node {name!r}") from None
+
+    def replace(self, **changes) -> SiteParams:
+        return dataclasses.replace(self, **changes)
+
+
+def builtin_sites() -> list[str]:
+    folder = resources.files("envs") / "sites"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_site(site: str | Path | Mapping[str, Any] | SiteParams, **overrides) -> SiteParams:
+    """Site from a preset name, a YAML path, a mapping, or an existing SiteParams."""
+    if isinstance(site, SiteParams):
+        return site.replace(**overrides) if overrides else site
+    if isinstance(site, Mapping):
+        spec, origin = dict(site), "<mapping>"
+    else:
+        path = Path(site)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.exists():
+                raise SiteError(f"site file {str(path)!r} does not exist")
+            origin = str(path)
+        else:
+            preset = resources.files("envs") / "sites" / f"{site}.yaml"
+            if not preset.is_file():
+                raise SiteError(f"unknown site {str(site)!r}; presets: {', '.join(builtin_sites())}")
+            path, origin = preset, f"preset {site!r}"
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SiteError(f"site {origin}: invalid YAML: {err}") from None
+        if not isinstance(spec, Mapping):
+            raise SiteError(f"site {origin}: top level must be a mapping")
+    spec = _deep_update(dict(spec), overrides)
+    return _parse(spec, origin)
+
+
+def _deep_update(base: dict, changes: Mapping) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            base[key] = _deep_update(dict(base[key]), value)
+        else:
+            base[key] = value
+    return base
+
+
+class _Reader:
+    def __init__(self, origin: str, name: str):
+        self.where = f"site {name!r} ({origin})" if origin != f"preset {name!r}" else f"site {name!r}"
+
+    def fail(self, field: str, problem: str):
+        raise SiteError(f"{self.where}: {field} {problem}")
+
+    def number(self, spec, key, field, default=None, low=None, high=None, low_open=False):
+        value = spec.get(key, default)
+        if value is None:
+            self.fail(field, "is required")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            self.fail(field, f"must be a number, got {value!r}")
+        if not np.isfinite(value):
+            self.fail(field, f"must be finite, got {value!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            self.fail(field, f"must be {'>' if low_open else '>='} {low}, got {value:g}")
+        if high is not None and value > high:
+            self.fail(field, f"must be <= {high}, got {value:g}")
+        return value
+
+    def integer(self, spec, key, field, default=None, low=None):
+        value = self.number(spec, key, field, default, low)
+        if value != int(value):
+            self.fail(field, f"must be an integer, got {value:g}")
+        return int(value)
+
+
+def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
+    name = str(spec.get("name", Path(origin).stem if origin != "<mapping>" else "custom"))
+    r = _Reader(origin, name)
+    known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
+             "battery", "queue", "forecast_steps", "reward", "scenario"}
+    for key in spec:
+        if key not in known:
+            r.fail(str(key), f"is not a known field (known: {', '.join(sorted(known))})")
+    dt_minutes = r.number(spec, "dt_minutes", "dt_minutes", 15, 1, 60)
+    if dt_minutes != int(dt_minutes) or MINUTES_PER_DAY % int(dt_minutes):
+        r.fail("dt_minutes", f"must be a whole number of minutes dividing the day (1440), got {dt_minutes:g}")
+    dt_minutes = int(dt_minutes)
+    horizon = r.integer(spec, "horizon_steps", "horizon_steps", MINUTES_PER_DAY // dt_minutes, 1)
+    start_hour = r.number(spec, "start_hour", "start_hour", 0, 0, 24)
+    start_minute = round(start_hour * 60)
+    if start_minute % dt_minutes or start_minute >= MINUTES_PER_DAY:
+        r.fail("start_hour", f"must fall on a step boundary in [0, 24), got {start_hour:g}")
+
+    nodes, ports = _parse_tree(spec, r)
+    order = _preorder(nodes)
+    position = {node["name"]: i for i, node in enumerate(order)}
+    ports.sort(key=lambda port: position[port["node"]])
+
+    battery = spec.get("battery", {}) or {}
+    queue = spec.get("queue", {}) or {}
+    patience_minutes = r.number(queue, "patience_minutes", "queue.patience_minutes", 60, 0)
+    reward_spec = spec.get("reward", {}) or {}
+    try:
+        weights = RewardWeights(**reward_spec)
+    except TypeError as err:
+        r.fail("reward", f"has an unknown weight: {err}")
+    for field in dataclasses.fields(weights):
+        r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0)
+    knee = r.number(battery, "taper_knee_soc", "battery.taper_knee_soc", 0.8, 0, 1)
+    if knee >= 1:
+        r.fail("battery.taper_knee_soc", f"must be < 1, got {knee:g}")
+    array = np.asarray
+    return SiteParams(
+        name=name,
+        dt_hours=dt_minutes / 60,
+        horizon_steps=horizon,
+        start_minute=start_minute,
+        node_names=tuple(node["name"] for node in order),
+        node_parent=array([position[n["parent"]] if n["parent"] else -1 for n in order], dtype=np.int64),
+        node_import_limit_kw=array([n["import_kw"] for n in order], dtype=np.float64),
+        node_export_limit_kw=array([n["export_kw"] for n in order], dtype=np.float64),
+        port_names=tuple(p["name"] for p in ports),
+        port_node=array([position[p["node"]] for p in ports], dtype=np.int64),
+        port_max_charge_kw=array([p["max_charge_kw"] for p in ports], dtype=np.float64),
+        port_max_discharge_kw=array([p["max_discharge_kw"] for p in ports], dtype=np.float64),
+        port_charge_efficiency=array([p["charge_efficiency"] for p in ports], dtype=np.float64),
+        port_discharge_efficiency=array([p["discharge_efficiency"] for p in ports], dtype=np.float64),
+        taper_knee_soc=knee,
+        taper_floor=r.number(battery, "taper_floor", "battery.taper_floor", 0.1, 0, 1),
+        queue_capacity=r.integer(queue, "capacity", "queue.capacity", 10, 0),
+        queue_patience_steps=int(patience_minutes // dt_minutes),
+        forecast_steps=r.integer(spec, "forecast_steps", "forecast_steps", 8, 0),
+        reward=weights,
+        scenario=dict(spec.get("scenario", {}) or {}),
+    )
+
+
+def _parse_tree(spec, r: _Reader):
+    raw_nodes = spec.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        r.fail("nodes", "must be a non-empty list of {name, parent, limit_kw}")
+    nodes, names = [], set()
+    for i, raw in enumerate(raw_nodes):
+        field = f"nodes[{i}]"
+        if not isinstance(raw, Mapping) or "name" not in raw:
+            r.fail(field, "must be a mapping with a name")
+        node_name = str(raw["name"])
+        if node_name in names:
+            r.fail(f"{field}.name", f"duplicates node {node_name!r}")
+        names.add(node_name)
+        limit = r.number(raw, "limit_kw", f"{field}.limit_kw", None, 0, low_open=True)
+        export = r.number(raw, "export_limit_kw", f"{field}.export_limit_kw", limit, 0)
+        nodes.append({"name": node_name, "parent": raw.get("parent"), "import_kw": limit,
+                      "export_kw": export, "field": field})
+    roots = [n for n in nodes if n["parent"] is None]
+    if len(roots) != 1:
+        r.fail("nodes", f"must have exactly one root (a node without parent), found {len(roots)}")
+    for node in nodes:
+        if node["parent"] is not None and str(node["parent"]) not in names:
+            r.fail(f"{node['field']}.parent", f"names unknown node {node['parent']!r}")
+    raw_ports = spec.get("ports")
+    if not isinstance(raw_ports, list) or not raw_ports:
+        r.fail("ports", "must be a non-empty list of port groups")
+    ports = []
+    for g, raw in enumerate(raw_ports):
+        field = f"ports[{g}]"
+        if not isinstance(raw, Mapping):
+            r.fail(field, "must be a mapping")
+        node = str(raw.get("node"))
+        if node not in names:
+            r.fail(f"{field}.node", f"names unknown node {raw.get('node')!r}")
+        count = r.integer(raw, "count", f"{field}.count", 1, 1)
+        group = str(raw.get("name", f"{node}_port"))
+        charge = r.number(raw, "max_charge_kw", f"{field}.max_charge_kw", None, 0, low_open=True)
+        discharge = r.number(raw, "max_discharge_kw", f"{field}.max_discharge_kw", 0, 0)
+        eff_c = r.number(raw, "charge_efficiency", f"{field}.charge_efficiency", 0.95, 0, 1, True)
+        eff_d = r.number(raw, "discharge_efficiency", f"{field}.discharge_efficiency", eff_c, 0, 1, True)
+        per_charger = r.integer(raw, "ports_per_charger", f"{field}.ports_per_charger", 1, 1)
+        charger_kw = raw.get("charger_limit_kw")
+        if charger_kw is not None:
+            charger_kw = r.number(raw, "charger_limit_kw", f"{field}.charger_limit_kw", None, 0,
+                                  low_open=True)
+        for i in range(count):
+            parent = node
+            if charger_kw is not None:
+                parent = f"{group}_charger{i // per_charger}"
+                if i % per_charger == 0:
+                    if parent in names:
+                        r.fail(f"{field}.name", f"makes charger node {parent!r} that already exists")
+                    names.add(parent)
+                    nodes.append({"name": parent, "parent": node, "import_kw": charger_kw,
+                                  "export_kw": charger_kw, "field": field})
+            ports.append({"name": f"{group}{i}", "node": parent, "max_charge_kw": charge,
+                          "max_discharge_kw": discharge, "charge_efficiency": eff_c,
+                          "discharge_efficiency": eff_d})
+    port_names = [p["name"] for p in ports]
+    if len(set(port_names)) != len(port_names):
+        r.fail("ports", "produce duplicate port names; give each group a distinct name")
+    return nodes, ports
+
+
+def _preorder(nodes: list[dict]) -> list[dict]:
+    children: dict[str | None, list[dict]] = {}
+    for node in nodes:
+        children.setdefault(None if node["parent"] is None else str(node["parent"]), []).append(node)
+    order, stack, seen = [], list(reversed(children[None])), set()
+    while stack:
+        node = stack.pop()
+        seen.add(node["name"])
+        order.append(node)
+        stack.extend(reversed(children.get(node["name"], [])))
+    if len(order) != len(nodes):
+        cyclic = sorted(n["name"] for n in nodes if n["name"] not in seen)
+        raise SiteError(f"site nodes {cyclic} are not connected to the root (a cycle in parent)")
+    return order
