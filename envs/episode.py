@@ -53,6 +53,13 @@ class Episode:
     def max_evs(self) -> int:
         return self.ev_valid.shape[1]
 
+    def take(self, envs) -> Episode:
+        """The episodes of the given env indices (an int array or a slice), as a new batch."""
+        return Episode(**{
+            field.name: None if getattr(self, field.name) is None else getattr(self, field.name)[envs]
+            for field in dataclasses.fields(self)
+        })
+
     def check(self, params: SiteParams) -> None:
         """Raise ValueError naming the field whose shape or values do not fit ``params``."""
         b = self.num_envs
