@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.dynamics import available_power, battery_energy_kwh, project_to_limits
+from envs.dynamics import available_power, battery_energy_kwh, project_to_limits, split_power
 from envs.episode import Episode
+from envs.observation import step_observations
 from envs.plugging import plug_schedule
 from envs.reward import TERM_INDEX, TERMS
 from envs.site import SiteParams
 from envs.state import State
 
+_TINY = 1e-12
 _PORT_FIELDS = ("soc", "battery_kwh", "remaining_kwh", "delivered_kwh", "ev_max_charge_kw",
                 "ev_max_discharge_kw", "min_soc", "announced_departure_step")
 
@@ -23,29 +25,26 @@ def reset(params: SiteParams, episode: Episode) -> State:
     prefix = np.zeros(exo.shape[:2] + (exo.shape[2] + 1,))
     np.cumsum(exo, axis=2, out=prefix[:, :, 1:])
     node_exo = prefix[:, :, params.node_subtree_end] - prefix[:, :, :-1]
-    zeros = np.zeros((b, p))
+    schedule = plug_schedule(params, episode)
     state = State(
         t=0,
         episode=episode,
-        schedule=plug_schedule(params, episode),
+        schedule=schedule,
         node_exo_kw=node_exo,
+        site_load_kw=episode.node_load_kw.sum(axis=2),
+        site_pv_kw=episode.node_pv_kw.sum(axis=2),
+        step_obs=step_observations(params, episode, node_exo, schedule.queue_length),
         port_ev=np.full((b, p), -1, dtype=np.int32),
-        soc=zeros,
-        battery_kwh=zeros,
-        remaining_kwh=zeros,
-        delivered_kwh=zeros,
-        ev_max_charge_kw=zeros,
-        ev_max_discharge_kw=zeros,
-        min_soc=zeros,
-        announced_departure_step=np.zeros((b, p), dtype=np.int64),
-        max_charge_kw=zeros,
-        max_discharge_kw=zeros,
+        **{name: np.zeros((b, p), dtype=np.int64 if name == "announced_departure_step" else np.float64)
+           for name in _PORT_FIELDS},
+        max_charge_kw=np.zeros((b, p)),
+        max_discharge_kw=np.zeros((b, p)),
         ev_soc=episode.ev_soc_arrival.copy(),
         ev_delivered_kwh=np.zeros_like(episode.ev_soc_arrival),
         peak_import_kw=np.zeros(b),
         totals=np.zeros((b, len(TERMS))),
     )
-    state, _ = _plug_events(params, state)
+    state, _ = _plug_events(params, state, owned=_PORT_FIELDS)
     return _with_available_power(params, state)
 
 
@@ -58,25 +57,31 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     per-env arrays for the diagnostics that are not reward terms.
     """
     t, dt, episode = state.t, params.dt_hours, state.episode
-    action = check_action(params, state, action)
-    fraction = np.clip(action, -1.0, 1.0)
-    requested = np.where(fraction >= 0, fraction * state.max_charge_kw,
-                         fraction * state.max_discharge_kw)
+    fraction, clipped = check_action(params, state, action)
+    charge_kw, discharge_kw = split_power(fraction)
+    charge_kw *= state.max_charge_kw
+    discharge_kw *= state.max_discharge_kw
+    requested = charge_kw + discharge_kw
     power, site_kw, violation_kw = project_to_limits(params, requested, state.node_exo_kw[:, t])
-    energy = battery_energy_kwh(params, power)
-    occupied = state.occupied
-    battery = np.where(occupied, state.battery_kwh, 1.0)
-    soc = np.clip(state.soc + energy / battery, 0.0, 1.0) * occupied
+    if power is not requested:
+        charge_kw, discharge_kw = split_power(power)
+    energy = battery_energy_kwh(params, charge_kw, discharge_kw)
+    soc = energy / np.maximum(state.battery_kwh, _TINY)
+    soc += state.soc
+    np.clip(soc, 0.0, 1.0, out=soc)
 
+    net_kwh = energy.sum(axis=1)
+    charged_kwh = np.maximum(energy, 0.0).sum(axis=1)
+    discharged_kwh = charged_kwh - net_kwh
     imported, exported = np.maximum(site_kw, 0.0) * dt, np.maximum(-site_kw, 0.0) * dt
     peak = np.maximum(state.peak_import_kw, site_kw)
     terms = np.empty((state.num_envs, len(TERMS)))
     terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
-    charged_kwh = np.maximum(energy, 0.0).sum(axis=1)
     terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * charged_kwh
     terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
-    terms[:, TERM_INDEX["degradation_kwh"]] = np.abs(energy).sum(axis=1)
-    terms[:, TERM_INDEX["overload_requested_kwh"]] = np.abs(requested - power).sum(axis=1) * dt
+    terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
+    terms[:, TERM_INDEX["overload_requested_kwh"]] = (
+        np.abs(requested - power).sum(axis=1) * dt if power is not requested else 0.0)
     terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
     terms[:, TERM_INDEX["peak_increase_kw"]] = peak - state.peak_import_kw
     terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
@@ -86,36 +91,43 @@ def step(params: SiteParams, state: State, action: np.ndarray):
         t=t + 1, soc=soc, remaining_kwh=state.remaining_kwh - energy,
         delivered_kwh=state.delivered_kwh + energy, peak_import_kw=peak,
     )
-    state, unmet = _plug_events(params, state)
+    state, unmet = _plug_events(params, state, owned=("soc", "remaining_kwh", "delivered_kwh"))
     terms[:, TERM_INDEX["unmet_kwh"]] = unmet
     state = _with_available_power(params, state.replace(totals=state.totals + terms))
     schedule = state.schedule
     info = {
         "site_power_kw": site_kw,
         "charged_kwh": charged_kwh,
-        "discharged_kwh": np.maximum(-energy, 0.0).sum(axis=1),
+        "discharged_kwh": discharged_kwh,
         "turned_away": schedule.turned_away[:, t + 1],
         "abandoned": schedule.abandoned[:, t + 1],
         "wait_hours": schedule.wait_steps[:, t + 1] * dt,
-        "action_clipped": np.count_nonzero(fraction != action, axis=1),
+        "action_clipped": clipped,
     }
     return state, terms, info
 
 
-def check_action(params: SiteParams, state: State, action) -> np.ndarray:
-    """The action as a (B, P) float array; ValueError naming the env and port if it is unusable."""
+def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, np.ndarray]:
+    """The action clipped to [-1, 1] and the count of clipped entries per env.
+
+    Raises ValueError naming the env and port of a NaN or infinite entry, or naming the expected
+    shape. The caller's array is never modified.
+    """
     action = np.asarray(action)
     expected = (state.num_envs, params.num_ports)
     if action.shape != expected:
         raise ValueError(f"action has shape {action.shape}, expected {expected} "
                          f"(envs, ports of site {params.name!r})")
-    if action.dtype.kind not in "fiu":
+    if action.dtype.kind not in "fiub":
         raise ValueError(f"action has dtype {action.dtype}, expected a float array")
-    if action.dtype.kind == "f" and not np.isfinite(action).all():
+    largest = np.abs(action).max()
+    if largest <= 1.0:
+        return action, np.zeros(state.num_envs, dtype=np.int64)
+    if not np.isfinite(largest):
         env, port = np.argwhere(~np.isfinite(action))[0]
         raise ValueError(f"action for env {env}, port {port} ({params.port_names[port]}) is "
                          f"{action[env, port]}; actions must be finite")
-    return action
+    return np.clip(action, -1.0, 1.0), np.count_nonzero(np.abs(action) > 1.0, axis=1)
 
 
 def _with_available_power(params: SiteParams, state: State) -> State:
@@ -125,45 +137,53 @@ def _with_available_power(params: SiteParams, state: State) -> State:
     return state.replace(max_charge_kw=charge, max_discharge_kw=discharge)
 
 
-def _plug_events(params: SiteParams, state: State):
+def _plug_events(params: SiteParams, state: State, owned: tuple[str, ...] = ()):
     """Unplug leaving EVs and plug arriving ones per the schedule at ``state.t``.
 
+    Port arrays named in ``owned`` were created by the caller and may be written in place.
     Returns the new state and the unmet energy (kWh, per env) of EVs that departed for good.
     """
-    t, episode = state.t, state.episode
-    target = state.schedule.port_ev[:, t]
-    unmet = np.zeros(state.num_envs)
-    changed = target != state.port_ev
-    if not changed.any():
-        return state, unmet
-    fields = {name: getattr(state, name).copy() for name in _PORT_FIELDS}
+    t, episode, schedule = state.t, state.episode, state.schedule
+    unplug = slice(schedule.unplug_offsets[t], schedule.unplug_offsets[t + 1])
+    plug = slice(schedule.plug_offsets[t], schedule.plug_offsets[t + 1])
+    if unplug.start == unplug.stop and plug.start == plug.stop:
+        return state, _zeros(state.num_envs)
+    fields = {name: getattr(state, name) if name in owned else getattr(state, name).copy()
+              for name in _PORT_FIELDS}
+    port_ev = state.port_ev.copy()
     ev_soc, ev_delivered = state.ev_soc, state.ev_delivered_kwh
+    unmet = _zeros(state.num_envs)
 
-    bi, pi = np.nonzero(changed & state.occupied)
-    if bi.size:
-        ki = state.port_ev[bi, pi]
-        departed = episode.ev_departure_step[bi, ki] <= t
-        np.add.at(unmet, bi[departed], np.maximum(fields["remaining_kwh"][bi[departed], pi[departed]], 0.0))
-        moved = ~departed
-        if moved.any():
+    if unplug.start < unplug.stop:
+        bi, pi, ki = schedule.unplug_env[unplug], schedule.unplug_port[unplug], schedule.unplug_ev[unplug]
+        departed = schedule.unplug_departed[unplug]
+        left = np.maximum(fields["remaining_kwh"][bi, pi], 0.0)
+        unmet = np.bincount(bi[departed], left[departed], minlength=state.num_envs)
+        if not departed.all():
+            moved = ~departed
             ev_soc, ev_delivered = ev_soc.copy(), ev_delivered.copy()
             ev_soc[bi[moved], ki[moved]] = fields["soc"][bi[moved], pi[moved]]
             ev_delivered[bi[moved], ki[moved]] = fields["delivered_kwh"][bi[moved], pi[moved]]
         for name in _PORT_FIELDS:
             fields[name][bi, pi] = 0
+        port_ev[bi, pi] = -1
 
-    bi, pi = np.nonzero(changed & (target >= 0))
-    if bi.size:
-        ki = target[bi, pi]
+    if plug.start < plug.stop:
+        bi, pi, ki = schedule.plug_env[plug], schedule.plug_port[plug], schedule.plug_ev[plug]
         delivered = ev_delivered[bi, ki]
         consent = episode.ev_v2g_consent[bi, ki]
+        port_ev[bi, pi] = ki
         fields["soc"][bi, pi] = ev_soc[bi, ki]
         fields["battery_kwh"][bi, pi] = episode.ev_battery_kwh[bi, ki]
         fields["remaining_kwh"][bi, pi] = episode.ev_requested_kwh[bi, ki] - delivered
         fields["delivered_kwh"][bi, pi] = delivered
         fields["ev_max_charge_kw"][bi, pi] = episode.ev_max_charge_kw[bi, ki]
-        fields["ev_max_discharge_kw"][bi, pi] = np.where(
-            consent, np.minimum(episode.ev_max_discharge_kw[bi, ki], params.port_max_discharge_kw[pi]), 0.0)
+        ev_discharge = np.minimum(episode.ev_max_discharge_kw[bi, ki], params.port_max_discharge_kw[pi])
+        fields["ev_max_discharge_kw"][bi, pi] = np.where(consent, ev_discharge, 0.0)
         fields["min_soc"][bi, pi] = episode.ev_min_soc[bi, ki]
         fields["announced_departure_step"][bi, pi] = episode.ev_announced_departure_step[bi, ki]
-    return state.replace(port_ev=target, ev_soc=ev_soc, ev_delivered_kwh=ev_delivered, **fields), unmet
+    return state.replace(port_ev=port_ev, ev_soc=ev_soc, ev_delivered_kwh=ev_delivered, **fields), unmet
+
+
+def _zeros(n: int) -> np.ndarray:
+    return np.zeros(n)

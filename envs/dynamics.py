@@ -19,26 +19,33 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     ``taper_floor`` at full, the room left in the battery, and the energy still requested.
     Discharge: the consented limit and the energy above ``min_soc``.
     """
-    dt = params.dt_hours
-    knee, floor = params.taper_knee_soc, params.taper_floor
-    taper = np.minimum(1.0, 1.0 - (1.0 - floor) * (soc - knee) / (1.0 - knee))
-    eta_c, eta_d = params.port_charge_efficiency, params.port_discharge_efficiency
+    taper = np.minimum(params.taper_intercept - params.taper_slope * soc, 1.0)
+    taper *= ev_max_charge_kw
+    charge = np.minimum(taper, params.port_max_charge_kw)
     room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
-    charge = np.minimum(np.minimum(params.port_max_charge_kw, ev_max_charge_kw * taper),
-                        room_kwh / (eta_c * dt))
-    above_min_kwh = (soc - min_soc) * battery_kwh
-    discharge = np.minimum(ev_max_discharge_kw, above_min_kwh * (eta_d / dt))
-    return np.maximum(charge, 0.0), np.maximum(discharge, 0.0)
-
-
-def _subtree_sums(cumulative: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return cumulative[:, hi] - cumulative[:, lo]
+    room_kwh *= params.charge_kw_per_kwh_step
+    np.minimum(charge, room_kwh, out=charge)
+    np.maximum(charge, 0.0, out=charge)
+    above_min_kwh = soc - min_soc
+    above_min_kwh *= battery_kwh
+    above_min_kwh *= params.discharge_kw_per_kwh_step
+    discharge = np.minimum(ev_max_discharge_kw, above_min_kwh)
+    np.maximum(discharge, 0.0, out=discharge)
+    return charge, discharge
 
 
 def _prefix_sum(x: np.ndarray) -> np.ndarray:
     out = np.zeros((x.shape[0], x.shape[1] + 1))
     np.cumsum(x, axis=1, out=out[:, 1:])
     return out
+
+
+def node_flows(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.ndarray) -> np.ndarray:
+    """Net flow (B, N) into every node: inflexible load - PV of its subtree plus its ports."""
+    if params.port_node_incidence is not None:
+        return node_exo_kw + power_kw @ params.port_node_incidence
+    prefix = _prefix_sum(power_kw)
+    return node_exo_kw + prefix[:, params.node_port_hi] - prefix[:, params.node_port_lo]
 
 
 def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.ndarray):
@@ -51,14 +58,17 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
 
     Returns (projected power (B, P), root flow kW (B,), violation kW summed over nodes (B,)).
     """
+    flows = node_flows(params, power_kw, node_exo_kw)
+    if not ((flows > params.node_import_limit_kw).any() or (flows < -params.node_export_limit_kw).any()):
+        return power_kw, flows[:, 0], np.zeros(power_kw.shape[0])
     x = power_kw
     violation = np.zeros(x.shape[0])
-    root_flow = None
     for level, slot in zip(params.levels_bottom_up, params.level_port_slot, strict=True):
         lo, hi = params.node_port_lo[level], params.node_port_hi[level]
         pos, neg = np.maximum(x, 0.0), np.minimum(x, 0.0)
-        sum_pos = _subtree_sums(_prefix_sum(pos), lo, hi)
-        sum_neg = _subtree_sums(_prefix_sum(neg), lo, hi)
+        prefix_pos, prefix_neg = _prefix_sum(pos), _prefix_sum(neg)
+        sum_pos = prefix_pos[:, hi] - prefix_pos[:, lo]
+        sum_neg = prefix_neg[:, hi] - prefix_neg[:, lo]
         exo = node_exo_kw[:, level]
         import_limit = params.node_import_limit_kw[level]
         export_limit = params.node_export_limit_kw[level]
@@ -78,11 +88,17 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
             flow = exo + sum_pos * keep_pos + sum_neg * keep_neg
             violation = violation + (np.maximum(flow - import_limit, 0.0)
                                      + np.maximum(-export_limit - flow, 0.0)).sum(axis=1)
-        root_flow = flow
-    return x, root_flow[:, 0], violation
+    return x, flow[:, 0], violation
 
 
-def battery_energy_kwh(params: SiteParams, power_kw: np.ndarray) -> np.ndarray:
-    """Energy into each battery over one step (negative when discharging)."""
-    return np.where(power_kw >= 0.0, power_kw * params.port_charge_efficiency,
-                    power_kw / params.port_discharge_efficiency) * params.dt_hours
+def battery_energy_kwh(params: SiteParams, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> np.ndarray:
+    """Energy into each battery over one step from grid-side charge (>= 0) and discharge (<= 0) kW."""
+    energy = charge_kw * params.charge_kwh_per_kw_step
+    energy += discharge_kw * params.discharge_kwh_per_kw_step
+    return energy
+
+
+def split_power(power_kw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(charge >= 0, discharge <= 0) parts of signed port power; arithmetic, no masked select."""
+    charge = np.maximum(power_kw, 0.0)
+    return charge, power_kw - charge

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from envs.episode import Episode
 from envs.site import SiteParams
 from envs.state import State
 
@@ -19,13 +22,14 @@ PORT_FIELDS = (
 )
 
 
+@functools.lru_cache(maxsize=128)
 def observation_layout(params: SiteParams) -> dict[str, slice]:
     """Name -> slice of the flat observation vector; sizes depend on ports, nodes and horizon."""
     p, n, h = params.num_ports, params.num_nodes, params.forecast_steps + 1
     sizes = [(name, p) for name in PORT_FIELDS]
-    sizes += [("node_headroom_kw", n), ("time_of_day", 2), ("weekday", 7),
-              ("price_buy_eur_kwh", h), ("price_sell_eur_kwh", h), ("carbon_kg_kwh", h),
-              ("site_load_kw", h), ("site_pv_kw", h), ("setpoint_kw", 1), ("queue_length", 1)]
+    sizes += [("node_headroom_kw", n), ("time_of_day", 2), ("weekday", 7), ("setpoint_kw", 1),
+              ("queue_length", 1), ("price_buy_eur_kwh", h), ("price_sell_eur_kwh", h),
+              ("carbon_kg_kwh", h), ("site_load_kw", h), ("site_pv_kw", h)]
     layout, start = {}, 0
     for name, size in sizes:
         layout[name] = slice(start, start + size)
@@ -33,9 +37,13 @@ def observation_layout(params: SiteParams) -> dict[str, slice]:
     return layout
 
 
+def layout_size(params: SiteParams) -> int:
+    return next(reversed(observation_layout(params).values())).stop
+
+
 def observation_bounds(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
     layout = observation_layout(params)
-    size = next(reversed(layout.values())).stop
+    size = layout_size(params)
     low = np.full(size, -np.inf, dtype=np.float32)
     high = np.full(size, np.inf, dtype=np.float32)
     for name in ("occupied", "available", "soc", "v2g_allowed", "weekday"):
@@ -47,34 +55,59 @@ def observation_bounds(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+STEP_BLOCK = ("node_headroom_kw", "time_of_day", "weekday", "setpoint_kw", "queue_length")
+
+
+def step_observations(params: SiteParams, episode: Episode, node_exo_kw: np.ndarray,
+                      queue_length: np.ndarray) -> np.ndarray:
+    """The action-independent fields of ``STEP_BLOCK`` for every step: (B, T+1, width) float32.
+
+    Computed once at reset; ``observe`` copies the row of the current step. Forecast windows
+    are copied from the episode at each step instead, to keep reset memory small.
+    """
+    layout = observation_layout(params)
+    offset = layout[STEP_BLOCK[0]].start
+    b, steps = episode.num_envs, params.horizon_steps + 1
+    out = np.empty((b, steps, layout[STEP_BLOCK[-1]].stop - offset), dtype=np.float32)
+
+    def put(name, values):
+        field = layout[name]
+        out[:, :, field.start - offset:field.stop - offset] = values
+
+    hours = params.start_minute / 60 + params.dt_hours * np.arange(steps)
+    put("node_headroom_kw", params.node_import_limit_kw - node_exo_kw[:, :steps])
+    angle = 2 * np.pi * (hours % 24) / 24
+    put("time_of_day", np.stack([np.sin(angle), np.cos(angle)], axis=1))
+    day = (episode.weekday[:, None] + (hours // 24).astype(np.int64)) % 7
+    put("weekday", day[:, :, None] == np.arange(7))
+    put("setpoint_kw", episode.setpoint_kw[:, :steps, None])
+    put("queue_length", queue_length[:, :, None])
+    return out
+
+
 def observe(params: SiteParams, state: State) -> np.ndarray:
     """Observation (B, D) float32 of a batch at its current step, in physical units."""
     layout = observation_layout(params)
-    b, t = state.num_envs, state.t
-    episode, h = state.episode, params.forecast_steps + 1
-    obs = np.empty((b, next(reversed(layout.values())).stop), dtype=np.float32)
-    occupied = state.occupied
+    t = state.t
+    obs = np.empty((state.num_envs, layout_size(params)), dtype=np.float32)
+    occupied = state.port_ev >= 0
     obs[:, layout["occupied"]] = occupied
-    down = episode.port_down
+    down = state.episode.port_down
     obs[:, layout["available"]] = 1.0 if down is None else ~down[:, t]
     obs[:, layout["soc"]] = state.soc
-    obs[:, layout["remaining_kwh"]] = np.maximum(state.remaining_kwh, 0.0)
-    obs[:, layout["hours_to_departure"]] = np.where(
-        occupied, (state.announced_departure_step - t) * params.dt_hours, 0.0)
+    np.maximum(state.remaining_kwh, 0.0, out=obs[:, layout["remaining_kwh"]])
+    steps_left = state.announced_departure_step - t
+    steps_left *= occupied
+    np.multiply(steps_left, params.dt_hours, out=obs[:, layout["hours_to_departure"]])
     obs[:, layout["max_charge_kw"]] = state.max_charge_kw
     obs[:, layout["max_discharge_kw"]] = state.max_discharge_kw
-    obs[:, layout["v2g_allowed"]] = state.ev_max_discharge_kw > 0
-    obs[:, layout["node_headroom_kw"]] = params.node_import_limit_kw - state.node_exo_kw[:, t]
-    angle = 2 * np.pi * ((params.start_minute / 60 + t * params.dt_hours) % 24) / 24
-    obs[:, layout["time_of_day"]] = (np.sin(angle), np.cos(angle))
-    day = (episode.weekday + int((params.start_minute / 60 + t * params.dt_hours) // 24)) % 7
-    obs[:, layout["weekday"]] = day[:, None] == np.arange(7)
-    window = slice(t, t + h)
+    np.greater(state.ev_max_discharge_kw, 0.0, out=obs[:, layout["v2g_allowed"]], casting="unsafe")
+    obs[:, layout[STEP_BLOCK[0]].start:layout[STEP_BLOCK[-1]].stop] = state.step_obs[:, t]
+    window = slice(t, t + params.forecast_steps + 1)
+    episode = state.episode
     obs[:, layout["price_buy_eur_kwh"]] = episode.price_buy_eur_kwh[:, window]
     obs[:, layout["price_sell_eur_kwh"]] = episode.price_sell_eur_kwh[:, window]
     obs[:, layout["carbon_kg_kwh"]] = episode.carbon_kg_kwh[:, window]
-    obs[:, layout["site_load_kw"]] = episode.node_load_kw[:, window].sum(axis=2)
-    obs[:, layout["site_pv_kw"]] = episode.node_pv_kw[:, window].sum(axis=2)
-    obs[:, layout["setpoint_kw"]] = episode.setpoint_kw[:, t : t + 1]
-    obs[:, layout["queue_length"]] = state.schedule.queue_length[:, t : t + 1]
+    obs[:, layout["site_load_kw"]] = state.site_load_kw[:, window]
+    obs[:, layout["site_pv_kw"]] = state.site_pv_kw[:, window]
     return obs

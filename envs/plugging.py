@@ -1,8 +1,8 @@
-"""Which EV occupies which port at every step: arrivals, the site queue, departures, outages.
+"""Which EV occupies which port and when: arrivals, the site queue, departures, outages.
 
-Occupancy does not depend on the charging actions (departures are exogenous), so the whole
-plug schedule of an episode is computed once at reset, vectorized over envs, EVs and ports with
-one loop over time. The step then only reads which EV sits on each port.
+Occupancy does not depend on the charging actions (departures are exogenous), so the plug
+schedule of a whole batch is computed once at reset, with one loop over time and sparse work
+over the EVs that arrive, wait or leave. The step then applies the events of its time step.
 """
 
 from __future__ import annotations
@@ -19,9 +19,22 @@ QUEUED, PLUGGED, DEPARTED, TURNED_AWAY, ABANDONED = 1, 2, 3, 4, 5
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PlugSchedule:
-    """Outcome of arrivals and the queue for a batch of episodes (steps 0 .. horizon)."""
+    """Plug and unplug events of a batch of episodes, sorted by step, and per-step queue counts.
 
-    port_ev: np.ndarray  # (B, T+1, P) int32, EV index on each port after step t's events, -1 empty
+    The events of step ``t`` are ``[plug_offsets[t], plug_offsets[t + 1])`` (likewise for
+    unplugs); at a step, unplugs happen before plugs, so a port freed at ``t`` can be taken at
+    ``t``. An unplug is a departure (``unplug_departed``) or a displacement by an outage.
+    """
+
+    plug_env: np.ndarray  # (E,) int
+    plug_port: np.ndarray  # (E,) int
+    plug_ev: np.ndarray  # (E,) int, index into the episode's EV arrays
+    plug_offsets: np.ndarray  # (T+2,) int
+    unplug_env: np.ndarray  # (U,) int
+    unplug_port: np.ndarray  # (U,) int
+    unplug_ev: np.ndarray  # (U,) int
+    unplug_departed: np.ndarray  # (U,) bool, False when an outage pushed the EV back to the queue
+    unplug_offsets: np.ndarray  # (T+2,) int
     arrived: np.ndarray  # (B, T+1) int, EVs arriving at step t
     turned_away: np.ndarray  # (B, T+1) int, arrivals rejected because the queue was full
     abandoned: np.ndarray  # (B, T+1) int, queued EVs that ran out of patience or departed
@@ -31,81 +44,115 @@ class PlugSchedule:
     ev_status: np.ndarray  # (B, K) int8, status at the end of the horizon
 
 
+class _Events:
+    def __init__(self, *names):
+        self.names = names
+        self.parts = []
+
+    def add(self, step: int, *columns):
+        self.parts.append((np.full(columns[0].size, step), *columns))
+
+    def arrays(self, steps: int, prefix: str) -> dict[str, np.ndarray]:
+        columns = ([np.concatenate(column) for column in zip(*self.parts, strict=True)] if self.parts
+                   else [np.zeros(0, dtype=np.int64) for _ in range(len(self.names) + 1)])
+        result = {f"{prefix}_{name}": values for name, values in zip(self.names, columns[1:], strict=True)}
+        result[f"{prefix}_offsets"] = np.searchsorted(columns[0], np.arange(steps + 1))
+        return result
+
+
 def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
     b, k, p = episode.num_envs, episode.max_evs, params.num_ports
     steps = params.horizon_steps + 1
-    port_by_rank = np.argsort(episode.port_rank, axis=1)
-    arrival, departure = episode.ev_arrival_step, episode.ev_departure_step
-    valid = episode.ev_valid
+    departure = episode.ev_departure_step
+    port_of_slot = np.argsort(episode.port_rank, axis=1)
+    down_by_slot = (None if episode.port_down is None else
+                    np.take_along_axis(episode.port_down, port_of_slot[:, None, :], axis=2))
+    arrival_env, arrival_ev = np.nonzero(episode.ev_valid)
+    arrival_step = episode.ev_arrival_step[arrival_env, arrival_ev]
+    order = np.argsort(arrival_step, kind="stable")
+    arrival_env, arrival_ev = arrival_env[order], arrival_ev[order]
+    arrival_offsets = np.searchsorted(arrival_step[order], np.arange(steps + 1))
 
-    port_ev = np.full((b, steps, p), -1, dtype=np.int32)
     counts = {name: np.zeros((b, steps), dtype=np.int64) for name in
               ("arrived", "turned_away", "abandoned", "displaced", "wait_steps", "queue_length")}
     status = np.zeros((b, k), dtype=np.int8)
-    queued_since = np.zeros((b, k), dtype=np.int64)
-    current = np.full((b, p), -1, dtype=np.int32)
-    leaves_at = np.full((b, p), np.iinfo(np.int64).max, dtype=np.int64)
-    active_until = int(min(departure[valid].max(initial=0), steps))
-    event_steps = np.zeros(steps, dtype=bool)
-    event_steps[np.clip(arrival[valid], 0, steps - 1)] = True
-    event_steps[np.clip(departure[valid], 0, steps - 1)] = True
-    if episode.port_down is not None:
-        event_steps[:] = True
+    slot_ev = np.full((b, p), -1, dtype=np.int64)
+    ev_slot = np.full((b, k), -1, dtype=np.int64)
+    leaving_env, leaving_ev = np.nonzero(episode.ev_valid)
+    leaving_step = departure[leaving_env, leaving_ev]
+    order = np.argsort(leaving_step, kind="stable")
+    leaving_env, leaving_ev = leaving_env[order], leaving_ev[order]
+    leaving_offsets = np.searchsorted(leaving_step[order], np.arange(steps + 1))
+    queue_env = queue_ev = queue_since = np.zeros(0, dtype=np.int64)
+    plugs, unplugs = _Events("env", "port", "ev"), _Events("env", "port", "ev", "departed")
+
+    def count(name, t, envs, weights=None):
+        counts[name][:, t] += np.bincount(envs, weights, minlength=b).astype(np.int64)
 
     for t in range(steps):
-        queue_open = bool(np.any(status == QUEUED)) if t <= active_until else False
-        if not (event_steps[t] or queue_open):
-            port_ev[:, t] = current
+        first, last = leaving_offsets[t], leaving_offsets[t + 1]
+        if last > first:
+            env, ev = leaving_env[first:last], leaving_ev[first:last]
+            plugged = status[env, ev] == PLUGGED
+            env, ev = env[plugged], ev[plugged]
+            slot = ev_slot[env, ev]
+            status[env, ev] = DEPARTED
+            unplugs.add(t, env, port_of_slot[env, slot], ev, np.ones(env.size, dtype=bool))
+            slot_ev[env, slot] = -1
+        down = None if down_by_slot is None else down_by_slot[:, t]
+        if down is not None and (down & (slot_ev >= 0)).any():
+            env, slot = np.nonzero(down & (slot_ev >= 0))
+            ev = slot_ev[env, slot]
+            status[env, ev] = QUEUED
+            unplugs.add(t, env, port_of_slot[env, slot], ev, np.zeros(env.size, dtype=bool))
+            count("displaced", t, env)
+            slot_ev[env, slot] = -1
+            queue_env, queue_ev = np.concatenate((queue_env, env)), np.concatenate((queue_ev, ev))
+            queue_since = np.concatenate((queue_since, np.full(env.size, t)))
+        first, last = arrival_offsets[t], arrival_offsets[t + 1]
+        if last > first:
+            env, ev = arrival_env[first:last], arrival_ev[first:last]
+            status[env, ev] = QUEUED
+            count("arrived", t, env)
+            queue_env, queue_ev = np.concatenate((queue_env, env)), np.concatenate((queue_ev, ev))
+            queue_since = np.concatenate((queue_since, np.full(env.size, t)))
+        if queue_env.size == 0:
             continue
-        leaving = leaves_at <= t
-        if leaving.any():
-            bi, pi = np.nonzero(leaving)
-            status[bi, current[bi, pi]] = DEPARTED
-            current[leaving], leaves_at[leaving] = -1, np.iinfo(np.int64).max
-        down = None
-        if episode.port_down is not None:
-            down = episode.port_down[:, t]
-            pushed = down & (current >= 0)
-            if pushed.any():
-                bi, pi = np.nonzero(pushed)
-                status[bi, current[bi, pi]] = QUEUED
-                queued_since[bi, current[bi, pi]] = t
-                counts["displaced"][:, t] = pushed.sum(axis=1)
-                current[pushed], leaves_at[pushed] = -1, np.iinfo(np.int64).max
-        new = valid & (arrival == t)
-        if new.any():
-            status[new] = QUEUED
-            queued_since[new] = t
-            counts["arrived"][:, t] = new.sum(axis=1)
-        queued = status == QUEUED
-        if not queued.any():
-            port_ev[:, t] = current
-            continue
-        expired = queued & ((t - queued_since > params.queue_patience_steps) | (departure <= t))
+
+        expired = (t - queue_since > params.queue_patience_steps) | (departure[queue_env, queue_ev] <= t)
         if expired.any():
-            status[expired] = ABANDONED
-            counts["abandoned"][:, t] = expired.sum(axis=1)
-            counts["wait_steps"][:, t] += np.where(expired, t - queued_since, 0).sum(axis=1)
-            queued &= ~expired
-        free = current < 0
+            status[queue_env[expired], queue_ev[expired]] = ABANDONED
+            count("abandoned", t, queue_env[expired])
+            count("wait_steps", t, queue_env[expired], t - queue_since[expired])
+            keep = ~expired
+            queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
+        order = np.lexsort((queue_ev, queue_env))
+        queue_env, queue_ev, queue_since = queue_env[order], queue_ev[order], queue_since[order]
+        rank = np.arange(queue_env.size) - np.searchsorted(queue_env, queue_env)
+        free = slot_ev < 0
         if down is not None:
             free &= ~down
-        free_by_rank = np.take_along_axis(free, port_by_rank, axis=1)
-        n_free = free_by_rank.sum(axis=1)
-        rank = np.cumsum(queued, axis=1)
-        plug = queued & (rank <= n_free[:, None])
+        n_free = free.sum(axis=1)[queue_env]
+        plug = rank < n_free
         if plug.any():
-            bi, ki = np.nonzero(plug)
-            first_free = np.argsort(~free_by_rank, axis=1, kind="stable")
-            pi = port_by_rank[bi, first_free[bi, rank[bi, ki] - 1]]
-            current[bi, pi] = ki
-            leaves_at[bi, pi] = departure[bi, ki]
-            status[bi, ki] = PLUGGED
-            counts["wait_steps"][:, t] += np.where(plug, t - queued_since, 0).sum(axis=1)
-        overflow = queued & (rank > n_free[:, None] + params.queue_capacity)
+            env, ev = queue_env[plug], queue_ev[plug]
+            new_row = np.empty(env.size, dtype=bool)
+            new_row[0], new_row[1:] = True, env[1:] != env[:-1]
+            rows, row_of = env[new_row], np.cumsum(new_row) - 1
+            filled = np.cumsum(free[rows], axis=1) + (np.arange(rows.size) * (p + 1))[:, None]
+            position = np.searchsorted(filled.ravel(), row_of * (p + 1) + rank[plug] + 1)
+            slot = position - row_of * p
+            slot_ev[env, slot], ev_slot[env, ev] = ev, slot
+            status[env, ev] = PLUGGED
+            plugs.add(t, env, port_of_slot[env, slot], ev)
+            count("wait_steps", t, env, t - queue_since[plug])
+        overflow = rank >= n_free + params.queue_capacity
         if overflow.any():
-            status[overflow] = TURNED_AWAY
-            counts["turned_away"][:, t] = overflow.sum(axis=1)
-        counts["queue_length"][:, t] = (status == QUEUED).sum(axis=1)
-        port_ev[:, t] = current
-    return PlugSchedule(port_ev=port_ev, ev_status=status, **counts)
+            status[queue_env[overflow], queue_ev[overflow]] = TURNED_AWAY
+            count("turned_away", t, queue_env[overflow])
+        keep = ~(plug | overflow)
+        queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
+        count("queue_length", t, queue_env)
+
+    return PlugSchedule(ev_status=status, **plugs.arrays(steps, "plug"),
+                        **unplugs.arrays(steps, "unplug"), **counts)

@@ -72,7 +72,16 @@ class SiteParams:
             for i, node in enumerate(level):
                 slot[port_lo[node]:port_hi[node]] = i
             slots.append(slot)
+        knee, floor, dt = self.taper_knee_soc, self.taper_floor, self.dt_hours
+        eta_c, eta_d = self.port_charge_efficiency, self.port_discharge_efficiency
         for name, value in (
+            ("taper_slope", (1.0 - floor) / (1.0 - knee)),
+            ("taper_intercept", 1.0 + (1.0 - floor) * knee / (1.0 - knee)),
+            ("charge_kwh_per_kw_step", eta_c * dt),
+            ("discharge_kwh_per_kw_step", dt / eta_d),
+            ("charge_kw_per_kwh_step", 1.0 / (eta_c * dt)),
+            ("discharge_kw_per_kwh_step", eta_d / dt),
+            ("port_node_incidence", _incidence(port_lo, port_hi, len(self.port_node))),
             ("node_depth", depth),
             ("node_subtree_end", subtree_end),
             ("node_port_lo", port_lo),
@@ -102,6 +111,17 @@ class SiteParams:
 
     def replace(self, **changes) -> SiteParams:
         return dataclasses.replace(self, **changes)
+
+
+DENSE_INCIDENCE_MAX_ENTRIES = 100_000
+
+
+def _incidence(port_lo: np.ndarray, port_hi: np.ndarray, num_ports: int) -> np.ndarray | None:
+    """(P, N) 0/1 matrix of ports below each node, when small enough to beat prefix sums."""
+    if num_ports * len(port_lo) > DENSE_INCIDENCE_MAX_ENTRIES:
+        return None
+    ports = np.arange(num_ports)[:, None]
+    return ((ports >= port_lo) & (ports < port_hi)).astype(np.float64)
 
 
 def builtin_sites() -> list[str]:

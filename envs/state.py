@@ -24,6 +24,9 @@ class State:
     episode: Episode
     schedule: PlugSchedule
     node_exo_kw: np.ndarray  # (B, L, N) net inflexible load minus PV of each node's subtree
+    site_load_kw: np.ndarray  # (B, L) inflexible load of the whole site
+    site_pv_kw: np.ndarray  # (B, L) PV generation of the whole site
+    step_obs: np.ndarray  # (B, T+1, width) float32 observation fields fixed per step (STEP_BLOCK)
     port_ev: np.ndarray  # (B, P) int32 EV index on the port, -1 empty
     soc: np.ndarray  # (B, P) state of charge in [0, 1]
     battery_kwh: np.ndarray  # (B, P)
@@ -49,4 +52,13 @@ class State:
         return self.port_ev >= 0
 
     def replace(self, **changes) -> State:
-        return dataclasses.replace(self, **changes)
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"State has no fields {sorted(unknown)}")
+        new = object.__new__(State)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
+
+_FIELDS = frozenset(field.name for field in dataclasses.fields(State))
