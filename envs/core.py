@@ -10,11 +10,10 @@ from envs.observation import step_observations
 from envs.plugging import plug_schedule
 from envs.reward import TERM_INDEX, TERMS
 from envs.site import SiteParams
-from envs.state import State
+from envs.state import EV_FIELDS, State, ev_table
 
 _TINY = 1e-12
-_PORT_FIELDS = ("soc", "battery_kwh", "remaining_kwh", "delivered_kwh", "ev_max_charge_kw",
-                "ev_max_discharge_kw", "min_soc", "announced_departure_step")
+_DISCHARGE = EV_FIELDS.index("ev_max_discharge_kw")
 
 
 def reset(params: SiteParams, episode: Episode) -> State:
@@ -34,9 +33,12 @@ def reset(params: SiteParams, episode: Episode) -> State:
         site_load_kw=episode.node_load_kw.sum(axis=2),
         site_pv_kw=episode.node_pv_kw.sum(axis=2),
         step_obs=step_observations(params, episode, node_exo, schedule.queue_length),
-        port_ev=np.full((b, p), -1, dtype=np.int32),
-        **{name: np.zeros((b, p), dtype=np.int64 if name == "announced_departure_step" else np.float64)
-           for name in _PORT_FIELDS},
+        ev_table=ev_table(episode),
+        port_ev=np.full((b, p), -1, dtype=np.int64),
+        ev_on_port=np.zeros((len(EV_FIELDS), b, p)),
+        soc=np.zeros((b, p)),
+        remaining_kwh=np.zeros((b, p)),
+        delivered_kwh=np.zeros((b, p)),
         max_charge_kw=np.zeros((b, p)),
         max_discharge_kw=np.zeros((b, p)),
         ev_soc=episode.ev_soc_arrival.copy(),
@@ -44,7 +46,7 @@ def reset(params: SiteParams, episode: Episode) -> State:
         peak_import_kw=np.zeros(b),
         totals=np.zeros((b, len(TERMS))),
     )
-    state, _ = _plug_events(params, state, owned=_PORT_FIELDS)
+    state, _ = _plug_events(params, state)
     return _with_available_power(params, state)
 
 
@@ -91,7 +93,7 @@ def step(params: SiteParams, state: State, action: np.ndarray):
         t=t + 1, soc=soc, remaining_kwh=state.remaining_kwh - energy,
         delivered_kwh=state.delivered_kwh + energy, peak_import_kw=peak,
     )
-    state, unmet = _plug_events(params, state, owned=("soc", "remaining_kwh", "delivered_kwh"))
+    state, unmet = _plug_events(params, state)
     terms[:, TERM_INDEX["unmet_kwh"]] = unmet
     state = _with_available_power(params, state.replace(totals=state.totals + terms))
     schedule = state.schedule
@@ -137,53 +139,44 @@ def _with_available_power(params: SiteParams, state: State) -> State:
     return state.replace(max_charge_kw=charge, max_discharge_kw=discharge)
 
 
-def _plug_events(params: SiteParams, state: State, owned: tuple[str, ...] = ()):
+def _plug_events(params: SiteParams, state: State):
     """Unplug leaving EVs and plug arriving ones per the schedule at ``state.t``.
 
-    Port arrays named in ``owned`` were created by the caller and may be written in place.
-    Returns the new state and the unmet energy (kWh, per env) of EVs that departed for good.
+    Writes ``soc``, ``remaining_kwh`` and ``delivered_kwh`` in place: the caller made them for
+    this step. Returns the new state and the unmet energy (kWh, per env) of EVs that departed.
     """
     t, episode, schedule = state.t, state.episode, state.schedule
     unplug = slice(schedule.unplug_offsets[t], schedule.unplug_offsets[t + 1])
     plug = slice(schedule.plug_offsets[t], schedule.plug_offsets[t + 1])
+    unmet = np.zeros(state.num_envs)
     if unplug.start == unplug.stop and plug.start == plug.stop:
-        return state, _zeros(state.num_envs)
-    fields = {name: getattr(state, name) if name in owned else getattr(state, name).copy()
-              for name in _PORT_FIELDS}
-    port_ev = state.port_ev.copy()
+        return state, unmet
+    soc, remaining, delivered = state.soc, state.remaining_kwh, state.delivered_kwh
+    port_ev, ev_on_port = state.port_ev.copy(), state.ev_on_port.copy()
     ev_soc, ev_delivered = state.ev_soc, state.ev_delivered_kwh
-    unmet = _zeros(state.num_envs)
 
     if unplug.start < unplug.stop:
         bi, pi, ki = schedule.unplug_env[unplug], schedule.unplug_port[unplug], schedule.unplug_ev[unplug]
         departed = schedule.unplug_departed[unplug]
-        left = np.maximum(fields["remaining_kwh"][bi, pi], 0.0)
-        unmet = np.bincount(bi[departed], left[departed], minlength=state.num_envs)
+        unmet = np.bincount(bi[departed], np.maximum(remaining[bi[departed], pi[departed]], 0.0),
+                            minlength=state.num_envs)
         if not departed.all():
             moved = ~departed
             ev_soc, ev_delivered = ev_soc.copy(), ev_delivered.copy()
-            ev_soc[bi[moved], ki[moved]] = fields["soc"][bi[moved], pi[moved]]
-            ev_delivered[bi[moved], ki[moved]] = fields["delivered_kwh"][bi[moved], pi[moved]]
-        for name in _PORT_FIELDS:
-            fields[name][bi, pi] = 0
+            ev_soc[bi[moved], ki[moved]] = soc[bi[moved], pi[moved]]
+            ev_delivered[bi[moved], ki[moved]] = delivered[bi[moved], pi[moved]]
         port_ev[bi, pi] = -1
+        ev_on_port[:, bi, pi] = 0.0
+        soc[bi, pi] = remaining[bi, pi] = delivered[bi, pi] = 0.0
 
     if plug.start < plug.stop:
         bi, pi, ki = schedule.plug_env[plug], schedule.plug_port[plug], schedule.plug_ev[plug]
-        delivered = ev_delivered[bi, ki]
-        consent = episode.ev_v2g_consent[bi, ki]
         port_ev[bi, pi] = ki
-        fields["soc"][bi, pi] = ev_soc[bi, ki]
-        fields["battery_kwh"][bi, pi] = episode.ev_battery_kwh[bi, ki]
-        fields["remaining_kwh"][bi, pi] = episode.ev_requested_kwh[bi, ki] - delivered
-        fields["delivered_kwh"][bi, pi] = delivered
-        fields["ev_max_charge_kw"][bi, pi] = episode.ev_max_charge_kw[bi, ki]
-        ev_discharge = np.minimum(episode.ev_max_discharge_kw[bi, ki], params.port_max_discharge_kw[pi])
-        fields["ev_max_discharge_kw"][bi, pi] = np.where(consent, ev_discharge, 0.0)
-        fields["min_soc"][bi, pi] = episode.ev_min_soc[bi, ki]
-        fields["announced_departure_step"][bi, pi] = episode.ev_announced_departure_step[bi, ki]
-    return state.replace(port_ev=port_ev, ev_soc=ev_soc, ev_delivered_kwh=ev_delivered, **fields), unmet
-
-
-def _zeros(n: int) -> np.ndarray:
-    return np.zeros(n)
+        plugged = state.ev_table[:, bi, ki]
+        plugged[_DISCHARGE] = np.minimum(plugged[_DISCHARGE], params.port_max_discharge_kw[pi])
+        ev_on_port[:, bi, pi] = plugged
+        soc[bi, pi] = ev_soc[bi, ki]
+        delivered[bi, pi] = ev_delivered[bi, ki]
+        remaining[bi, pi] = episode.ev_requested_kwh[bi, ki] - ev_delivered[bi, ki]
+    return state.replace(port_ev=port_ev, ev_on_port=ev_on_port, ev_soc=ev_soc,
+                         ev_delivered_kwh=ev_delivered), unmet

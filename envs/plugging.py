@@ -126,7 +126,7 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
             count("wait_steps", t, queue_env[expired], t - queue_since[expired])
             keep = ~expired
             queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
-        order = np.lexsort((queue_ev, queue_env))
+        order = np.argsort(queue_env * k + queue_ev, kind="stable")
         queue_env, queue_ev, queue_since = queue_env[order], queue_ev[order], queue_since[order]
         rank = np.arange(queue_env.size) - np.searchsorted(queue_env, queue_env)
         free = slot_ev < 0
