@@ -70,7 +70,8 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     energy = battery_energy_kwh(params, charge_kw, discharge_kw)
     soc = energy / np.maximum(state.battery_kwh, _TINY)
     soc += state.soc
-    np.clip(soc, 0.0, 1.0, out=soc)
+    np.minimum(soc, 1.0, out=soc)
+    np.maximum(soc, 0.0, out=soc)
 
     net_kwh = energy.sum(axis=1)
     charged_kwh = np.maximum(energy, 0.0).sum(axis=1)

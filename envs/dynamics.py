@@ -59,7 +59,7 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
     Returns (projected power (B, P), root flow kW (B,), violation kW summed over nodes (B,)).
     """
     flows = node_flows(params, power_kw, node_exo_kw)
-    if not ((flows > params.node_import_limit_kw).any() or (flows < -params.node_export_limit_kw).any()):
+    if not ((flows > params.node_import_limit_kw).any() or (flows < params.node_export_floor_kw).any()):
         return power_kw, flows[:, 0], np.zeros(power_kw.shape[0])
     x = power_kw
     violation = np.zeros(x.shape[0])

@@ -60,6 +60,14 @@ class _Events:
         return result
 
 
+def _by_step(valid: np.ndarray, step: np.ndarray, steps: int):
+    """(env, ev) of the valid EVs sorted by ``step`` and the offsets of each step's run."""
+    env, ev = np.nonzero(valid)
+    order = np.argsort(step[env, ev], kind="stable")
+    env, ev = env[order], ev[order]
+    return env, ev, np.searchsorted(step[env, ev], np.arange(steps + 1))
+
+
 def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
     b, k, p = episode.num_envs, episode.max_evs, params.num_ports
     steps = params.horizon_steps + 1
@@ -67,24 +75,19 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
     port_of_slot = np.argsort(episode.port_rank, axis=1)
     down_by_slot = (None if episode.port_down is None else
                     np.take_along_axis(episode.port_down, port_of_slot[:, None, :], axis=2))
-    arrival_env, arrival_ev = np.nonzero(episode.ev_valid)
-    arrival_step = episode.ev_arrival_step[arrival_env, arrival_ev]
-    order = np.argsort(arrival_step, kind="stable")
-    arrival_env, arrival_ev = arrival_env[order], arrival_ev[order]
-    arrival_offsets = np.searchsorted(arrival_step[order], np.arange(steps + 1))
+    arrival_env, arrival_ev, arrival_offsets = _by_step(episode.ev_valid, episode.ev_arrival_step, steps)
+    leaving_env, leaving_ev, leaving_offsets = _by_step(episode.ev_valid, departure, steps)
 
     counts = {name: np.zeros((b, steps), dtype=np.int64) for name in
               ("arrived", "turned_away", "abandoned", "displaced", "wait_steps", "queue_length")}
     status = np.zeros((b, k), dtype=np.int8)
     slot_ev = np.full((b, p), -1, dtype=np.int64)
     ev_slot = np.full((b, k), -1, dtype=np.int64)
-    leaving_env, leaving_ev = np.nonzero(episode.ev_valid)
-    leaving_step = departure[leaving_env, leaving_ev]
-    order = np.argsort(leaving_step, kind="stable")
-    leaving_env, leaving_ev = leaving_env[order], leaving_ev[order]
-    leaving_offsets = np.searchsorted(leaving_step[order], np.arange(steps + 1))
     queue_env = queue_ev = queue_since = np.zeros(0, dtype=np.int64)
     plugs, unplugs = _Events("env", "port", "ev"), _Events("env", "port", "ev", "departed")
+
+    arrivals_per_step = np.diff(arrival_offsets)
+    np.add.at(counts["arrived"], (arrival_env, np.repeat(np.arange(steps), arrivals_per_step)), 1)
 
     def count(name, t, envs, weights=None):
         counts[name][:, t] += np.bincount(envs, weights, minlength=b).astype(np.int64)
@@ -109,25 +112,26 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
             slot_ev[env, slot] = -1
             queue_env, queue_ev = np.concatenate((queue_env, env)), np.concatenate((queue_ev, ev))
             queue_since = np.concatenate((queue_since, np.full(env.size, t)))
+        only_new = queue_env.size == 0
         first, last = arrival_offsets[t], arrival_offsets[t + 1]
         if last > first:
             env, ev = arrival_env[first:last], arrival_ev[first:last]
             status[env, ev] = QUEUED
-            count("arrived", t, env)
             queue_env, queue_ev = np.concatenate((queue_env, env)), np.concatenate((queue_ev, ev))
             queue_since = np.concatenate((queue_since, np.full(env.size, t)))
         if queue_env.size == 0:
             continue
 
-        expired = (t - queue_since > params.queue_patience_steps) | (departure[queue_env, queue_ev] <= t)
-        if expired.any():
-            status[queue_env[expired], queue_ev[expired]] = ABANDONED
-            count("abandoned", t, queue_env[expired])
-            count("wait_steps", t, queue_env[expired], t - queue_since[expired])
-            keep = ~expired
-            queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
-        order = np.argsort(queue_env * k + queue_ev, kind="stable")
-        queue_env, queue_ev, queue_since = queue_env[order], queue_ev[order], queue_since[order]
+        if not only_new:
+            expired = (t - queue_since > params.queue_patience_steps) | (departure[queue_env, queue_ev] <= t)
+            if expired.any():
+                status[queue_env[expired], queue_ev[expired]] = ABANDONED
+                count("abandoned", t, queue_env[expired])
+                count("wait_steps", t, queue_env[expired], t - queue_since[expired])
+                keep = ~expired
+                queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
+            order = np.argsort(queue_env * k + queue_ev, kind="stable")
+            queue_env, queue_ev, queue_since = queue_env[order], queue_ev[order], queue_since[order]
         rank = np.arange(queue_env.size) - np.searchsorted(queue_env, queue_env)
         free = slot_ev < 0
         if down is not None:
@@ -145,14 +149,18 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
             slot_ev[env, slot], ev_slot[env, ev] = ev, slot
             status[env, ev] = PLUGGED
             plugs.add(t, env, port_of_slot[env, slot], ev)
-            count("wait_steps", t, env, t - queue_since[plug])
+            if not only_new:
+                count("wait_steps", t, env, t - queue_since[plug])
         overflow = rank >= n_free + params.queue_capacity
         if overflow.any():
             status[queue_env[overflow], queue_ev[overflow]] = TURNED_AWAY
             count("turned_away", t, queue_env[overflow])
         keep = ~(plug | overflow)
-        queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
-        count("queue_length", t, queue_env)
+        if keep.any():
+            queue_env, queue_ev, queue_since = queue_env[keep], queue_ev[keep], queue_since[keep]
+            count("queue_length", t, queue_env)
+        else:
+            queue_env = queue_ev = queue_since = queue_env[:0]
 
     return PlugSchedule(ev_status=status, **plugs.arrays(steps, "plug"),
                         **unplugs.arrays(steps, "unplug"), **counts)

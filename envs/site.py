@@ -81,6 +81,7 @@ class SiteParams:
             ("discharge_kwh_per_kw_step", dt / eta_d),
             ("charge_kw_per_kwh_step", 1.0 / (eta_c * dt)),
             ("discharge_kw_per_kwh_step", eta_d / dt),
+            ("node_export_floor_kw", -self.node_export_limit_kw),
             ("port_node_incidence", _incidence(port_lo, port_hi, len(self.port_node))),
             ("node_depth", depth),
             ("node_subtree_end", subtree_end),
