@@ -18,7 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest envs agents tests
+	$(PY) -m pytest envs agents tests README.md
 
 bench: $(STAMP)
 	$(PY) scripts/bench_env.py

@@ -59,6 +59,8 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     per-env arrays for the diagnostics that are not reward terms.
     """
     t, dt, episode = state.t, params.dt_hours, state.episode
+    if t >= params.horizon_steps:
+        raise RuntimeError(f"the episode ended at step {t} (horizon_steps); reset before stepping")
     fraction, clipped = check_action(params, state, action)
     charge_kw, discharge_kw = split_power(fraction)
     charge_kw *= state.max_charge_kw
