@@ -6,7 +6,7 @@ import numpy as np
 
 from envs.dynamics import available_power, battery_energy_kwh, project_to_limits, split_power
 from envs.episode import Episode
-from envs.observation import step_observations
+from envs.observation import forecast_series, step_observations
 from envs.plugging import plug_schedule
 from envs.reward import TERM_INDEX, TERMS
 from envs.site import SiteParams
@@ -30,8 +30,7 @@ def reset(params: SiteParams, episode: Episode) -> State:
         episode=episode,
         schedule=schedule,
         node_exo_kw=node_exo,
-        site_load_kw=episode.node_load_kw.sum(axis=2),
-        site_pv_kw=episode.node_pv_kw.sum(axis=2),
+        forecast_series=forecast_series(episode),
         step_obs=step_observations(params, episode, node_exo, schedule.queue_length),
         ev_table=ev_table(episode),
         port_ev=np.full((b, p), -1, dtype=np.int64),
@@ -46,8 +45,9 @@ def reset(params: SiteParams, episode: Episode) -> State:
         peak_import_kw=np.zeros(b),
         totals=np.zeros((b, len(TERMS))),
     )
-    state, _ = _plug_events(params, state)
-    return _with_available_power(params, state)
+    changes = {"soc": state.soc, "remaining_kwh": state.remaining_kwh, "delivered_kwh": state.delivered_kwh}
+    _plug_events(params, state, 0, changes)
+    return _with_available_power(params, state, changes)
 
 
 def step(params: SiteParams, state: State, action: np.ndarray):
@@ -75,30 +75,30 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     np.minimum(soc, 1.0, out=soc)
     np.maximum(soc, 0.0, out=soc)
 
-    net_kwh = energy.sum(axis=1)
-    charged_kwh = np.maximum(energy, 0.0).sum(axis=1)
+    net_kwh = _row_sum(energy)
+    charged_kwh = _row_sum(np.maximum(energy, 0.0))
     discharged_kwh = charged_kwh - net_kwh
-    imported, exported = np.maximum(site_kw, 0.0) * dt, np.maximum(-site_kw, 0.0) * dt
+    imported = np.maximum(site_kw, 0.0)
+    exported = imported - site_kw
     peak = np.maximum(state.peak_import_kw, site_kw)
-    terms = np.empty((state.num_envs, len(TERMS)))
+    imported *= dt
+    exported *= dt
+    terms = np.empty((len(site_kw), len(TERMS)))
     terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
     terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * charged_kwh
     terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
     terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
     terms[:, TERM_INDEX["overload_requested_kwh"]] = (
-        np.abs(requested - power).sum(axis=1) * dt if power is not requested else 0.0)
+        _row_sum(np.abs(requested - power)) * dt if power is not requested else 0.0)
     terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
     terms[:, TERM_INDEX["peak_increase_kw"]] = peak - state.peak_import_kw
     terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
     terms[:, TERM_INDEX["setpoint_error_kwh"]] = np.abs(site_kw - episode.setpoint_kw[:, t]) * dt
 
-    state = state.replace(
-        t=t + 1, soc=soc, remaining_kwh=state.remaining_kwh - energy,
-        delivered_kwh=state.delivered_kwh + energy, peak_import_kw=peak,
-    )
-    state, unmet = _plug_events(params, state)
-    terms[:, TERM_INDEX["unmet_kwh"]] = unmet
-    state = _with_available_power(params, state.replace(totals=state.totals + terms))
+    changes = {"t": t + 1, "soc": soc, "remaining_kwh": state.remaining_kwh - energy,
+               "delivered_kwh": state.delivered_kwh + energy, "peak_import_kw": peak}
+    terms[:, TERM_INDEX["unmet_kwh"]] = _plug_events(params, state, t + 1, changes)
+    changes["totals"] = state.totals + terms
     schedule = state.schedule
     info = {
         "site_power_kw": site_kw,
@@ -109,7 +109,7 @@ def step(params: SiteParams, state: State, action: np.ndarray):
         "wait_hours": schedule.wait_steps[:, t + 1] * dt,
         "action_clipped": clipped,
     }
-    return state, terms, info
+    return _with_available_power(params, state, changes), terms, info
 
 
 def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, np.ndarray]:
@@ -119,15 +119,15 @@ def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, 
     shape. The caller's array is never modified.
     """
     action = np.asarray(action)
-    expected = (state.num_envs, params.num_ports)
+    expected = state.port_ev.shape
     if action.shape != expected:
         raise ValueError(f"action has shape {action.shape}, expected {expected} "
                          f"(envs, ports of site {params.name!r})")
     if action.dtype.kind not in "fiub":
         raise ValueError(f"action has dtype {action.dtype}, expected a float array")
-    largest = np.abs(action).max()
+    largest = np.maximum.reduce(np.abs(action), axis=None)
     if largest <= 1.0:
-        return action, np.zeros(state.num_envs, dtype=np.int64)
+        return action, np.zeros(expected[0], dtype=np.int64)
     if not np.isfinite(largest):
         env, port = np.argwhere(~np.isfinite(action))[0]
         raise ValueError(f"action for env {env}, port {port} ({params.port_names[port]}) is "
@@ -135,26 +135,32 @@ def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, 
     return np.clip(action, -1.0, 1.0), np.count_nonzero(np.abs(action) > 1.0, axis=1)
 
 
-def _with_available_power(params: SiteParams, state: State) -> State:
-    charge, discharge = available_power(
-        params, state.soc, state.battery_kwh, state.remaining_kwh, state.ev_max_charge_kw,
-        state.ev_max_discharge_kw, state.min_soc)
-    return state.replace(max_charge_kw=charge, max_discharge_kw=discharge)
+def _row_sum(x: np.ndarray) -> np.ndarray:
+    return np.add.reduce(x, axis=1)
 
 
-def _plug_events(params: SiteParams, state: State):
-    """Unplug leaving EVs and plug arriving ones per the schedule at ``state.t``.
+def _with_available_power(params: SiteParams, state: State, changes: dict) -> State:
+    ev_on_port = changes.get("ev_on_port", state.ev_on_port)
+    changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
+        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[2],
+        ev_on_port[3])
+    return state.replace(**changes)
 
-    Writes ``soc``, ``remaining_kwh`` and ``delivered_kwh`` in place: the caller made them for
-    this step. Returns the new state and the unmet energy (kWh, per env) of EVs that departed.
+
+def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.ndarray:
+    """Unplug leaving EVs and plug arriving ones per the schedule at step ``t``.
+
+    Reads and writes the port arrays in ``changes``; ``soc``, ``remaining_kwh`` and
+    ``delivered_kwh`` there are written in place (the caller made them for this step; at reset
+    they are fresh zeros). Returns the unmet energy (kWh, per env) of EVs that departed.
     """
-    t, episode, schedule = state.t, state.episode, state.schedule
+    episode, schedule = state.episode, state.schedule
     unplug = slice(schedule.unplug_offsets[t], schedule.unplug_offsets[t + 1])
     plug = slice(schedule.plug_offsets[t], schedule.plug_offsets[t + 1])
-    unmet = np.zeros(state.num_envs)
+    unmet = np.zeros(state.port_ev.shape[0])
     if unplug.start == unplug.stop and plug.start == plug.stop:
-        return state, unmet
-    soc, remaining, delivered = state.soc, state.remaining_kwh, state.delivered_kwh
+        return unmet
+    soc, remaining, delivered = changes["soc"], changes["remaining_kwh"], changes["delivered_kwh"]
     port_ev, ev_on_port = state.port_ev.copy(), state.ev_on_port.copy()
     ev_soc, ev_delivered = state.ev_soc, state.ev_delivered_kwh
 
@@ -162,7 +168,7 @@ def _plug_events(params: SiteParams, state: State):
         bi, pi, ki = schedule.unplug_env[unplug], schedule.unplug_port[unplug], schedule.unplug_ev[unplug]
         departed = schedule.unplug_departed[unplug]
         unmet = np.bincount(bi[departed], np.maximum(remaining[bi[departed], pi[departed]], 0.0),
-                            minlength=state.num_envs)
+                            minlength=len(unmet))
         if not departed.all():
             moved = ~departed
             ev_soc, ev_delivered = ev_soc.copy(), ev_delivered.copy()
@@ -181,5 +187,5 @@ def _plug_events(params: SiteParams, state: State):
         soc[bi, pi] = ev_soc[bi, ki]
         delivered[bi, pi] = ev_delivered[bi, ki]
         remaining[bi, pi] = episode.ev_requested_kwh[bi, ki] - ev_delivered[bi, ki]
-    return state.replace(port_ev=port_ev, ev_on_port=ev_on_port, ev_soc=ev_soc,
-                         ev_delivered_kwh=ev_delivered), unmet
+    changes.update(port_ev=port_ev, ev_on_port=ev_on_port, ev_soc=ev_soc, ev_delivered_kwh=ev_delivered)
+    return unmet

@@ -26,6 +26,8 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     room_kwh *= params.charge_kw_per_kwh_step
     np.minimum(charge, room_kwh, out=charge)
     np.maximum(charge, 0.0, out=charge)
+    if not params.bidirectional:
+        return charge, np.zeros_like(charge)
     above_min_kwh = soc - min_soc
     above_min_kwh *= battery_kwh
     above_min_kwh *= params.discharge_kw_per_kwh_step
@@ -54,7 +56,9 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
     At each node, if the net flow (inflexible load - PV + ports below) exceeds the import limit,
     the charging ports below it are scaled down by one common factor; if it exceeds the export
     limit, the discharging ports are. When even zero charging (or discharging) cannot bring a
-    node within its limit, the remainder is exogenous and is returned as violation.
+    node within its limit, the remainder is returned as violation: the kW beyond any node's limit
+    in the final flows, summed over nodes (a parent's scaling can push a child with PV past its
+    export limit; that counts too).
 
     Returns (projected power (B, P), root flow kW (B,), violation kW summed over nodes (B,)).
     """
@@ -62,10 +66,9 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
     if not ((flows > params.node_import_limit_kw).any() or (flows < params.node_export_floor_kw).any()):
         return power_kw, flows[:, 0], np.zeros(power_kw.shape[0])
     x = power_kw
-    violation = np.zeros(x.shape[0])
     for level, slot in zip(params.levels_bottom_up, params.level_port_slot, strict=True):
         lo, hi = params.node_port_lo[level], params.node_port_hi[level]
-        pos, neg = np.maximum(x, 0.0), np.minimum(x, 0.0)
+        pos, neg = split_power(x)
         prefix_pos, prefix_neg = _prefix_sum(pos), _prefix_sum(neg)
         sum_pos = prefix_pos[:, hi] - prefix_pos[:, lo]
         sum_neg = prefix_neg[:, hi] - prefix_neg[:, lo]
@@ -82,13 +85,12 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
                 keep_neg = np.where(over_export & (sum_neg < 0),
                                     np.clip((-export_limit - exo - sum_pos) / sum_neg, 0.0, 1.0), 1.0)
             ones = np.ones((x.shape[0], 1))
-            scale_pos = np.concatenate([keep_pos, ones], axis=1)[:, slot]
-            scale_neg = np.concatenate([keep_neg, ones], axis=1)[:, slot]
-            x = pos * scale_pos + neg * scale_neg
-            flow = exo + sum_pos * keep_pos + sum_neg * keep_neg
-            violation = violation + (np.maximum(flow - import_limit, 0.0)
-                                     + np.maximum(-export_limit - flow, 0.0)).sum(axis=1)
-    return x, flow[:, 0], violation
+            x = (pos * np.concatenate([keep_pos, ones], axis=1)[:, slot]
+                 + neg * np.concatenate([keep_neg, ones], axis=1)[:, slot])
+    flows = node_flows(params, x, node_exo_kw)
+    excess = (np.maximum(flows - params.node_import_limit_kw, 0.0)
+              + np.maximum(params.node_export_floor_kw - flows, 0.0))
+    return x, flows[:, 0], np.add.reduce(excess, axis=1)
 
 
 def battery_energy_kwh(params: SiteParams, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> np.ndarray:

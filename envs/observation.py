@@ -22,14 +22,17 @@ PORT_FIELDS = (
 )
 
 
+STEP_BLOCK_SIZES = {"time_of_day": 2, "weekday": 7, "setpoint_kw": 1, "queue_length": 1}
+FORECAST_BLOCK = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_kw", "site_pv_kw")
+
+
 @functools.lru_cache(maxsize=128)
 def observation_layout(params: SiteParams) -> dict[str, slice]:
     """Name -> slice of the flat observation vector; sizes depend on ports, nodes and horizon."""
     p, n, h = params.num_ports, params.num_nodes, params.forecast_steps + 1
     sizes = [(name, p) for name in PORT_FIELDS]
-    sizes += [("node_headroom_kw", n), ("time_of_day", 2), ("weekday", 7), ("setpoint_kw", 1),
-              ("queue_length", 1), ("price_buy_eur_kwh", h), ("price_sell_eur_kwh", h),
-              ("carbon_kg_kwh", h), ("site_load_kw", h), ("site_pv_kw", h)]
+    sizes += [("node_headroom_kw", n)] + list(STEP_BLOCK_SIZES.items())
+    sizes += [(name, h) for name in FORECAST_BLOCK]
     layout, start = {}, 0
     for name, size in sizes:
         layout[name] = slice(start, start + size)
@@ -55,20 +58,30 @@ def observation_bounds(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-STEP_BLOCK = ("node_headroom_kw", "time_of_day", "weekday", "setpoint_kw", "queue_length")
+def _step_block(params: SiteParams) -> slice:
+    layout = observation_layout(params)
+    return slice(layout["node_headroom_kw"].start, layout[FORECAST_BLOCK[0]].start)
+
+
+def forecast_series(episode: Episode) -> np.ndarray:
+    """The ``FORECAST_BLOCK`` series stacked as (B, 5, L) float32, so a window is one copy."""
+    return np.stack([episode.price_buy_eur_kwh, episode.price_sell_eur_kwh, episode.carbon_kg_kwh,
+                     episode.node_load_kw.sum(axis=2), episode.node_pv_kw.sum(axis=2)],
+                    axis=1).astype(np.float32)
 
 
 def step_observations(params: SiteParams, episode: Episode, node_exo_kw: np.ndarray,
                       queue_length: np.ndarray) -> np.ndarray:
-    """The action-independent fields of ``STEP_BLOCK`` for every step: (B, T+1, width) float32.
+    """Node headroom and the ``STEP_BLOCK_SIZES`` fields for every step: (B, T+1, width) float32.
 
     Computed once at reset; ``observe`` copies the row of the current step. Forecast windows
     are copied from the episode at each step instead, to keep reset memory small.
     """
     layout = observation_layout(params)
-    offset = layout[STEP_BLOCK[0]].start
+    block = _step_block(params)
+    offset = block.start
     b, steps = episode.num_envs, params.horizon_steps + 1
-    out = np.empty((b, steps, layout[STEP_BLOCK[-1]].stop - offset), dtype=np.float32)
+    out = np.empty((b, steps, block.stop - offset), dtype=np.float32)
 
     def put(name, values):
         field = layout[name]
@@ -102,12 +115,7 @@ def observe(params: SiteParams, state: State) -> np.ndarray:
     obs[:, layout["max_charge_kw"]] = state.max_charge_kw
     obs[:, layout["max_discharge_kw"]] = state.max_discharge_kw
     np.greater(state.ev_max_discharge_kw, 0.0, out=obs[:, layout["v2g_allowed"]], casting="unsafe")
-    obs[:, layout[STEP_BLOCK[0]].start:layout[STEP_BLOCK[-1]].stop] = state.step_obs[:, t]
-    window = slice(t, t + params.forecast_steps + 1)
-    episode = state.episode
-    obs[:, layout["price_buy_eur_kwh"]] = episode.price_buy_eur_kwh[:, window]
-    obs[:, layout["price_sell_eur_kwh"]] = episode.price_sell_eur_kwh[:, window]
-    obs[:, layout["carbon_kg_kwh"]] = episode.carbon_kg_kwh[:, window]
-    obs[:, layout["site_load_kw"]] = state.site_load_kw[:, window]
-    obs[:, layout["site_pv_kw"]] = state.site_pv_kw[:, window]
+    obs[:, _step_block(params)] = state.step_obs[:, t]
+    window = state.forecast_series[:, :, t:t + params.forecast_steps + 1]
+    obs[:, layout[FORECAST_BLOCK[0]].start:] = window.reshape(state.num_envs, -1)
     return obs

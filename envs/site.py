@@ -82,6 +82,7 @@ class SiteParams:
             ("charge_kw_per_kwh_step", 1.0 / (eta_c * dt)),
             ("discharge_kw_per_kwh_step", eta_d / dt),
             ("node_export_floor_kw", -self.node_export_limit_kw),
+            ("bidirectional", bool((self.port_max_discharge_kw > 0).any())),
             ("port_node_incidence", _incidence(port_lo, port_hi, len(self.port_node))),
             ("node_depth", depth),
             ("node_subtree_end", subtree_end),

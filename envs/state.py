@@ -30,9 +30,8 @@ class State:
     episode: Episode
     schedule: PlugSchedule
     node_exo_kw: np.ndarray  # (B, L, N) net inflexible load minus PV of each node's subtree
-    site_load_kw: np.ndarray  # (B, L) inflexible load of the whole site
-    site_pv_kw: np.ndarray  # (B, L) PV generation of the whole site
-    step_obs: np.ndarray  # (B, T+1, width) float32 observation fields fixed per step (STEP_BLOCK)
+    forecast_series: np.ndarray  # (B, len(FORECAST_BLOCK), L) float32 series observed with a forecast
+    step_obs: np.ndarray  # (B, T+1, width) float32 headroom and calendar fields per step
     ev_table: np.ndarray  # (len(EV_FIELDS), B, K) the episode's EVs, as plugged onto a port
     port_ev: np.ndarray  # (B, P) EV index on the port, -1 empty
     ev_on_port: np.ndarray  # (len(EV_FIELDS), B, P) fixed data of the EV on each port
