@@ -27,7 +27,7 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     np.minimum(charge, room_kwh, out=charge)
     np.maximum(charge, 0.0, out=charge)
     if not params.bidirectional:
-        return charge, np.zeros_like(charge)
+        return charge, np.zeros(charge.shape)
     above_min_kwh = soc - min_soc
     above_min_kwh *= battery_kwh
     above_min_kwh *= params.discharge_kw_per_kwh_step
