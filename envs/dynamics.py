@@ -36,6 +36,9 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     return charge, discharge
 
 
+ROUND_OFF_KW = 1e-9
+
+
 def _prefix_sum(x: np.ndarray) -> np.ndarray:
     out = np.zeros((x.shape[0], x.shape[1] + 1))
     np.cumsum(x, axis=1, out=out[:, 1:])
@@ -90,6 +93,7 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
     flows = node_flows(params, x, node_exo_kw)
     excess = (np.maximum(flows - params.node_import_limit_kw, 0.0)
               + np.maximum(params.node_export_floor_kw - flows, 0.0))
+    excess *= excess > ROUND_OFF_KW
     return x, flows[:, 0], np.add.reduce(excess, axis=1)
 
 

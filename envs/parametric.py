@@ -36,7 +36,9 @@ class ParametricGenerator:
     announced departure is the real one plus Gaussian noise. Prices and carbon follow hourly
     profiles with multiplicative noise; loads are a base plus a Gaussian bump; PV is a clipped
     sine with a random daily cloud factor. Outages fail each port independently at
-    ``failure_rate_per_day`` and repair after ``repair_hours``.
+    ``failure_rate_per_day`` and repair after ``repair_hours``. ``weekday`` fixes the first
+    day of every episode (0 = Monday); a list cycles over the envs of a batch (``[0, ..., 6]``
+    makes seven envs a week); None draws it at random.
     """
 
     sessions_per_day: float = 40.0
@@ -63,7 +65,7 @@ class ParametricGenerator:
     setpoint_kw: float = 0.0
     failure_rate_per_day: float = 0.0
     repair_hours: float = 4.0
-    weekday: int | None = None
+    weekday: int | Sequence[int] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], site_name: str = "") -> ParametricGenerator:
@@ -98,6 +100,8 @@ class ParametricGenerator:
         for field in ("price_hourly_eur_kwh", "carbon_hourly_kg_kwh"):
             if len(getattr(self, field)) != 24:
                 fail(field, f"must list 24 hourly values, got {len(getattr(self, field))}")
+        if self.weekday is not None and not np.all(np.isin(np.atleast_1d(self.weekday), np.arange(7))):
+            fail("weekday", f"must be 0..6 (Monday..Sunday) or a list of them, got {self.weekday!r}")
         lo, hi = self.soc_arrival_range
         if not 0 <= lo <= hi <= 1:
             fail("soc_arrival_range", f"must satisfy 0 <= low <= high <= 1, got {lo, hi}")
@@ -111,8 +115,10 @@ class ParametricGenerator:
         step_minutes = params.dt_hours * 60
         minutes = params.start_minute + step_minutes * np.arange(length)
         hour = (minutes % 1440) / 60
-        weekday0 = (rng.integers(0, 7, size=b) if self.weekday is None
-                    else np.full(b, self.weekday, dtype=np.int64))
+        if self.weekday is None:
+            weekday0 = rng.integers(0, 7, size=b)
+        else:
+            weekday0 = np.resize(np.asarray(self.weekday, dtype=np.int64), b)
         day_of_week = (weekday0[:, None] + (minutes // 1440)[None, :].astype(np.int64)) % 7
         weekend = day_of_week >= 5
 

@@ -1,0 +1,16 @@
+"""Simulate the rule-based baselines on a site for a week of seeded days and print their KPIs."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from agents.evaluate import run_from_config
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_from_config(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
