@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.dynamics import node_flows, project_to_limits
 from envs.observation import layout_size, observation_layout
 from envs.site import SiteParams
 
@@ -60,20 +61,11 @@ class RuleBasedPolicy:
 
     def node_sums(self, port_values: np.ndarray) -> np.ndarray:
         """(B, N) sums over the ports below each node of (B, P) values."""
-        prefix = np.zeros((port_values.shape[0], port_values.shape[1] + 1))
-        np.cumsum(port_values, axis=1, out=prefix[:, 1:])
-        return prefix[:, self.params.node_port_hi] - prefix[:, self.params.node_port_lo]
+        return node_flows(self.params, port_values, 0.0)
 
     def scale_to_fit(self, request_kw: np.ndarray, headroom_kw: np.ndarray) -> np.ndarray:
-        """Grant (B, P) kW: bottom-up, the ports below an overloaded node share one scale factor."""
-        grant = request_kw.copy()
-        ones = np.ones((grant.shape[0], 1))
-        for level, slot in self._level_slots:
-            total = self.node_sums(grant)[:, level]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                keep = np.where(total > 0, np.clip(headroom_kw[:, level] / total, 0.0, 1.0), 1.0)
-            grant *= np.concatenate([keep, ones], axis=1)[:, slot]
-        return grant
+        """Grant (B, P) kW: the env's own projection, against ``headroom_kw`` instead of the limits."""
+        return project_to_limits(self.params, request_kw, self.params.node_import_limit_kw - headroom_kw)[0]
 
     def fill_in_order(self, priority: np.ndarray, request_kw: np.ndarray, headroom_kw: np.ndarray):
         """Grant (B, P) kW: ports in increasing ``priority`` take their request while it fits.
