@@ -125,6 +125,7 @@ def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, 
                          f"(envs, ports of site {params.name!r})")
     if action.dtype.kind not in "fiub":
         raise ValueError(f"action has dtype {action.dtype}, expected a float array")
+    action = action.astype(np.float64, copy=False)
     largest = np.maximum.reduce(np.abs(action), axis=None)
     if largest <= 1.0:
         return action, np.zeros(expected[0], dtype=np.int64)

@@ -216,7 +216,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         r.fail("start_hour", f"must fall on a step boundary in [0, 24), got {start_hour:g}")
 
     nodes, ports = _parse_tree(spec, r)
-    order = _preorder(nodes)
+    order = _preorder(nodes, r)
     position = {node["name"]: i for i, node in enumerate(order)}
     ports.sort(key=lambda port: position[port["node"]])
 
@@ -240,7 +240,8 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         horizon_steps=horizon,
         start_minute=start_minute,
         node_names=tuple(node["name"] for node in order),
-        node_parent=array([position[n["parent"]] if n["parent"] else -1 for n in order], dtype=np.int64),
+        node_parent=array([-1 if n["parent"] is None else position[n["parent"]] for n in order],
+                          dtype=np.int64),
         node_import_limit_kw=array([n["import_kw"] for n in order], dtype=np.float64),
         node_export_limit_kw=array([n["export_kw"] for n in order], dtype=np.float64),
         port_names=tuple(p["name"] for p in ports),
@@ -274,8 +275,9 @@ def _parse_tree(spec, r: _Reader):
         names.add(node_name)
         limit = r.number(raw, "limit_kw", f"{field}.limit_kw", None, 0, low_open=True)
         export = r.number(raw, "export_limit_kw", f"{field}.export_limit_kw", limit, 0)
-        nodes.append({"name": node_name, "parent": raw.get("parent"), "import_kw": limit,
-                      "export_kw": export, "field": field})
+        parent = None if raw.get("parent") is None else str(raw["parent"])
+        nodes.append({"name": node_name, "parent": parent, "import_kw": limit, "export_kw": export,
+                      "field": field})
     roots = [n for n in nodes if n["parent"] is None]
     if len(roots) != 1:
         r.fail("nodes", f"must have exactly one root (a node without parent), found {len(roots)}")
@@ -323,7 +325,7 @@ def _parse_tree(spec, r: _Reader):
     return nodes, ports
 
 
-def _preorder(nodes: list[dict]) -> list[dict]:
+def _preorder(nodes: list[dict], r: _Reader) -> list[dict]:
     children: dict[str | None, list[dict]] = {}
     for node in nodes:
         children.setdefault(None if node["parent"] is None else str(node["parent"]), []).append(node)
@@ -335,5 +337,6 @@ def _preorder(nodes: list[dict]) -> list[dict]:
         stack.extend(reversed(children.get(node["name"], [])))
     if len(order) != len(nodes):
         cyclic = sorted(n["name"] for n in nodes if n["name"] not in seen)
-        raise SiteError(f"site nodes {cyclic} are not connected to the root (a cycle in parent)")
+        first = next(n for n in nodes if n["name"] not in seen)
+        r.fail(f"{first['field']}.parent", f"leaves nodes {cyclic} unreachable from the root (a cycle)")
     return order
