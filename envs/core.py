@@ -153,12 +153,18 @@ def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.
 
     Reads and writes the port arrays in ``changes``; ``soc``, ``remaining_kwh`` and
     ``delivered_kwh`` there are written in place (the caller made them for this step; at reset
-    they are fresh zeros). Returns the unmet energy (kWh, per env) of EVs that departed.
+    they are fresh zeros). Returns the unmet energy (kWh, per env) of EVs that departed, or that
+    an outage pushed off their port and that left the queue without charging again.
     """
     episode, schedule = state.episode, state.schedule
     unplug = slice(schedule.unplug_offsets[t], schedule.unplug_offsets[t + 1])
     plug = slice(schedule.plug_offsets[t], schedule.plug_offsets[t + 1])
     unmet = np.zeros(state.port_ev.shape[0])
+    gave_up = slice(schedule.gave_up_offsets[t], schedule.gave_up_offsets[t + 1])
+    if gave_up.start < gave_up.stop:
+        bi, ki = schedule.gave_up_env[gave_up], schedule.gave_up_ev[gave_up]
+        left = np.maximum(episode.ev_requested_kwh[bi, ki] - state.ev_delivered_kwh[bi, ki], 0.0)
+        unmet += np.bincount(bi, left, minlength=len(unmet))
     if unplug.start == unplug.stop and plug.start == plug.stop:
         return unmet
     soc, remaining, delivered = changes["soc"], changes["remaining_kwh"], changes["delivered_kwh"]
@@ -168,8 +174,8 @@ def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.
     if unplug.start < unplug.stop:
         bi, pi, ki = schedule.unplug_env[unplug], schedule.unplug_port[unplug], schedule.unplug_ev[unplug]
         departed = schedule.unplug_departed[unplug]
-        unmet = np.bincount(bi[departed], np.maximum(remaining[bi[departed], pi[departed]], 0.0),
-                            minlength=len(unmet))
+        unmet += np.bincount(bi[departed], np.maximum(remaining[bi[departed], pi[departed]], 0.0),
+                             minlength=len(unmet))
         if not departed.all():
             moved = ~departed
             ev_soc, ev_delivered = ev_soc.copy(), ev_delivered.copy()

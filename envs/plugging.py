@@ -35,6 +35,9 @@ class PlugSchedule:
     unplug_ev: np.ndarray  # (U,) int
     unplug_departed: np.ndarray  # (U,) bool, False when an outage pushed the EV back to the queue
     unplug_offsets: np.ndarray  # (T+2,) int
+    gave_up_env: np.ndarray  # (G,) int, EVs that had been plugged, were displaced, and left the queue
+    gave_up_ev: np.ndarray  # (G,) int
+    gave_up_offsets: np.ndarray  # (T+2,) int
     arrived: np.ndarray  # (B, T+1) int, EVs arriving at step t
     turned_away: np.ndarray  # (B, T+1) int, arrivals rejected because the queue was full
     abandoned: np.ndarray  # (B, T+1) int, queued EVs that ran out of patience or departed
@@ -85,6 +88,7 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
     ev_slot = np.full((b, k), -1, dtype=np.int64)
     queue_env = queue_ev = queue_since = np.zeros(0, dtype=np.int64)
     plugs, unplugs = _Events("env", "port", "ev"), _Events("env", "port", "ev", "departed")
+    gave_up = _Events("env", "ev")
 
     arrivals_per_step = np.diff(arrival_offsets)
     np.add.at(counts["arrived"], (arrival_env, np.repeat(np.arange(steps), arrivals_per_step)), 1)
@@ -126,6 +130,9 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
             expired = (t - queue_since > params.queue_patience_steps) | (departure[queue_env, queue_ev] <= t)
             if expired.any():
                 status[queue_env[expired], queue_ev[expired]] = ABANDONED
+                served = expired & (ev_slot[queue_env, queue_ev] >= 0)
+                if served.any():
+                    gave_up.add(t, queue_env[served], queue_ev[served])
                 count("abandoned", t, queue_env[expired])
                 count("wait_steps", t, queue_env[expired], t - queue_since[expired])
                 keep = ~expired
@@ -162,5 +169,5 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
         else:
             queue_env = queue_ev = queue_since = queue_env[:0]
 
-    return PlugSchedule(ev_status=status, **plugs.arrays(steps, "plug"),
-                        **unplugs.arrays(steps, "unplug"), **counts)
+    return PlugSchedule(ev_status=status, **plugs.arrays(steps, "plug"), **unplugs.arrays(steps, "unplug"),
+                        **gave_up.arrays(steps, "gave_up"), **counts)

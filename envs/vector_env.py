@@ -96,7 +96,7 @@ class SmartChargingVectorEnv(VectorEnv):
             if mask.shape != (self.num_envs,) or mask.dtype != np.bool_ or not mask.all():
                 raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},) "
                                  "selecting every env: the envs of a batch share the step counter")
-        super().reset(seed=seed)
+        super().reset(seed=None if seed is None else int(seed))
         return self._new_episodes(), {}
 
     def step(self, actions):

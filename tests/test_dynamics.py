@@ -562,3 +562,16 @@ def test_no_step_past_the_horizon():
         state, _, _ = step(params, state, np.ones((1, 1)))
     with pytest.raises(RuntimeError, match="horizon"):
         step(params, state, np.ones((1, 1)))
+
+
+def test_a_displaced_ev_that_gives_up_in_the_queue_counts_its_unmet_energy():
+    params = one_port_site(capacity=5, patience_minutes=15)
+    down = np.zeros((params.horizon_steps + 1, 1), dtype=bool)
+    down[2:6, 0] = True
+    episode = make_episode(params, [ev(requested_kwh=20)], port_down=down)
+    steps = rollout(params, episode, [1.0] * 5)
+    per_step = 7.0 * CHARGE_KWH_PER_KW
+    unmet = [term(terms, "unmet_kwh")[0] for _, terms, _ in steps]
+    assert unmet == [0, 0, 0, approx(20 - 2 * per_step), 0]
+    assert steps[3][2]["abandoned"][0] == 1
+    assert steps[-1][0].totals[0, TERMS.index("unmet_kwh")] == approx(20 - 2 * per_step)
