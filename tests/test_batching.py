@@ -13,7 +13,7 @@ from envs.site import load_site
 
 NUM_ENVS = 4
 BATCH_AXIS_1 = {"ev_table", "ev_on_port"}  # (fields, B, ...)
-SCHEDULE_EVENTS = ("plug_", "unplug_")  # flat event lists over the whole batch
+SCHEDULE_EVENTS = ("plug_", "unplug_", "gave_up_")  # flat event lists over the whole batch
 
 
 def busy_site(name):

@@ -214,6 +214,12 @@ class Rollout:
         ev = np.maximum(before.port_ev, 0)
         leaving = before.occupied & (episode.ev_departure_step[rows, ev] == t + 1)
         unmet = np.where(leaving, np.maximum(before.remaining_kwh - energy, 0), 0).sum(axis=1)
+        schedule = state.schedule
+        gave_up = slice(schedule.gave_up_offsets[t + 1], schedule.gave_up_offsets[t + 2])
+        env_i, ev_i = schedule.gave_up_env[gave_up], schedule.gave_up_ev[gave_up]
+        assert (before.port_ev[env_i] != ev_i[:, None]).all(), "an EV gave up from a port"
+        left = episode.ev_requested_kwh[env_i, ev_i] - before.ev_delivered_kwh[env_i, ev_i]
+        np.add.at(unmet, env_i, np.maximum(left, 0))
         np.testing.assert_allclose(terms[:, TERM_INDEX["unmet_kwh"]], unmet, rtol=0, atol=TOL)
         self.departed_delivered += np.where(leaving, before.delivered_kwh + energy, 0).sum(axis=1)
         env_i, port_i = np.nonzero(leaving)
