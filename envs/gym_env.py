@@ -73,7 +73,8 @@ class SmartChargingEnv(gymnasium.Env):
     name, in physical units: ``energy_cost_eur`` (site import at the buy price),
     ``charging_revenue_eur`` (energy into batteries at the drivers' tariff),
     ``export_revenue_eur`` (site export at the sell price), ``degradation_kwh`` (battery
-    throughput), ``unmet_kwh`` (requested energy missing when an EV departs),
+    throughput), ``unmet_kwh`` (requested energy missing when an EV departs,
+    or when an EV an outage pushed off its port gives up waiting),
     ``overload_requested_kwh`` (energy the agent asked for beyond the node limits, i.e. removed
     by the scaling above), ``grid_violation_kwh`` (energy still beyond a node limit after the
     scaling, summed over nodes, e.g. when inflexible load or PV alone exceed the limit),
