@@ -34,8 +34,9 @@ class ParametricGenerator:
     ``sessions_per_day`` (times ``weekend_factor`` on Saturday and Sunday). Stays and requests
     are lognormal with the given means; the battery and power limits come from ``fleet``; the
     announced departure is the real one plus Gaussian noise. Prices and carbon follow hourly
-    profiles with multiplicative noise; loads are a base plus a Gaussian bump; PV is a clipped
-    sine with a random daily cloud factor. Outages fail each port independently at
+    profiles with multiplicative noise (prices times ``price_weekend_factor`` on weekends);
+    loads are a base plus a Gaussian bump; PV is a clipped sine with a random daily cloud
+    factor. Outages fail each port independently at
     ``failure_rate_per_day`` and repair after ``repair_hours``. ``weekday`` fixes the first
     day of every episode (0 = Monday); a list cycles over the envs of a batch (``[0, ..., 6]``
     makes seven envs a week); None draws it at random.
@@ -57,6 +58,7 @@ class ParametricGenerator:
     fleet: Sequence[EvModel] = (EvModel(60.0, 7.4, 7.4, 0.6), EvModel(40.0, 6.6, 0.0, 0.4))
     price_hourly_eur_kwh: Sequence[float] = _DEFAULT_PRICES
     price_noise: float = 0.1
+    price_weekend_factor: float = 0.85
     export_price_factor: float = 0.8
     tariff_eur_kwh: float = 0.35
     carbon_hourly_kg_kwh: Sequence[float] = _DEFAULT_CARBON
@@ -90,7 +92,7 @@ class ParametricGenerator:
             raise SiteError(f"site {site_name!r}: scenario.{field} {problem}")
 
         for field in ("sessions_per_day", "weekend_factor", "dwell_mean_hours", "energy_mean_kwh",
-                      "dwell_sigma", "energy_sigma", "price_noise", "repair_hours",
+                      "dwell_sigma", "energy_sigma", "price_noise", "price_weekend_factor", "repair_hours",
                       "failure_rate_per_day", "departure_error_minutes"):
             value = getattr(self, field)
             if not np.isfinite(value) or value < 0:
@@ -126,7 +128,7 @@ class ParametricGenerator:
         price_profile = np.interp(hour, np.arange(25), np.r_[self.price_hourly_eur_kwh,
                                                             self.price_hourly_eur_kwh[0]])
         noise = 1 + self.price_noise * rng.standard_normal((b, length))
-        price_buy = price_profile[None, :] * noise
+        price_buy = price_profile[None, :] * noise * np.where(weekend, self.price_weekend_factor, 1.0)
         carbon = np.interp(hour, np.arange(25), np.r_[self.carbon_hourly_kg_kwh,
                                                      self.carbon_hourly_kg_kwh[0]])
         load, pv = self._sample_node_series(params, rng, hour, weekend)

@@ -333,3 +333,10 @@ def test_random_tree_layout(spec):
         parent = node.get("parent")
         assert params.node_parent[i] == (-1 if parent is None else params.node_index(parent))
     assert set(params.node_names) - names == {name for name in params.node_names if "_charger" in name}
+
+
+def test_weekend_prices_follow_the_calendar():
+    params = load_site("caltech", scenario={"price_noise": 0.0, "weekday": [4, 5]})
+    episode = generator_for(params).sample(params, np.random.default_rng(0), 2)
+    friday, saturday = episode.price_buy_eur_kwh[:, :params.steps_per_day]
+    np.testing.assert_allclose(saturday, 0.85 * friday)
