@@ -1,4 +1,4 @@
-"""Score policies on the same seeded episodes and tabulate their KPIs."""
+"""Score policies on the same episodes and tabulate their KPIs."""
 
 from __future__ import annotations
 
@@ -10,65 +10,78 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agents.baselines import Uncontrolled
+from agents.kpis import KPI_COLUMNS, add_score, episode_kpis, summarize, write_tables
 from envs.core import reset, step
-from envs.episode import Episode
+from envs.episode import Episode, Generator
 from envs.observation import observe
 from envs.parametric import generator_for
 from envs.plugging import DEPARTED
-from envs.reward import TERM_INDEX
 from envs.site import SiteParams, load_site
 
-KPI_COLUMNS = (
-    "reward_eur",
-    "profit_eur",
-    "energy_cost_eur",
-    "charging_revenue_eur",
-    "export_revenue_eur",
-    "energy_delivered_kwh",
-    "unmet_kwh",
-    "unmet_pct",
-    "overload_requested_kwh",
-    "grid_violation_kwh",
-    "peak_import_kw",
-    "v2g_discharged_kwh",
-    "degradation_kwh",
-    "turned_away",
-    "abandoned",
-    "mean_wait_hours",
-    "wall_s",
-)
+__all__ = ["KPI_COLUMNS", "evaluate", "episodes_for", "rollout", "run_from_config"]
+
+OPTIMUM_CLASS = "OfflineOptimal"
 
 
-def evaluate(policies: Mapping[str, Any], params: SiteParams, num_episodes: int, seed: int,
-             num_envs: int | None = None) -> pd.DataFrame:
-    """KPIs of each policy (one row each, indexed by name) on the same ``num_episodes`` episodes.
+def evaluate(policies: Mapping[str, Any], params: SiteParams, num_episodes: int | None = None,
+             seed: int = 0, num_envs: int | None = None, episodes: Episode | Generator | None = None,
+             per_episode: bool = False) -> pd.DataFrame:
+    """KPIs (``agents.kpis.KPI_COLUMNS``) of each policy on the same episodes, one row per policy.
 
-    The episodes are sampled once from the site's scenario with ``seed`` and every policy is
-    reset from them, so the rows differ only by the policy. They run as one batch, or in
-    batches of ``num_envs``. Policies follow SB3's predictor protocol. Sums are averaged per
-    episode: EUR, kWh and counts per episode; ``unmet_pct`` is unmet energy over the energy
-    requested by the EVs that departed within the episodes; ``peak_import_kw`` is the highest
-    site import of any episode; ``mean_wait_hours`` is queue time per arriving EV;
-    ``wall_s`` is the time per episode of the policy and the env, reset included.
+    The episodes are ``episodes`` when it is an ``Episode`` (replayed days, for instance), else
+    ``num_episodes`` drawn with ``seed`` from ``episodes`` as a generator, by default the site's
+    scenario; every policy is reset from them, so the rows differ only by the policy. They run
+    as one batch, or in batches of ``num_envs``. Policies follow SB3's predictor protocol; one
+    with a ``begin(params, episode)`` method is handed each batch's episodes before its
+    rollout (an optimizer that plans on them), and that time counts in its ``wall_s``.
+
+    EUR, kWh and counts are per episode; ``unmet_pct`` is unmet energy over the energy
+    requested by the EVs that departed; ``peak_import_kw`` is the highest site import of any
+    episode; ``mean_wait_hours`` is queue time per arriving EV; ``wall_s`` is the time per
+    episode of the policy and the env, reset included. ``score`` is ``(R - R_uncontrolled) /
+    (R_optimum - R_uncontrolled)`` per episode, averaged, where the policies include an
+    ``Uncontrolled`` and an ``OfflineOptimal`` (found by class); NaN otherwise. With
+    ``per_episode`` the table has one row per (policy, episode) instead, plus ``arrived``.
     """
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    episode = generator_for(params).sample(params, np.random.default_rng(seed), num_episodes)
-    batch = num_episodes if num_envs is None else max(1, int(num_envs))
-    rows = {}
+    episode = episodes_for(params, episodes, num_episodes, seed)
+    total = episode.num_envs
+    batch = total if num_envs is None else max(1, int(num_envs))
+    frames = {}
+    batches = [slice(lo, lo + batch) for lo in range(0, total, batch)]
     for name, policy in policies.items():
         start = time.perf_counter()
-        parts = [_rollout(policy, params, episode.take(slice(lo, lo + batch)))
-                 for lo in range(0, num_episodes, batch)]
-        wall_s = (time.perf_counter() - start) / num_episodes
-        rows[name] = _kpis(params, {key: np.concatenate([part[key] for part in parts]) for key in parts[0]},
-                           wall_s)
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(KPI_COLUMNS))
-    table.index.name = "policy"
-    return table
+        parts = [rollout(policy, params, episode.take(envs)) for envs in batches]
+        wall_s = (time.perf_counter() - start) / total
+        frames[name] = episode_kpis(params, {key: np.concatenate([part[key] for part in parts])
+                                             for key in parts[0]}, wall_s)
+    table = pd.concat(frames, names=["policy", "episode"])
+    add_score(table, _find(policies, lambda p: isinstance(p, Uncontrolled)),
+              _find(policies, lambda p: type(p).__name__ == OPTIMUM_CLASS))
+    return table if per_episode else summarize(table)
 
 
-def _rollout(policy, params: SiteParams, episode: Episode) -> dict[str, np.ndarray]:
+def episodes_for(params: SiteParams, episodes: Episode | Generator | None = None,
+                 num_episodes: int | None = None, seed: int = 0) -> Episode:
+    """The episodes to evaluate on: ``episodes`` itself, or ``num_episodes`` sampled from it (or
+    from the site's scenario when None) with ``seed``."""
+    if isinstance(episodes, Episode):
+        if num_episodes is not None and num_episodes != episodes.num_envs:
+            raise ValueError(f"num_episodes is {num_episodes} but the given Episode holds "
+                             f"{episodes.num_envs}; pass None to use them all")
+        episodes.check(params)
+        return episodes
+    if num_episodes is None or num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    generator = generator_for(params) if episodes is None else episodes
+    return generator.sample(params, np.random.default_rng(seed), int(num_episodes))
+
+
+def rollout(policy, params: SiteParams, episode: Episode) -> dict[str, np.ndarray]:
+    """Run ``policy`` through a batch of episodes; per-episode arrays for ``agents.kpis.episode_kpis``."""
+    begin = getattr(policy, "begin", None)
+    if callable(begin):
+        begin(params, episode)
     state = reset(params, episode)
     charged = np.zeros(episode.num_envs)
     discharged = np.zeros(episode.num_envs)
@@ -92,43 +105,20 @@ def _rollout(policy, params: SiteParams, episode: Episode) -> dict[str, np.ndarr
     }
 
 
-def _kpis(params: SiteParams, run: dict[str, np.ndarray], wall_s: float) -> dict[str, float]:
-    totals = run["totals"].mean(axis=0)
-    reward = run["totals"] @ params.reward.coefficients()
-
-    def term(name):
-        return float(totals[TERM_INDEX[name]])
-
-    unmet = term("unmet_kwh")
-    requested = float(run["requested_kwh"].mean())
-    arrived = float(run["arrived"].sum())
-    return {
-        "reward_eur": float(reward.mean()),
-        "profit_eur": term("charging_revenue_eur") + term("export_revenue_eur") - term("energy_cost_eur"),
-        "energy_cost_eur": term("energy_cost_eur"),
-        "charging_revenue_eur": term("charging_revenue_eur"),
-        "export_revenue_eur": term("export_revenue_eur"),
-        "energy_delivered_kwh": float(run["charged_kwh"].mean()),
-        "unmet_kwh": unmet,
-        "unmet_pct": 100.0 * unmet / requested if requested > 0 else 0.0,
-        "overload_requested_kwh": term("overload_requested_kwh"),
-        "grid_violation_kwh": term("grid_violation_kwh"),
-        "peak_import_kw": float(run["peak_import_kw"].max()),
-        "v2g_discharged_kwh": float(run["discharged_kwh"].mean()),
-        "degradation_kwh": term("degradation_kwh"),
-        "turned_away": float(run["turned_away"].mean()),
-        "abandoned": float(run["abandoned"].mean()),
-        "mean_wait_hours": float(run["wait_hours"].sum()) / arrived if arrived else 0.0,
-        "wall_s": wall_s,
-    }
+def _find(policies: Mapping[str, Any], test) -> str | None:
+    return next((name for name, policy in policies.items() if test(policy)), None)
 
 
 def run_from_config(cfg, output_dir: str | Path | None = None) -> pd.DataFrame:
-    """Evaluate the configured policies on the configured site; print the table, save it as CSV.
+    """Evaluate the configured policies on the configured site; print the table and write it.
 
     ``cfg`` has ``site.preset`` and ``site.overrides`` (passed to ``envs.site.load_site``),
-    ``policies`` (name -> a ``_target_`` spec, instantiated, then called with ``params=``), ``num_episodes``,
-    ``seed`` and ``num_envs``. The CSV is ``kpis.csv`` in ``output_dir`` when one is given.
+    ``policies`` (name -> a ``_target_`` spec, instantiated, then called with ``params=``),
+    ``num_episodes``, ``seed`` and ``num_envs``; optionally ``episodes`` (a ``_target_`` spec
+    that builds an ``Episode`` or a generator, e.g. replayed days; default: the site's
+    scenario), ``formats`` (subset of ``csv``, ``md``, ``jsonl``; default ``[csv]``) and
+    ``output_dir`` (where the tables go, instead of ``output_dir``). Tables are
+    ``kpis.<format>``; nothing is written when neither directory is given.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -137,13 +127,17 @@ def run_from_config(cfg, output_dir: str | Path | None = None) -> pd.DataFrame:
     overrides = OmegaConf.to_container(overrides, resolve=True) if overrides is not None else {}
     params = load_site(cfg.site.preset, **overrides)
     policies = {name: instantiate(spec, _partial_=True)(params=params) for name, spec in cfg.policies.items()}
-    table = evaluate(policies, params, int(cfg.num_episodes), int(cfg.seed), cfg.get("num_envs"))
-    print(f"site {params.name!r}: {params.num_ports} ports, {cfg.num_episodes} episodes of "
-          f"{params.horizon_steps * params.dt_hours:g} h, seed {cfg.seed}; KPIs per episode")
+    source = cfg.get("episodes")
+    episodes = instantiate(source) if source is not None else None
+    num_episodes = None if isinstance(episodes, Episode) else int(cfg.num_episodes)
+    table = evaluate(policies, params, num_episodes, int(cfg.seed), cfg.get("num_envs"), episodes=episodes)
+    count = episodes.num_envs if isinstance(episodes, Episode) else num_episodes
+    origin = f"seed {cfg.seed}" if num_episodes is not None else "given episodes"
+    print(f"site {params.name!r}: {params.num_ports} ports, {count} episodes of "
+          f"{params.horizon_steps * params.dt_hours:g} h, {origin}; KPIs per episode")
     print(table.T.to_string(float_format=lambda x: f"{x:.3f}"))
-    if output_dir is not None:
-        path = Path(output_dir) / "kpis.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path)
-        print(f"wrote {path}")
+    directory = cfg.get("output_dir") or output_dir
+    if directory is not None:
+        for path in write_tables(table, directory, cfg.get("formats") or ("csv",)):
+            print(f"wrote {path}")
     return table
