@@ -1,0 +1,333 @@
+"""Real price, load, PV and carbon series laid over the episodes of any generator."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from envs.data.prices import Tariff, export_prices, read_day_ahead_csv, read_tariff
+from envs.data.series import (
+    RESAMPLE_METHODS,
+    DataError,
+    candidate_dates,
+    read_building_csv,
+    read_series_csv,
+    resample,
+    series_range,
+    site_step_times,
+)
+from envs.episode import Episode, Generator
+from envs.site import SiteError, SiteParams
+
+FORMATS = ("day_ahead", "tou", "building", "csv")
+_SINGLE = ("price_buy", "price_sell", "tariff", "carbon")
+_NODE = ("loads", "pv")
+_TOP = {"tz", "match_weekday", "shared_calendar", "dates", "data_dir", *_SINGLE, *_NODE}
+_ENTRY = {"path", "format", "column", "time_column", "file_tz", "start", "freq", "year", "country", "scale",
+          "offset", "method", "holidays", "eur_kwh", "factor", "node"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """One spec entry: a real series (or a TOU tariff, or a constant) priced on episode steps."""
+
+    field: str
+    series: pd.Series | None = None
+    tariff: Tariff | None = None
+    constant: float | None = None
+    method: str = "hold"
+    scale: float = 1.0
+    offset: float = 0.0
+    holidays: tuple = ()
+    node: str | None = None
+
+    def range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        return None if self.series is None else series_range(self.series)
+
+    def values(self, local: np.ndarray, utc: np.ndarray, dt_minutes: int) -> np.ndarray:
+        if self.series is not None:
+            raw = resample(self.series, utc, dt_minutes, self.method)
+        elif self.tariff is not None:
+            raw = self.tariff.prices(local, self.holidays)
+        else:
+            raw = np.full(local.shape, self.constant)
+        return raw * self.scale + self.offset
+
+
+class SeriesOverlay:
+    """A Generator that samples a base generator, then swaps in windows cut from real series.
+
+    Description:
+        Each episode gets a local start date drawn with ``rng`` among the dates whose whole
+        window (``horizon_steps + forecast_steps + 1`` steps) lies inside the series, with the
+        episode's weekday when ``match_weekday`` (default true). The steps are the wall-clock grid
+        of ``envs.data.series`` in the site's time zone ``tz`` (a local day is always
+        ``24 / dt`` steps; DST days hold or skip one clock hour). Series are resampled to the step
+        (``method``: ``hold``, the default, averages the source intervals a step overlaps;
+        ``interpolate`` reads straight lines through the interval midpoints). With
+        ``shared_calendar`` (default true) every series is cut from the same date; otherwise each
+        draws its own (use it when the files cover different years) and TOU tariffs follow the
+        first dated series.
+
+    Arguments (the scenario's ``series:`` block):
+        ``tz`` (site time zone, default UTC), ``match_weekday``, ``shared_calendar``, ``dates``
+        ([first, last] local start dates allowed, e.g. a train/test split), ``data_dir`` (base of
+        relative paths, default the working directory), and the entries ``price_buy``,
+        ``price_sell``, ``tariff`` (paid by drivers), ``carbon``, and lists ``loads`` and ``pv``
+        whose items name a ``node``. An entry is ``{eur_kwh: c}`` (a constant) or a file:
+        ``path`` (a glob joins monthly files), ``format`` (``day_ahead``, ``tou`` (JSON),
+        ``building`` (hourly, month/hour columns), ``csv`` (a time column); inferred from the
+        file when left out), ``column``, ``time_column``, ``file_tz`` (zone of naive file times),
+        ``start`` and ``freq`` (for a file without times), ``year`` (building files), ``country``
+        (day-ahead), ``holidays`` (TOU), ``method``, and ``scale`` and ``offset``: the value used
+        is ``file value * scale + offset`` (units: EUR/kWh, kg/kWh, kW). ``price_sell`` may also
+        be ``{factor: f}`` (times the new buy price); left out while ``price_buy`` is replaced,
+        it keeps the base episode's sell/buy ratio. Node entries replace the base load (or PV)
+        of their node; the others keep the base's.
+
+    >>> from envs.parametric import ParametricGenerator
+    >>> from envs.site import load_site
+    >>> params = load_site("caltech")
+    >>> spec = {"tariff": {"eur_kwh": 0.4}, "dates": ["2020-01-06", "2020-01-12"]}
+    >>> overlay = SeriesOverlay(ParametricGenerator(), spec)
+    >>> episode, dates = overlay.sample_with_dates(params, np.random.default_rng(0), 3)
+    >>> float(episode.tariff_eur_kwh.max()), bool(((dates.astype(np.int64) + 3) % 7 == episode.weekday).all())
+    (0.4, True)
+    """
+
+    def __init__(self, base_generator: Generator, spec: Mapping[str, Any], site_name: str = ""):
+        self.base = base_generator
+        self.site_name = site_name
+        spec = dict(spec or {})
+        unknown = sorted(set(spec) - _TOP)
+        if unknown:
+            self._fail(unknown[0], f"is not a known field (known: {', '.join(sorted(_TOP))})")
+        self.tz = spec.get("tz")
+        if self.tz is not None:
+            try:
+                pd.Timestamp("2000-01-01", tz=self.tz)
+            except Exception:
+                self._fail("tz", f"is not a time zone name, got {self.tz!r}")
+        self.match_weekday = bool(spec.get("match_weekday", True))
+        self.shared_calendar = bool(spec.get("shared_calendar", True))
+        self.data_dir = Path(spec["data_dir"]).expanduser() if spec.get("data_dir") else None
+        self.dates = None
+        if spec.get("dates") is not None:
+            try:
+                first, last = (np.datetime64(pd.Timestamp(d).date(), "D") for d in spec["dates"])
+            except (TypeError, ValueError):
+                self._fail("dates", f"must be [first, last] dates, got {spec['dates']!r}")
+            if last < first:
+                self._fail("dates", f"ends before it starts: {spec['dates']!r}")
+            self.dates = (first, last)
+        self._cache: dict = {}
+        self.sources: dict[str, Source] = {}
+        for key in _SINGLE:
+            if spec.get(key) is not None:
+                self.sources[key] = self._source(key, spec[key])
+        for key in _NODE:
+            entries = spec.get(key) or []
+            if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
+                self._fail(key, "must be a list of entries with a node")
+            for i, entry in enumerate(entries):
+                source = self._source(f"{key}[{i}]", entry)
+                if source.node is None:
+                    self._fail(f"{key}[{i}].node", "is required")
+                self.sources[f"{key}[{i}]"] = source
+        dated = [s for s in self.sources.values() if s.range() is not None]
+        if not dated and self.dates is None and self.sources:
+            self._fail("dates", "is required when no entry is a dated series (only tariffs or constants)")
+        self._cache.clear()
+
+    def _fail(self, field, problem):
+        raise SiteError(f"site {self.site_name!r}: scenario.series.{field} {problem}")
+
+    def _source(self, field: str, entry) -> Source:
+        if not isinstance(entry, Mapping):
+            self._fail(field, f"must be a mapping, got {entry!r}")
+        unknown = sorted(set(entry) - _ENTRY)
+        if unknown:
+            self._fail(f"{field}.{unknown[0]}", f"is not a known field (known: {', '.join(sorted(_ENTRY))})")
+        method = entry.get("method", "hold")
+        if method not in RESAMPLE_METHODS:
+            self._fail(f"{field}.method", f"must be one of {RESAMPLE_METHODS}, got {method!r}")
+        node = None if entry.get("node") is None else str(entry["node"])
+        common = {"field": field, "method": method, "node": node}
+        try:
+            common["scale"] = float(entry.get("scale", 1.0))
+            common["offset"] = float(entry.get("offset", 0.0))
+        except (TypeError, ValueError):
+            self._fail(field, "scale and offset must be numbers")
+        if "factor" in entry:
+            if field != "price_sell":
+                self._fail(f"{field}.factor", "is only for price_sell")
+            return Source(constant=float(entry["factor"]), **{**common, "field": "price_sell.factor"})
+        if "eur_kwh" in entry:
+            return Source(constant=float(entry["eur_kwh"]), **common)
+        if "path" not in entry:
+            self._fail(field, "needs a path, eur_kwh" + (" or factor" if field == "price_sell" else ""))
+        path = Path(str(entry["path"])).expanduser()
+        if not path.is_absolute() and self.data_dir is not None:
+            path = self.data_dir / path
+        fmt = entry.get("format") or _infer_format(path)
+        if fmt not in FORMATS:
+            self._fail(f"{field}.format", f"must be one of {FORMATS}, got {fmt!r}")
+        key = (str(path), fmt, entry.get("column"), entry.get("time_column"), entry.get("file_tz"),
+               entry.get("country"), entry.get("year"), entry.get("start"), entry.get("freq"))
+        if key not in self._cache:
+            self._cache[key] = self._read(field, path, fmt, entry)
+        loaded = self._cache[key]
+        if fmt == "tou":
+            holidays = tuple(pd.Timestamp(d) for d in entry.get("holidays", ()) or ())
+            return Source(tariff=loaded, holidays=holidays, **common)
+        return Source(series=loaded, **common)
+
+    def _read(self, field, path, fmt, entry):
+        if fmt == "tou":
+            return read_tariff(path)
+        if fmt == "day_ahead":
+            kwargs = {k: entry[k] for k in ("time_column", "country") if entry.get(k) is not None}
+            if entry.get("column"):
+                kwargs["price_column"] = entry["column"]
+            if entry.get("file_tz"):
+                kwargs["tz"] = entry["file_tz"]
+            return read_day_ahead_csv(path, **kwargs)
+        column = entry.get("column")
+        if not column:
+            self._fail(f"{field}.column", f"is required for a {fmt} file")
+        if fmt == "building":
+            kwargs = {k: entry[k] for k in ("year",) if entry.get(k) is not None}
+            if entry.get("file_tz"):
+                kwargs["tz"] = entry["file_tz"]
+            return read_building_csv(path, columns=(column,), **kwargs)[column]
+        time_column = entry.get("time_column", "time")
+        frame = read_series_csv(path, columns=[column], time_column=time_column, tz=entry.get("file_tz"),
+                                start=entry.get("start"), freq=entry.get("freq"))
+        return frame[column]
+
+    def ranges(self) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+        """UTC (start, end) of every dated series, by spec field."""
+        return {name: s.range() for name, s in self.sources.items() if s.range() is not None}
+
+    def _candidates(self, params: SiteParams, ranges: list) -> np.ndarray:
+        if ranges:
+            days = candidate_dates(ranges, params, self.tz)
+        else:
+            days = np.arange(self.dates[0], self.dates[1] + 1)
+        if self.dates is not None:
+            days = days[(days >= self.dates[0]) & (days <= self.dates[1])]
+        return days
+
+    def _draw(self, params, rng, weekday: np.ndarray, ranges: list, what: str) -> np.ndarray:
+        days = self._candidates(params, ranges)
+        out = np.empty(len(weekday), dtype="datetime64[D]")
+        groups = np.unique(weekday) if self.match_weekday else [None]
+        for day in groups:
+            envs = np.arange(len(weekday)) if day is None else np.flatnonzero(weekday == day)
+            pool = days if day is None else days[(days.astype(np.int64) + 3) % 7 == day]
+            if not len(pool):
+                spans = ", ".join(f"{a} .. {b}" for a, b in ranges) or f"{self.dates[0]} .. {self.dates[1]}"
+                self._fail("dates", f"leave no start date for {what}"
+                           + ("" if day is None else f" on weekday {day}") + f" (series cover {spans})")
+            out[envs] = pool[rng.integers(0, len(pool), size=len(envs))]
+        return out
+
+    def calendar(self, params: SiteParams, rng: np.random.Generator, weekday: np.ndarray) -> dict:
+        """Local start date (B,) datetime64[D] of each source, drawn with ``rng``."""
+        dated = {name: s.range() for name, s in self.sources.items() if s.range() is not None}
+        if self.shared_calendar or not dated:
+            dates = self._draw(params, rng, weekday, list(dated.values()), "all series")
+            return dict.fromkeys(self.sources, dates)
+        out = {name: self._draw(params, rng, weekday, [span], name) for name, span in dated.items()}
+        first = next(iter(out.values()))
+        return {name: out.get(name, first) for name in self.sources}
+
+    def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
+        return self.sample_with_dates(params, rng, num_envs)[0]
+
+    def sample_with_dates(self, params: SiteParams, rng: np.random.Generator, num_envs: int):
+        """The episode and the local start dates (B,) of its series (those of ``price_buy`` or the
+        first source when calendars are not shared)."""
+        episode = self.base.sample(params, rng, num_envs)
+        if not self.sources:
+            return episode, np.full(num_envs, np.datetime64("NaT"), dtype="datetime64[D]")
+        dt_minutes = round(params.dt_hours * 60)
+        calendar = self.calendar(params, rng, np.asarray(episode.weekday))
+        grids: dict = {}
+
+        def values(name):
+            dates = calendar[name]
+            key = dates.tobytes()
+            if key not in grids:
+                grids[key] = site_step_times(params, dates, self.tz)
+            return self.sources[name].values(*grids[key], dt_minutes)
+
+        changes = {}
+        if "price_buy" in self.sources:
+            changes["price_buy_eur_kwh"] = values("price_buy")
+        buy = changes.get("price_buy_eur_kwh", episode.price_buy_eur_kwh)
+        sell = self.sources.get("price_sell")
+        if sell is not None and sell.field == "price_sell.factor":
+            changes["price_sell_eur_kwh"] = export_prices(buy, factor=sell.constant)
+        elif sell is not None:
+            changes["price_sell_eur_kwh"] = values("price_sell")
+        elif "price_buy" in self.sources:
+            base_buy = episode.price_buy_eur_kwh.sum(axis=1, keepdims=True)
+            ratio = np.divide(episode.price_sell_eur_kwh.sum(axis=1, keepdims=True), base_buy,
+                              out=np.zeros_like(base_buy), where=base_buy != 0)
+            changes["price_sell_eur_kwh"] = ratio * buy
+        if "tariff" in self.sources:
+            changes["tariff_eur_kwh"] = values("tariff")
+        if "carbon" in self.sources:
+            changes["carbon_kg_kwh"] = values("carbon")
+        for key, field in (("loads", "node_load_kw"), ("pv", "node_pv_kw")):
+            names = [name for name in self.sources if name.startswith(f"{key}[")]
+            if not names:
+                continue
+            array = getattr(episode, field).copy()
+            nodes = [params.node_index(self.sources[name].node) for name in names]
+            array[:, :, nodes] = 0.0
+            for name, node in zip(names, nodes, strict=True):
+                array[:, :, node] += values(name)
+            changes[field] = array
+        first = "price_buy" if "price_buy" in calendar else next(iter(calendar))
+        return dataclasses.replace(episode, **changes), calendar[first]
+
+
+def _infer_format(path: Path) -> str:
+    if path.suffix == ".json":
+        return "tou"
+    files = sorted(path.parent.glob(path.name)) if any(ch in path.name for ch in "*?[") else [path]
+    if not files or not files[0].exists():
+        raise DataError(f"{path}: file does not exist")
+    opener = gzip.open if files[0].suffix == ".gz" else open
+    with opener(files[0], "rt", encoding="utf-8-sig") as handle:
+        header = [h.strip() for h in handle.readline().split(",")]
+    if "Datetime (UTC)" in header:
+        return "day_ahead"
+    if "month" in header and "hour" in header:
+        return "building"
+    return "csv"
+
+
+def with_series(generator: Generator, scenario_block: Mapping[str, Any] | None,
+                params: SiteParams) -> Generator:
+    """``generator`` wrapped in a SeriesOverlay when the scenario block has a ``series`` key.
+
+    Node names are checked against ``params`` here, so a bad spec fails when the env is built.
+    """
+    spec = (scenario_block or {}).get("series")
+    if spec is None:
+        return generator
+    overlay = SeriesOverlay(generator, spec, site_name=params.name)
+    for name, source in overlay.sources.items():
+        if source.node is not None and source.node not in params.node_names:
+            overlay._fail(f"{name}.node", f"names unknown node {source.node!r} "
+                          f"(nodes: {', '.join(params.node_names)})")
+    return overlay

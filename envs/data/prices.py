@@ -1,0 +1,263 @@
+"""Electricity prices: time-of-use tariffs (JSON), day-ahead series (ENTSO-E CSV), export prices."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from envs.data.series import DataError, parse_numbers, parse_times, regularize
+
+DAY_MASKS = {
+    "WEEKDAYS": (True,) * 5 + (False,) * 2,
+    "WEEKENDS": (False,) * 5 + (True,) * 2,
+    "ALL": (True,) * 7,
+}
+_LEAP_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_MONTH_START = np.concatenate([[0], np.cumsum(_LEAP_MONTH_DAYS)])
+
+
+@dataclasses.dataclass(frozen=True)
+class TariffSchedule:
+    """One season and day type of a tariff: prices from clock hours on, and a demand charge."""
+
+    id: str
+    start: tuple[int, int]  # (month, day), first day in effect
+    end: tuple[int, int]  # (month, day), last day in effect; before start means it wraps over New Year
+    day_mask: str  # WEEKDAYS (Monday-Friday), WEEKENDS (Saturday, Sunday, holidays) or ALL
+    hours: tuple[float, ...]  # clock hour where each price starts; hours[0] == 0
+    prices: tuple[float, ...]  # per kWh from hours[i] until hours[i + 1]
+    demand_charge: float  # per kW of the month's peak, per month
+
+    def day_of_year_mask(self) -> np.ndarray:
+        """(366,) bool over the days of a leap year on which the season is in effect."""
+        first = _MONTH_START[self.start[0] - 1] + self.start[1] - 1
+        last = _MONTH_START[self.end[0] - 1] + self.end[1] - 1
+        days = np.arange(366)
+        return (days >= first) & (days <= last) if first <= last else (days >= first) | (days <= last)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tariff:
+    """A time-of-use tariff in the acnportal JSON schema, priced on local clock times.
+
+    The file lists schedules with ``effective_start`` / ``effective_end`` ("M-D", inclusive, a
+    season may wrap over New Year), ``dow_mask`` (``WEEKDAYS``, ``WEEKENDS`` or ``ALL``), the
+    clock hours ``times`` (fractions allowed, first 0) at which each of ``tariffs`` (currency
+    per kWh) starts, and ``demand_charge`` (currency per kW of the month's peak). The schema has
+    no holidays: days passed as ``holidays`` are priced as weekend days, the usual rule of US
+    TOU tariffs. When several schedules cover a day, one with a WEEKDAYS or WEEKENDS mask wins
+    over ALL, then the first listed (with a warning at load time, as for PG&E A-10 whose winter
+    schedules are both ALL). Times are wall-clock: naive datetimes, or tz-aware ones read in
+    their own zone.
+
+    >>> tariff = Tariff("flat", (TariffSchedule("all", (1, 1), (12, 31), "ALL", (0, 17), (0.1, 0.3), 5.0),))
+    >>> tariff.prices(pd.DatetimeIndex(["2019-07-01 16:45", "2019-07-01 17:00"])).tolist()
+    [0.1, 0.3]
+    """
+
+    name: str
+    schedules: tuple[TariffSchedule, ...]
+    source: str = ""
+
+    def __post_init__(self):
+        covers = np.zeros((len(self.schedules), 366, 2), dtype=bool)
+        rank = np.zeros(len(self.schedules), dtype=np.int64)
+        for i, schedule in enumerate(self.schedules):
+            mask = DAY_MASKS[schedule.day_mask]
+            covers[i] = schedule.day_of_year_mask()[:, None] & np.array([mask[0], mask[5]])
+            rank[i] = 0 if schedule.day_mask == "ALL" else 1
+        score = np.where(covers, rank[:, None, None] + 1, 0)
+        best = score.max(axis=0)
+        where = f"tariff {self.source or self.name!r}"
+        if (best == 0).any():
+            day, kind = np.argwhere(best == 0)[0]
+            month = int(np.searchsorted(_MONTH_START, day, side="right"))
+            day_of_month = day - _MONTH_START[month - 1] + 1
+            raise DataError(f"{where}: no schedule covers {month:02d}-{day_of_month:02d} "
+                            f"on {'weekdays' if kind == 0 else 'weekends'}")
+        winners = score == best[None]
+        tied = winners.sum(axis=0) > 1
+        if tied.any():
+            ids = sorted({self.schedules[i].id for i in np.flatnonzero(winners[:, tied].any(axis=1))})
+            warnings.warn(f"{where}: schedules {ids} cover the same days with equally specific day masks on "
+                          f"{int(tied.sum())} (day, day type) pairs; the first listed wins", stacklevel=3)
+        object.__setattr__(self, "_table", np.argmax(winners, axis=0))
+
+    def schedule_index(self, times, holidays: Iterable = ()) -> np.ndarray:
+        """Index into ``schedules`` of the schedule in effect at each time (same shape as ``times``)."""
+        index, shape = _as_index(times)
+        day_of_year = _MONTH_START[index.month.to_numpy() - 1] + index.day.to_numpy() - 1
+        weekend = index.day_of_week.to_numpy() >= 5
+        holidays = list(holidays)
+        if holidays:
+            weekend |= np.asarray(index.normalize().isin(pd.DatetimeIndex(holidays).normalize()))
+        return self._table[day_of_year, weekend.astype(np.int64)].reshape(shape)
+
+    def prices(self, times, holidays: Iterable = ()) -> np.ndarray:
+        """Energy price (per kWh) at each time, same shape as ``times``."""
+        index, shape = _as_index(times)
+        which = self.schedule_index(index, holidays).ravel()
+        hour = (index.hour.to_numpy() + index.minute.to_numpy() / 60 + index.second.to_numpy() / 3600)
+        out = np.empty(len(index))
+        for i, schedule in enumerate(self.schedules):
+            sel = which == i
+            if sel.any():
+                period = np.searchsorted(np.asarray(schedule.hours), hour[sel], side="right") - 1
+                out[sel] = np.asarray(schedule.prices)[period]
+        return out.reshape(shape)
+
+    def demand_charge_per_kw_month(self, times, holidays: Iterable = ()) -> np.ndarray:
+        """Demand charge (per kW per month) of the schedule in effect at each time."""
+        charges = np.array([s.demand_charge for s in self.schedules], dtype=np.float64)
+        return charges[self.schedule_index(times, holidays)]
+
+
+def _as_index(times) -> tuple[pd.DatetimeIndex, tuple]:
+    if isinstance(times, pd.DatetimeIndex):
+        return times, (len(times),)
+    array = np.asarray(times)
+    return pd.DatetimeIndex(array.ravel()), array.shape
+
+
+def read_tariff(path) -> Tariff:
+    """Tariff from a JSON file; DataError names the file and the JSON field of invalid input."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: file does not exist") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}, line {err.lineno}: invalid JSON: {err.msg}") from None
+
+    def fail(field, problem):
+        raise DataError(f"{path}, field {field!r}: {problem}")
+
+    if not isinstance(doc, dict) or not isinstance(doc.get("schedule"), list) or not doc["schedule"]:
+        fail("schedule", "must be a non-empty list of schedules")
+    schedules = []
+    for i, raw in enumerate(doc["schedule"]):
+        where = f"schedule[{i}]"
+        if not isinstance(raw, dict):
+            fail(where, "must be a mapping")
+        days = {}
+        for key in ("effective_start", "effective_end"):
+            try:
+                month, day = (int(part) for part in str(raw[key]).split("-"))
+                pd.Timestamp(year=2000, month=month, day=day)
+            except (KeyError, ValueError, TypeError):
+                fail(f"{where}.{key}", f"must be a month-day like '06-01', got {raw.get(key)!r}")
+            days[key] = (month, day)
+        mask = raw.get("dow_mask")
+        if mask not in DAY_MASKS:
+            fail(f"{where}.dow_mask", f"must be one of {', '.join(DAY_MASKS)}, got {mask!r}")
+        try:
+            hours = tuple(float(h) for h in raw["times"])
+            prices = tuple(float(p) for p in raw["tariffs"])
+        except (KeyError, TypeError, ValueError):
+            fail(f"{where}.times", "and tariffs must be lists of numbers")
+        if not hours or hours[0] != 0 or np.any(np.diff(hours) <= 0) or hours[-1] >= 24:
+            fail(f"{where}.times", f"must start at 0 and increase below 24, got {list(hours)}")
+        if len(prices) != len(hours) or not np.all(np.isfinite(prices)):
+            fail(f"{where}.tariffs", f"must be {len(hours)} finite prices, one per entry of times")
+        charge = raw.get("demand_charge", 0)
+        if not isinstance(charge, (int, float)) or not np.isfinite(charge) or charge < 0:
+            fail(f"{where}.demand_charge", f"must be a number >= 0, got {charge!r}")
+        schedules.append(TariffSchedule(str(raw.get("id", where)), days["effective_start"],
+                                        days["effective_end"], mask, hours, prices, float(charge)))
+    return Tariff(str(doc.get("name", path.stem)), tuple(schedules), str(path))
+
+
+def episode_demand_charge(charge_per_kw_month: np.ndarray, local_times, dt_hours: float) -> np.ndarray:
+    """Per-episode weight of the episode's peak kW from a monthly demand charge: (...,).
+
+    Rule: each step bills its share of its month, ``charge * dt_hours / (24 * days_in_month)``,
+    summed over the steps; for an episode of d days inside one month that is ``charge * d /
+    days_in_month``. ``charge_per_kw_month`` and ``local_times`` have the same shape, the
+    episode's steps on the last axis (``Tariff.demand_charge_per_kw_month`` gives the charges).
+    The monthly bill charges the month's peak once; prorating it over days is the usual way to
+    price a shorter episode's peak (use it as ``reward.demand_charge_eur_per_kw``).
+    """
+    index, shape = _as_index(local_times)
+    days_in_month = index.days_in_month.to_numpy().reshape(shape)
+    charge = np.asarray(charge_per_kw_month, dtype=np.float64)
+    return np.sum(charge * dt_hours / (24 * days_in_month), axis=-1)
+
+
+def export_prices(price_buy: np.ndarray, factor: float | None = None, eur_kwh: float | None = None,
+                  series: np.ndarray | None = None) -> np.ndarray:
+    """Feed-in price: ``factor`` times the buy price, a fixed ``eur_kwh``, or its own ``series``."""
+    given = [name for name, value in (("factor", factor), ("eur_kwh", eur_kwh), ("series", series))
+             if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"export price needs exactly one of factor, eur_kwh, series; got {given or 'none'}")
+    price_buy = np.asarray(price_buy, dtype=np.float64)
+    if factor is not None:
+        return float(factor) * price_buy
+    if eur_kwh is not None:
+        return np.full_like(price_buy, float(eur_kwh))
+    series = np.asarray(series, dtype=np.float64)
+    if series.shape != price_buy.shape:
+        raise ValueError(f"export price series has shape {series.shape}, expected {price_buy.shape}")
+    return series.copy()
+
+
+DAY_AHEAD_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+
+
+def read_day_ahead_csv(path, time_column: str = "Datetime (UTC)", price_column: str = "Price (EUR/MWhe)",
+                       country: str | None = None, tz: str | None = None, per_kwh: float = 1e-3,
+                       formats=DAY_AHEAD_FORMATS) -> pd.Series:
+    """Day-ahead prices (ENTSO-E style CSV) as a Series on a regular UTC grid, in EUR/kWh.
+
+    Columns ``Country, Datetime (UTC), Datetime (Local), Price (EUR/MWhe)``. Each time is read
+    by the first of ``formats`` that fits it (the files switch from ``YYYY-MM-DD HH:MM:SS`` to
+    ``DD/MM/YYYY HH:MM`` part way; slashes are always day first). Times in ``time_column`` are
+    UTC unless ``tz`` names their zone. ``country`` keeps only its rows. Repeated hours keep the
+    first row and missing hours are filled linearly, with a warning that counts both (counts in
+    ``attrs``); an unreadable row raises DataError naming the file, line and field. Prices are
+    multiplied by ``per_kwh`` (EUR/MWh to EUR/kWh).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty")
+        header = [h.strip() for h in header]
+        for column in (time_column, price_column) + (("Country",) if country else ()):
+            if column not in header:
+                raise DataError(f"{path}, line 1: no column {column!r} (columns: {', '.join(header)})")
+        rows, lines = [], []
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
+                                f"the header has {len(header)}")
+            rows.append(row)
+            lines.append(reader.line_num)
+    table = pd.DataFrame(rows, columns=header, dtype=object)
+    lines = np.asarray(lines, dtype=np.int64)
+    if country is not None:
+        keep = (table["Country"].str.strip() == country).to_numpy()
+        table, lines = table[keep].reset_index(drop=True), lines[keep]
+    if table.empty:
+        raise DataError(f"{path}: no price rows" + (f" for country {country!r}" if country else ""))
+    times = parse_times(table[time_column].str.strip(), path, time_column, formats, lines)
+    if times.tz is None:
+        times = times.tz_localize(tz or "UTC", ambiguous="raise", nonexistent="raise")
+    prices = parse_numbers(table[price_column], path, price_column, lines) * per_kwh
+    frame = pd.DataFrame({"price_eur_kwh": prices}, index=times.tz_convert("UTC").as_unit("ns"))
+    frame = regularize(frame, str(path))
+    series = frame["price_eur_kwh"]
+    series.attrs = dict(frame.attrs, unit="EUR/kWh")
+    return series

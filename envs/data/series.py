@@ -1,0 +1,543 @@
+"""Exogenous time series for episodes: CSV readers, the wall-clock step grid, resampling, forecasts.
+
+Conventions shared by every reader here:
+
+* A series is a pandas object on a regular, sorted, tz-aware UTC index; each value holds for the
+  interval that starts at its timestamp and lasts one ``freq`` (power as the interval's mean kW,
+  prices and emission rates as the interval's rate).
+* Readers repair duplicated timestamps (the first row wins) and gaps (linear in time) and say so
+  in one ``warnings.warn`` that counts them; the counts are kept in ``attrs``. Unparseable input
+  raises :class:`DataError` naming the file, the line and the field.
+* An episode lives on a *wall-clock grid* in the site's time zone: step ``k`` of an episode that
+  starts on local date ``D`` is the local clock time ``D + start_minute + k * dt``, so a local
+  day is always ``24 / dt`` steps and the observation's time of day is the local clock time. On
+  the spring-forward day the clock times that do not exist (e.g. 02:00-02:59) read the hour
+  before them (step-hold across the jump, one hour of data used twice); on the fall-back day the
+  repeated clock hour takes its first (summer-time) occurrence and the second one is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from envs.site import SiteParams
+
+RESAMPLE_METHODS = ("hold", "interpolate")
+FORECAST_MODES = ("perfect", "persistence", "noisy")
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as documented; the message names file, line and field."""
+
+
+def _fail(path, line, field, problem):
+    where = f"{path}" if line is None else f"{path}, line {line}"
+    raise DataError(f"{where}, field {field!r}: {problem}")
+
+
+def _line(lines, i: int) -> int:
+    return int(lines + i) if np.isscalar(lines) else int(lines[i])
+
+
+def parse_times(values: pd.Series, path, field: str, formats: Sequence[str] | None = None,
+                lines=2) -> pd.DatetimeIndex:
+    """Strings to datetimes, each row by the first of ``formats`` that reads it (ISO 8601 if None).
+
+    Tz-aware strings come back in UTC. Raises DataError naming the line of the first row no
+    format reads: ``lines`` is the line of row 0 (rows on consecutive lines) or one per row.
+    """
+    values = values.astype(object)
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    aware = False
+    for fmt in formats or (None,):
+        todo = parsed.isna().to_numpy()
+        if not todo.any():
+            break
+        got = pd.to_datetime(values[todo], errors="coerce", format="ISO8601" if fmt is None else fmt)
+        if got.dt.tz is not None:
+            aware = True
+            got = got.dt.tz_convert("UTC").dt.tz_localize(None)
+        parsed[todo] = got.dt.as_unit("ns")
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if len(bad):
+        i = bad[0]
+        tried = f"formats tried: {', '.join(formats)}" if formats else "expected ISO 8601"
+        _fail(path, _line(lines, i), field, f"cannot read {values.iloc[i]!r} as a time ({tried})")
+    index = pd.DatetimeIndex(parsed.to_numpy())
+    return index.tz_localize("UTC") if aware else index
+
+
+def parse_numbers(values: pd.Series, path, field: str, lines=2) -> np.ndarray:
+    """Numbers from strings; empty cells become NaN (gaps), other unreadable text raises DataError."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    text = values.astype(object)
+    filled = text.notna().to_numpy() & (text.astype(str).str.strip() != "").to_numpy()
+    bad = np.flatnonzero(np.isnan(numbers) & filled)
+    if len(bad):
+        _fail(path, _line(lines, bad[0]), field, f"cannot read {text.iloc[bad[0]]!r} as a number")
+    return numbers
+
+
+def regularize(frame: pd.DataFrame, source: str, freq: pd.Timedelta | None = None) -> pd.DataFrame:
+    """Sort, drop repeated timestamps (first wins) and fill gaps linearly on a regular grid.
+
+    ``freq`` defaults to the most common step. Warns once with the counts, which also go to
+    ``attrs``: ``duplicates`` (rows dropped), ``conflicting_duplicates`` (of those, rows whose
+    values differed from the kept one), ``gaps`` (grid steps with no row) and ``missing`` (empty
+    cells), all filled by linear interpolation in time.
+    """
+    frame = frame.sort_index(kind="stable")
+    repeated = frame.index.duplicated(keep="first")
+    duplicates = int(repeated.sum())
+    conflicting = 0
+    if duplicates:
+        kept = frame[~repeated]
+        conflicting = int((frame[repeated].ne(kept.reindex(frame.index[repeated]))).any(axis=1).sum())
+        frame = kept
+    if len(frame) < 2:
+        raise DataError(f"{source}: needs at least two distinct timestamps, got {len(frame)}")
+    if freq is None:
+        steps = np.diff(frame.index.as_unit("ns").asi8)
+        values, counts = np.unique(steps, return_counts=True)
+        freq = pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
+    grid = pd.date_range(frame.index[0], frame.index[-1], freq=freq)
+    off_grid = ~frame.index.isin(grid)
+    if off_grid.any():
+        raise DataError(f"{source}: timestamp {frame.index[off_grid][0]} is off the {freq} grid "
+                        f"that starts at {frame.index[0]}")
+    missing = int(frame.isna().to_numpy().sum())
+    gaps = len(grid) - len(frame)
+    frame = frame.reindex(grid)
+    if gaps or missing:
+        frame = frame.interpolate(method="time", limit_direction="both")
+    if duplicates or gaps or missing:
+        warnings.warn(f"{source}: repaired {duplicates} duplicated timestamps ({conflicting} with "
+                      f"different values; the first row kept), {gaps} missing steps and {missing} empty "
+                      f"cells (filled linearly in time)", stacklevel=3)
+    frame.attrs.update(source=source, duplicates=duplicates, conflicting_duplicates=conflicting,
+                       gaps=gaps, missing=missing, freq=freq)
+    return frame
+
+
+def _paths(path) -> list[Path]:
+    if isinstance(path, (str, Path)):
+        text = str(path)
+        if any(ch in text for ch in "*?["):
+            found = sorted(Path(text).parent.glob(Path(text).name))
+            if not found:
+                raise DataError(f"{text}: no file matches")
+            return found
+        return [Path(text)]
+    return [Path(p) for p in path]
+
+
+def read_series_csv(path, columns: Sequence[str] | None = None, time_column: str | None = "time",
+                    tz: str | None = None, start=None, freq=None) -> pd.DataFrame:
+    """Numeric columns of one CSV or several (a list or a glob, e.g. monthly files), on a UTC grid.
+
+    Times come from ``time_column`` (ISO 8601; naive times are local times in ``tz``, UTC when
+    ``tz`` is None); a file without one (``time_column=None``) gives its first row's time as
+    ``start`` (local in ``tz``) and its step as ``freq``. Rows a later file repeats with the same
+    values (monthly files that overlap by a day) are dropped silently and counted in
+    ``attrs["overlap_rows"]``; other repeats are repaired by ``regularize``, with its warning.
+    """
+    frames = []
+    for file in _paths(path):
+        if not file.exists():
+            raise DataError(f"{file}: file does not exist")
+        raw = pd.read_csv(file, dtype=str, skip_blank_lines=False, keep_default_na=False,
+                          encoding="utf-8-sig")
+        wanted = list(columns) if columns is not None else [c for c in raw.columns if c != time_column]
+        for column in wanted + ([time_column] if time_column else []):
+            if column not in raw.columns:
+                raise DataError(f"{file}: no column {column!r} (columns: {', '.join(raw.columns)})")
+        if time_column:
+            index = parse_times(raw[time_column], file, time_column)
+        else:
+            if start is None or freq is None:
+                raise DataError(f"{file}: without a time column, give start and freq")
+            index = pd.date_range(pd.Timestamp(start), periods=len(raw), freq=pd.Timedelta(freq))
+        if index.tz is None:
+            index = _localize(index.to_numpy(), tz)
+        data = {c: parse_numbers(raw[c], file, c) for c in wanted}
+        frames.append(pd.DataFrame(data, index=pd.DatetimeIndex(index).as_unit("ns")))
+    files = _paths(path)
+    frame, overlap = frames[0], 0
+    for later in frames[1:]:
+        shared = later.index.isin(frame.index)
+        same = shared.copy()
+        earlier = frame[~frame.index.duplicated()].reindex(later.index[shared])
+        same[shared] = (later[shared].to_numpy() == earlier.to_numpy()).all(axis=1)
+        overlap += int(same.sum())
+        frame = pd.concat([frame, later[~same]])
+    source = str(files[0]) + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
+    frame = regularize(frame, source, None if freq is None else pd.Timedelta(freq))
+    frame.attrs["overlap_rows"] = overlap
+    return frame
+
+
+BUILDING_COLUMNS = ("non_shiftable_load", "solar_generation")
+
+
+def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int = 2016,
+                      tz: str = "Etc/GMT+8") -> pd.DataFrame:
+    """Hourly building series without a year column (CityLearn layout: ``month``, ``hour`` 1-24).
+
+    ``hour`` h is the hour ending at h o'clock, so the row covers [h-1, h). Rows are consecutive
+    hours; the first row at ``hour`` 1 whose month differs from the row before it is midnight
+    of the first of that month in ``year`` (and the rows wrap into the next year). Clock times
+    are standard time all year in ``tz`` (the default, UTC-8, is Pacific standard time: the
+    CityLearn 2022 homes in California, August 2016 to July 2017, ``daylight_savings_status``
+    0 throughout). Units are the file's (load kWh per hour = kW; PV W per kW installed): scale
+    them in the scenario spec.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"{file}: file does not exist")
+    raw = pd.read_csv(file, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    for column in ("month", "hour", *columns):
+        if column not in raw.columns:
+            raise DataError(f"{file}: no column {column!r} (columns: {', '.join(raw.columns)})")
+    month = parse_numbers(raw["month"], file, "month")
+    hour = parse_numbers(raw["hour"], file, "hour")
+    for name, values, low, high in (("month", month, 1, 12), ("hour", hour, 1, 24)):
+        bad = np.flatnonzero(~((values >= low) & (values <= high) & (values == np.round(values))))
+        if len(bad):
+            _fail(file, bad[0] + 2, name,
+                  f"must be an integer in {low}..{high}, got {raw[name].iloc[bad[0]]!r}")
+    starts = np.flatnonzero((hour == 1) & (np.r_[np.nan, month[:-1]] != month))
+    if not len(starts):
+        raise DataError(f"{file}: no row starts a month (hour 1 after a row of another month)")
+    anchor = starts[0]
+    origin = pd.Timestamp(year=year, month=int(month[anchor]), day=1)
+    local = origin + pd.to_timedelta(np.arange(len(raw)) - anchor, unit="h")
+    mismatch = np.flatnonzero(local.month.to_numpy() != month)
+    if len(mismatch):
+        _fail(file, mismatch[0] + 2, "month", f"is {int(month[mismatch[0]])} but consecutive hours from "
+              f"{origin.date()} give {local[mismatch[0]]:%Y-%m-%d %H:00}")
+    offset = pd.Timestamp("2000-01-01", tz=tz).utcoffset()
+    index = pd.DatetimeIndex(local - offset).tz_localize("UTC").as_unit("ns")
+    data = {c: parse_numbers(raw[c], file, c) for c in columns}
+    return regularize(pd.DataFrame(data, index=index), str(file), pd.Timedelta(hours=1))
+
+
+def _localize(naive: np.ndarray, tz: str | None) -> np.ndarray:
+    """Wall-clock times (datetime64, any shape) to UTC datetime64[ns], with the DST rules above."""
+    flat = pd.DatetimeIndex(naive.ravel()).as_unit("ns")
+    if tz not in (None, "UTC"):
+        flat = flat.tz_localize(tz, ambiguous=np.ones(len(flat), dtype=bool),
+                                nonexistent=pd.Timedelta(hours=-1)).tz_convert("UTC").tz_localize(None)
+    return flat.to_numpy().reshape(naive.shape)
+
+
+def step_times(dates, start_minute: int, dt_minutes: int, length: int,
+               tz: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Wall-clock and UTC start times of ``length`` steps from each local date: two (B, length)
+    datetime64[ns] arrays (local naive, UTC naive). See the module docstring for DST days."""
+    days = np.asarray(dates, dtype="datetime64[D]").reshape(-1)
+    minutes = start_minute + dt_minutes * np.arange(length)
+    local = days[:, None].astype("datetime64[ns]") + minutes[None, :].astype("timedelta64[m]")
+    return local, _localize(local, tz)
+
+
+def site_step_times(params: SiteParams, dates, tz: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``step_times`` for the ``horizon_steps + forecast_steps + 1`` series entries of an episode."""
+    return step_times(dates, params.start_minute, round(params.dt_hours * 60),
+                      params.horizon_steps + params.forecast_steps + 1, tz)
+
+
+def resample(series: pd.Series, starts_utc: np.ndarray, dt_minutes: float,
+             method: str = "hold") -> np.ndarray:
+    """Mean of ``series`` over each step [start, start + dt), for UTC starts of any shape.
+
+    ``hold`` treats each source value as constant over its interval (a day-ahead price holds its
+    hour), so a step gets the time-weighted mean of the intervals it overlaps. ``interpolate``
+    draws straight lines through the values at their interval midpoints and reads them at the
+    step midpoint (smoother PV and load when the source is coarser than the step); for a step
+    longer than the source interval it averages like ``hold``. Steps must lie in the series.
+    """
+    if method not in RESAMPLE_METHODS:
+        raise ValueError(f"resample method must be one of {RESAMPLE_METHODS}, got {method!r}")
+    index = series.index
+    t0 = index[0].as_unit("ns").value
+    step_ns = float(pd.Timedelta(index[1] - index[0]).value)
+    values = series.to_numpy(dtype=np.float64)
+    n = len(values)
+    starts = (np.asarray(starts_utc, dtype="datetime64[ns]").astype(np.int64) - t0) / step_ns
+    width = dt_minutes * 60e9 / step_ns
+    if starts.size and (starts.min() < -1e-9 or starts.max() + width > n + 1e-9):
+        raise ValueError(f"steps from {pd.Timestamp(int(starts.min() * step_ns + t0))} run outside "
+                         f"the series {index[0]} .. {index[-1]}")
+    if method == "interpolate" and width <= 1:
+        return np.interp(starts + width / 2, np.arange(n) + 0.5, values)
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    padded = np.append(values, values[-1])
+
+    def integral(u):
+        u = np.clip(u, 0.0, n)
+        i = np.minimum(np.floor(u).astype(np.int64), n)
+        return cumulative[i] + padded[i] * (u - i)
+
+    first = np.minimum(np.floor(starts + 1e-9).astype(np.int64), n - 1)
+    inside = starts + width <= first + 1 + 1e-9
+    return np.where(inside, padded[first], (integral(starts + width) - integral(starts)) / width)
+
+
+def candidate_dates(ranges: Iterable[tuple[pd.Timestamp, pd.Timestamp]], params: SiteParams,
+                    tz: str | None) -> np.ndarray:
+    """Local dates (datetime64[D]) whose whole episode window lies inside every (start, end) range."""
+    ranges = list(ranges)
+    lo = max(r[0] for r in ranges).tz_convert(tz or "UTC").tz_localize(None).normalize()
+    hi = min(r[1] for r in ranges).tz_convert(tz or "UTC").tz_localize(None).normalize()
+    if hi < lo:
+        return np.array([], dtype="datetime64[D]")
+    days = np.arange((lo - pd.Timedelta(days=1)).to_datetime64().astype("datetime64[D]"),
+                     (hi + pd.Timedelta(days=1)).to_datetime64().astype("datetime64[D]"))
+    _, utc = site_step_times(params, days, tz)
+    dt = np.timedelta64(round(params.dt_hours * 60), "m")
+    ok = np.ones(len(days), dtype=bool)
+    for start, end in ranges:
+        ok &= (utc[:, 0] >= start.tz_convert("UTC").tz_localize(None).to_datetime64())
+        ok &= (utc[:, -1] + dt <= end.tz_convert("UTC").tz_localize(None).to_datetime64())
+    return days[ok]
+
+
+def series_range(series: pd.Series | pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(first start, last end) of a regularized series in UTC."""
+    return series.index[0], series.index[-1] + (series.index[1] - series.index[0])
+
+
+# --- forecasts -------------------------------------------------------------------------------
+
+def forecast_windows(truth: np.ndarray, horizon_steps: int, forecast_steps: int,
+                     mode: str = "perfect", **kwargs) -> np.ndarray:
+    """Forecasts issued at every step: (B, T+1, H+1) from a (B, L >= T+H+1) truth series.
+
+    Entry ``[b, t, h]`` is what is known at step ``t`` about step ``t + h``; lead 0 is always the
+    truth (the present is measured). ``mode`` picks ``perfect_forecast``,
+    ``persistence_forecast`` or ``noisy_forecast``; ``kwargs`` go to it.
+    """
+    if mode == "perfect":
+        return perfect_forecast(truth, horizon_steps, forecast_steps)
+    if mode == "persistence":
+        return persistence_forecast(truth, horizon_steps, forecast_steps, **kwargs)
+    if mode == "noisy":
+        return noisy_forecast(truth, horizon_steps, forecast_steps, **kwargs)
+    raise ValueError(f"forecast mode must be one of {FORECAST_MODES}, got {mode!r}")
+
+
+def _windows(series: np.ndarray, horizon_steps: int, forecast_steps: int) -> np.ndarray:
+    series = np.asarray(series, dtype=np.float64)
+    if series.shape[-1] < horizon_steps + forecast_steps + 1:
+        raise ValueError(f"truth has {series.shape[-1]} steps, needs horizon_steps + forecast_steps + 1 = "
+                         f"{horizon_steps + forecast_steps + 1}")
+    index = np.arange(horizon_steps + 1)[:, None] + np.arange(forecast_steps + 1)[None, :]
+    return series[..., index]
+
+
+def perfect_forecast(truth: np.ndarray, horizon_steps: int, forecast_steps: int) -> np.ndarray:
+    """The truth itself: ``[b, t, h] = truth[b, t + h]``."""
+    return _windows(truth, horizon_steps, forecast_steps)
+
+
+def persistence_forecast(truth: np.ndarray, horizon_steps: int, forecast_steps: int,
+                         steps_per_day: int | None = None, history: np.ndarray | None = None) -> np.ndarray:
+    """Yesterday's value at the same clock time, or the last value held (``steps_per_day`` None).
+
+    The daily version forecasts step ``t + h`` (h > 0) by the most recent step ``t + h - k *
+    steps_per_day`` that is not in the future of ``t``. ``history`` (B, steps_per_day) holds the
+    day before step 0; without it, lags before the episode fall back to the last value held.
+    """
+    truth = np.asarray(truth, dtype=np.float64)
+    t = np.arange(horizon_steps + 1)[:, None]
+    h = np.arange(forecast_steps + 1)[None, :]
+    held = np.broadcast_to(truth[..., t], truth.shape[:-1] + (horizon_steps + 1, forecast_steps + 1))
+    if steps_per_day is None:
+        out = held.copy()
+    else:
+        days_back = -(-h // steps_per_day)
+        lagged = t + h - days_back * steps_per_day
+        if history is not None:
+            history = np.asarray(history, dtype=np.float64)
+            if history.shape != truth.shape[:-1] + (steps_per_day,):
+                raise ValueError(f"history has shape {history.shape}, expected "
+                                 f"{truth.shape[:-1] + (steps_per_day,)}")
+            extended = np.concatenate([history, truth], axis=-1)
+            out = np.where(lagged >= -steps_per_day, extended[..., np.maximum(lagged + steps_per_day, 0)],
+                           held)
+        else:
+            out = np.where(lagged >= 0, truth[..., np.maximum(lagged, 0)], held)
+    out[..., 0] = truth[..., :horizon_steps + 1]
+    return out
+
+
+def noisy_forecast(truth: np.ndarray, horizon_steps: int, forecast_steps: int,
+                   rng: np.random.Generator | None = None, std_at_horizon: float = 0.1,
+                   scale: float | np.ndarray | None = None, nonnegative: bool = False) -> np.ndarray:
+    """Truth plus an error that grows with the lead like a random walk, drawn from ``rng``.
+
+    The error at lead h has standard deviation ``std_at_horizon * scale * sqrt(h / H)`` (0 at
+    lead 0) and is correlated along the lead, as a forecast issued at one time would be. ``scale``
+    defaults to each env's mean absolute truth, so ``std_at_horizon`` is relative; pass a number
+    (or a (B,) array) for an absolute error. ``nonnegative`` clips the forecast at 0 (load, PV).
+    """
+    if rng is None:
+        raise ValueError("noisy_forecast needs an rng (a numpy Generator) to be reproducible")
+    windows = _windows(truth, horizon_steps, forecast_steps)
+    batch = windows.shape[:-2]
+    if scale is None:
+        scale = np.mean(np.abs(np.asarray(truth, dtype=np.float64)), axis=-1)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), batch)
+    steps = rng.standard_normal(batch + (horizon_steps + 1, forecast_steps))
+    walk = np.concatenate([np.zeros(batch + (horizon_steps + 1, 1)), np.cumsum(steps, axis=-1)], axis=-1)
+    out = windows + walk * (std_at_horizon / np.sqrt(max(forecast_steps, 1))) * scale[..., None, None]
+    return np.maximum(out, 0.0) if nonnegative else out
+
+
+def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] | None = None,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Forecast windows of every ``FORECAST_BLOCK`` series: (B, T+1, 5, H+1) float32.
+
+    ``spec`` maps a block name (``price_buy_eur_kwh``, ``site_load_kw``, ...) to the keyword
+    arguments of ``forecast_windows`` (``mode`` and its options); missing names are perfect.
+    Persistence defaults to the site's day; noisy load and PV are clipped at 0. This is the
+    array the proposed ``Episode.forecast_windows`` field would carry.
+    """
+    from envs.observation import FORECAST_BLOCK, forecast_series
+
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(FORECAST_BLOCK))
+    if unknown:
+        raise ValueError(f"forecast spec names unknown series {unknown}; known: {', '.join(FORECAST_BLOCK)}")
+    truth = forecast_series(episode).astype(np.float64)
+    out = []
+    for i, name in enumerate(FORECAST_BLOCK):
+        options = dict(spec.get(name, {}))
+        mode = options.pop("mode", "perfect")
+        if mode == "persistence":
+            options.setdefault("steps_per_day", params.steps_per_day)
+        if mode == "noisy":
+            options.setdefault("rng", rng)
+            options.setdefault("nonnegative", name in ("site_load_kw", "site_pv_kw"))
+        out.append(forecast_windows(truth[:, i], params.horizon_steps, params.forecast_steps, mode,
+                                    **options))
+    return np.stack(out, axis=2).astype(np.float32)
+
+
+# --- demand forecasts ------------------------------------------------------------------------
+
+def demand_forecast_from_rates(arrival_rate: np.ndarray, energy_per_arrival_kwh, forecast_steps: int
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Expected arrivals and requested energy over the next H steps, issued at every step.
+
+    ``arrival_rate`` (B, T) or (T,) is the expected number of arrivals in each step of the
+    episode (after it: none); ``energy_per_arrival_kwh`` a scalar or the same shape. Returns two
+    (..., T+1) arrays: the sums over steps ``t+1 .. t+H`` (arrivals at ``t`` are already seen).
+    """
+    rate = np.asarray(arrival_rate, dtype=np.float64)
+    energy = rate * np.asarray(energy_per_arrival_kwh, dtype=np.float64)
+    out = []
+    for values in (rate, energy):
+        prefix = np.concatenate([np.zeros(values.shape[:-1] + (1,)), np.cumsum(values, axis=-1)], axis=-1)
+        steps = values.shape[-1]
+        t = np.arange(steps + 1)
+        out.append(prefix[..., np.minimum(t + forecast_steps + 1, steps)]
+                   - prefix[..., np.minimum(t + 1, steps)])
+    return out[0], out[1]
+
+
+def parametric_arrival_rates(generator, params: SiteParams, weekday) -> np.ndarray:
+    """(B, T) expected arrivals per step of a ``ParametricGenerator`` for episodes starting on ``weekday``."""
+    weekday = np.atleast_1d(np.asarray(weekday, dtype=np.int64))
+    minutes = params.start_minute + params.dt_hours * 60 * np.arange(params.horizon_steps)
+    hour = (minutes % 1440) / 60
+    day = (weekday[:, None] + (minutes // 1440).astype(np.int64)[None, :]) % 7
+    profile = generator.sessions_per_day * generator._arrival_profile(hour) * params.dt_hours
+    return profile[None, :] * np.where(day >= 5, generator.weekend_factor, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemandRegression:
+    """Expected arrivals and requested kWh per step of the day, by day type and special days.
+
+    A ridge least-squares fit of the counts (and kWh) per day and step of the day on the features
+    one-hot(step of day) x one-hot(day type: weekday, saturday, sunday) plus one-hot(step of day)
+    x special day (holidays, events: a list of local dates). Predictions are clipped at 0.
+    """
+
+    dt_minutes: int
+    tz: str | None
+    special_days: frozenset
+    arrival_coef: np.ndarray  # (4, steps_per_day): day types, then the special-day increment
+    energy_coef: np.ndarray  # (4, steps_per_day) kWh
+
+    def _features(self, dates) -> tuple[np.ndarray, np.ndarray]:
+        days = pd.DatetimeIndex(np.asarray(dates, dtype="datetime64[D]"))
+        kind = np.clip(days.day_of_week.to_numpy() - 4, 0, 2)
+        special = days.normalize().isin(pd.DatetimeIndex(sorted(self.special_days)))
+        return kind, np.asarray(special, dtype=np.float64)
+
+    def predict_days(self, dates) -> tuple[np.ndarray, np.ndarray]:
+        """(D, steps_per_day) expected arrivals and kWh for each local date."""
+        kind, special = self._features(dates)
+        arrivals = self.arrival_coef[kind] + special[:, None] * self.arrival_coef[3]
+        energy = self.energy_coef[kind] + special[:, None] * self.energy_coef[3]
+        return np.maximum(arrivals, 0.0), np.maximum(energy, 0.0)
+
+    def episode_rates(self, params: SiteParams, dates) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) expected arrivals and kWh per episode step, for episodes starting on ``dates``."""
+        if round(params.dt_hours * 60) != self.dt_minutes:
+            raise ValueError(f"regression fitted at dt {self.dt_minutes} min, "
+                             f"site has {params.dt_hours * 60:g}")
+        days = np.asarray(dates, dtype="datetime64[D]").reshape(-1)
+        step = params.start_minute // self.dt_minutes + np.arange(params.horizon_steps)
+        spd = params.steps_per_day
+        offset, slot = step // spd, step % spd
+        arrivals = np.empty((len(days), params.horizon_steps))
+        energy = np.empty_like(arrivals)
+        for k in np.unique(offset):
+            a, e = self.predict_days(days + k)
+            day = offset == k
+            arrivals[:, day], energy[:, day] = a[:, slot[day]], e[:, slot[day]]
+        return arrivals, energy
+
+
+def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str | None = None,
+                          special_days: Iterable = (), ridge: float = 1.0) -> DemandRegression:
+    """Fit ``DemandRegression`` on past sessions (columns ``arrival``, tz-aware, and ``requested_kwh``).
+
+    Every local date from the first arrival to the last is a sample day, days without sessions
+    count as zero demand. ``tz`` (default: the arrivals' own zone) sets the local calendar.
+    """
+    for column in ("arrival", "requested_kwh"):
+        if column not in sessions.columns:
+            raise ValueError(f"sessions need a column {column!r}; got {', '.join(sessions.columns)}")
+    arrival = pd.DatetimeIndex(sessions["arrival"])
+    if arrival.tz is None:
+        raise ValueError("sessions.arrival must be tz-aware (local clock times are needed for day types)")
+    if tz is not None:
+        arrival = arrival.tz_convert(tz)
+    local = arrival.tz_localize(None)
+    spd = 1440 // dt_minutes
+    day = local.normalize()
+    first, last = day.min(), day.max()
+    num_days = (last - first).days + 1
+    row = ((day - first).days).to_numpy()
+    slot = ((local - day).total_seconds().to_numpy() // (dt_minutes * 60)).astype(np.int64)
+    counts = np.zeros((num_days, spd))
+    energy = np.zeros((num_days, spd))
+    np.add.at(counts, (row, slot), 1.0)
+    np.add.at(energy, (row, slot), sessions["requested_kwh"].to_numpy(dtype=np.float64))
+    model = DemandRegression(dt_minutes, tz, frozenset(pd.DatetimeIndex(
+        [pd.Timestamp(d) for d in special_days]).normalize()), np.zeros((4, spd)), np.zeros((4, spd)))
+    kind, special = model._features(pd.date_range(first, periods=num_days, freq="D").to_numpy())
+    design = np.stack([kind == 0, kind == 1, kind == 2, special], axis=1).astype(np.float64)
+    gram = design.T @ design + ridge * np.diag([1e-6, 1e-6, 1e-6, 1.0])
+    solve = np.linalg.solve(gram, design.T)
+    return dataclasses.replace(model, arrival_coef=solve @ counts, energy_coef=solve @ energy)
