@@ -10,6 +10,7 @@ import numpy as np
 from envs.site import SiteParams
 
 NO_ARRIVAL = np.iinfo(np.int32).max // 2
+FORECAST_BLOCK = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_kw", "site_pv_kw")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -19,7 +20,9 @@ class Episode:
     Series have ``L = horizon_steps + forecast_steps + 1`` entries so that the observation at
     the final step still has a full forecast. EVs are listed per env in order of arrival and
     padded to a common K; padding has ``ev_valid`` False and ``ev_arrival_step == NO_ARRIVAL``.
-    Steps are indices of the episode's time grid; an EV with arrival ``a`` and departure ``d``
+    ``forecast_windows`` holds the forecasts the observation shows (lead 0 is the value now);
+    None means perfect forecasts, read from the series themselves. Steps are indices of the
+    episode's time grid; an EV with arrival ``a`` and departure ``d``
     is present during the intervals ``a .. d-1``.
     """
 
@@ -44,6 +47,7 @@ class Episode:
     ev_min_soc: np.ndarray  # (B, K) never discharged below this SoC
     port_rank: np.ndarray  # (B, P) int, free ports are taken in increasing rank
     port_down: np.ndarray | None  # (B, horizon_steps + 1, P) bool outage schedule, or None
+    forecast_windows: np.ndarray | None = None  # (B, T+1, 5, H+1) FORECAST_BLOCK as issued at each step
 
     @property
     def num_envs(self) -> int:
@@ -79,6 +83,9 @@ class Episode:
                 expected[field.name] = (b, k)
         if self.port_down is not None:
             expected["port_down"] = (b, params.horizon_steps + 1, p)
+        if self.forecast_windows is not None:
+            expected["forecast_windows"] = (b, params.horizon_steps + 1, len(FORECAST_BLOCK),
+                                            params.forecast_steps + 1)
         for name, shape in expected.items():
             value = getattr(self, name)
             if value.shape != shape:

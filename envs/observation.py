@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from envs.episode import Episode
+from envs.episode import FORECAST_BLOCK, Episode
 from envs.site import SiteParams
 from envs.state import State
 
@@ -23,7 +23,6 @@ PORT_FIELDS = (
 
 
 STEP_BLOCK_SIZES = {"time_of_day": 2, "weekday": 7, "setpoint_kw": 1, "queue_length": 1}
-FORECAST_BLOCK = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_kw", "site_pv_kw")
 
 
 @functools.lru_cache(maxsize=128)
@@ -116,6 +115,7 @@ def observe(params: SiteParams, state: State) -> np.ndarray:
     obs[:, layout["max_discharge_kw"]] = state.max_discharge_kw
     np.greater(state.ev_max_discharge_kw, 0.0, out=obs[:, layout["v2g_allowed"]], casting="unsafe")
     obs[:, _step_block(params)] = state.step_obs[:, t]
-    window = state.forecast_series[:, :, t:t + params.forecast_steps + 1]
+    issued = state.episode.forecast_windows
+    window = state.forecast_series[:, :, t:t + params.forecast_steps + 1] if issued is None else issued[:, t]
     obs[:, layout[FORECAST_BLOCK[0]].start:] = window.reshape(state.num_envs, -1)
     return obs

@@ -477,3 +477,32 @@ def test_overlay_on_real_data():
     assert set(np.round(episode.price_buy_eur_kwh.ravel(), 5)) <= sce_prices
     assert 0 <= episode.carbon_kg_kwh.min() and episode.carbon_kg_kwh.max() < 2
     assert episode.node_pv_kw.max() > 30
+
+
+def test_issued_forecasts_reach_the_observation_and_leave_rewards_alone():
+    import dataclasses
+
+    from envs import core
+    from envs.data.series import episode_forecasts
+    from envs.observation import observation_layout, observe
+    from envs.parametric import generator_for
+    from envs.site import load_site
+
+    params = load_site("v2g_workplace", horizon_steps=12)
+    truth = generator_for(params).sample(params, np.random.default_rng(0), 3)
+    spec = {"price_buy_eur_kwh": {"mode": "noisy", "std_at_horizon": 0.05}}
+    noisy = dataclasses.replace(truth, forecast_windows=episode_forecasts(params, truth, spec,
+                                                                         np.random.default_rng(1)))
+    layout = observation_layout(params)
+    states = [core.reset(params, truth), core.reset(params, noisy)]
+    actions = np.random.default_rng(2).uniform(-1, 1, (params.horizon_steps, 3, params.num_ports))
+    for t in range(params.horizon_steps):
+        exact, issued = (observe(params, s) for s in states)
+        prices = layout["price_buy_eur_kwh"]
+        np.testing.assert_allclose(issued[:, prices][:, 0], exact[:, prices][:, 0], rtol=1e-6)
+        assert not np.allclose(issued[:, prices][:, 1:], exact[:, prices][:, 1:])
+        other = np.r_[0:prices.start, prices.stop:exact.shape[1]]
+        np.testing.assert_array_equal(issued[:, other], exact[:, other])
+        results = [core.step(params, s, actions[t]) for s in states]
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        states = [r[0] for r in results]

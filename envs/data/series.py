@@ -406,10 +406,11 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
 
     ``spec`` maps a block name (``price_buy_eur_kwh``, ``site_load_kw``, ...) to the keyword
     arguments of ``forecast_windows`` (``mode`` and its options); missing names are perfect.
-    Persistence defaults to the site's day; noisy load and PV are clipped at 0. This is the
-    array the proposed ``Episode.forecast_windows`` field would carry.
+    Persistence defaults to the site's day; noisy load and PV are clipped at 0. Put the result
+    in ``Episode.forecast_windows`` and the observation shows it instead of the truth.
     """
-    from envs.observation import FORECAST_BLOCK, forecast_series
+    from envs.episode import FORECAST_BLOCK
+    from envs.observation import forecast_series
 
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(FORECAST_BLOCK))
