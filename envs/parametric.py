@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import NO_ARRIVAL, Episode
+from envs.episode import NO_ARRIVAL, Episode, Generator
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -234,6 +234,28 @@ class ParametricGenerator:
         return (count - shifted) > 0
 
 
-def generator_for(params: SiteParams) -> ParametricGenerator:
-    """The generator described by the site's ``scenario`` block."""
-    return ParametricGenerator.from_config(params.scenario, params.name)
+def generator_for(params: SiteParams) -> Generator:
+    """The generator described by the site's ``scenario`` block.
+
+    Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``) or "fitted"
+    (``envs.data.fit.FittedGenerator``); a ``series`` key wraps the result in
+    ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data.
+    Both data modules are imported only when asked for.
+    """
+    scenario = dict(params.scenario)
+    kind = scenario.get("generator", "parametric")
+    series = scenario.pop("series", None)
+    if kind == "parametric":
+        generator = ParametricGenerator.from_config(scenario, params.name)
+    elif kind == "fitted":
+        from envs.data.fit import FittedGenerator
+
+        generator = FittedGenerator.from_config(scenario, params.name)
+    else:
+        raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric' or 'fitted', "
+                        f"got {kind!r}")
+    if series is None:
+        return generator
+    from envs.data.overlay import with_series
+
+    return with_series(generator, {"series": series}, params)

@@ -506,3 +506,15 @@ def test_issued_forecasts_reach_the_observation_and_leave_rewards_alone():
         results = [core.step(params, s, actions[t]) for s in states]
         np.testing.assert_array_equal(results[0][1], results[1][1])
         states = [r[0] for r in results]
+
+
+def test_a_series_block_in_the_site_wraps_its_generator():
+    from envs.parametric import generator_for
+
+    params = overlay_site().replace(scenario={**overlay_site().scenario,
+                                              "series": {**SPEC, "data_dir": str(FIXTURES)}})
+    with pytest.warns(UserWarning, match="duplicated"):
+        generator = generator_for(params)
+    assert isinstance(generator, SeriesOverlay)
+    episode = generator.sample(params, np.random.default_rng(0), 2)
+    np.testing.assert_array_equal(episode.tariff_eur_kwh, 0.4)

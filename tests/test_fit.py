@@ -1,0 +1,343 @@
+"""The fitted generator: fitting reproduces session distributions, sampling, presets, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from envs.core import reset, step
+from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
+from envs.data.fit import (
+    FittedGenerator,
+    fidelity,
+    fit_sessions,
+    fit_site_preset,
+    fleet_from_ev_specs,
+    inverse_cdf,
+    read_sessions,
+)
+from envs.parametric import ParametricGenerator, generator_for
+from envs.site import SiteError, load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+DATA = ROOT.parent / "shared" / "data"
+FITTED_PRESETS = ("caltech_fitted", "jpl", "nl_workplace", "nl_public", "nl_home")
+SITE = {"name": "garage", "nodes": [{"name": "grid", "limit_kw": 200}],
+        "ports": [{"node": "grid", "count": 20, "max_charge_kw": 7.4}]}
+
+
+def synthetic_sessions(days=140, weekday_rate=40.0, weekend_rate=10.0, seed=0, start="2021-04-05",
+                       tz="Europe/Amsterdam") -> pd.DataFrame:
+    """Canonical sessions from known laws: weekday arrivals a 70/30 mixture of N(8.5 h, 1 h) and
+    N(13 h, 2 h), weekend ones uniform in 9..20 h; lognormal stays shortening through the day; energies
+    a gamma-distributed kW times the stay, capped at 6.6 kW; announced departure off by N(0, 30 min)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range(start, periods=days, freq="D")
+    weekend = dates.day_of_week >= 5
+    counts = rng.poisson(np.where(weekend, weekend_rate, weekday_rate))
+    day = np.repeat(np.arange(days), counts)
+    is_weekend = weekend[day]
+    n = len(day)
+    morning = rng.random(n) < 0.7
+    hour = np.where(morning, rng.normal(8.5, 1.0, n), rng.normal(13.0, 2.0, n)) % 24
+    hour = np.where(is_weekend, rng.uniform(9, 20, n), hour)
+    dwell = np.exp(rng.normal(np.log(np.clip(9 - 0.5 * (hour - 8), 1, 10)), 0.4))
+    energy = np.minimum(6.6 * dwell, 1.5 * dwell * rng.gamma(4.0, 0.5, n))
+    arrival = (dates[day].tz_localize(None) + pd.to_timedelta(hour, unit="h")).tz_localize(tz).floor("s")
+    departure = arrival + pd.to_timedelta(dwell, unit="h")
+    announced = departure + pd.to_timedelta(rng.normal(0, 0.5, n), unit="h")
+    return pd.DataFrame({
+        "arrival": arrival, "departure": departure.floor("s"),
+        "announced_departure": np.maximum(announced, arrival).floor("s"),
+        "requested_kwh": energy, "delivered_kwh": energy, "station_id": "",
+        "session_id": np.arange(n).astype(str),
+    }).sort_values("arrival", ignore_index=True)
+
+
+def fitted_site(scenario: dict, **site) -> dict:
+    return {**SITE, **site, "scenario": scenario}
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    sessions = synthetic_sessions()
+    fitted = fit_sessions(sessions, 15, num_quantiles=41)
+    params = load_site(fitted_site(fitted))
+    return sessions, fitted, params, fidelity(sessions, generator_for(params), params, 2800)
+
+
+@pytest.mark.parametrize("group", ["overall", "weekday", "weekend"])
+def test_fit_reproduces_synthetic_sessions(synthetic, group):
+    figures = synthetic[3][group]
+    for name in ("arrival_ks", "dwell_ks", "energy_ks", "departure_error_ks"):
+        assert figures[name] <= 0.05, (name, figures)
+    assert abs(figures["sessions_per_day_rel_error"]) <= 0.05, figures
+    assert abs(figures["model_dwell_energy_spearman"] - figures["dwell_energy_spearman"]) < 0.1, figures
+
+
+def test_fit_recovers_the_known_rates_and_tables(synthetic):
+    sessions, fitted, params, figures = synthetic
+    assert figures["sessions"] == len(sessions) and figures["days"] == 140
+    assert sum(fitted["arrivals_weekday"]) == pytest.approx(40, rel=0.05)
+    assert sum(fitted["arrivals_weekend"]) == pytest.approx(10, rel=0.1)
+    assert np.mean(fitted["day_of_week_factors"][:5]) == pytest.approx(1.0, abs=1e-3)
+    dwell = np.array(fitted["dwell_quantiles_hours"])
+    assert dwell.shape == (24, 41) and (np.diff(dwell, axis=1) >= 0).all()
+    assert dwell[8, 20] == pytest.approx(np.clip(9 - 0.5 * 0.5, 1, 10), rel=0.1)  # median of 8-9 h arrivals
+    assert np.array(fitted["departure_error_quantiles_hours"])[:, 20] == pytest.approx(0, abs=0.15)
+    copula = np.array(fitted["dwell_energy_copula"])
+    assert copula.shape == (20, 20) and np.allclose(copula.sum(axis=0), 0.05, atol=1e-4)
+    assert copula[:5, :5].sum() > 1.5 / 16, "short stays go with small energies"
+    assert np.array(fitted["dwell_energy_copula_weekend"]).shape == (6, 6)  # 400 weekend sessions
+    generator = generator_for(params)
+    assert isinstance(generator, FittedGenerator)
+
+
+@pytest.fixture(scope="module", params=["caltech", "jpl"])
+def acn(request):
+    files = [DATA / "acn" / f"{request.param}_2019-{span}.csv.gz" for span in ("05-01_2019-08-31",
+                                                                              "09-01_2019-12-31")]
+    if not all(path.is_file() for path in files):
+        pytest.skip("the ACN session files are not present")
+    sessions = read_sessions([str(path) for path in files], "acn_csv")
+    fitted = fit_sessions(sessions, 15, num_quantiles=41, energy_column="delivered_kwh")
+    params = load_site(fitted_site(fitted))
+    return fidelity(sessions, generator_for(params), params, 2800, energy_column="delivered_kwh")
+
+
+@pytest.mark.parametrize("group", ["overall", "weekday", "weekend"])
+def test_fit_reproduces_the_acn_sessions(acn, group):
+    figures = acn[group]
+    for name in ("arrival_ks", "dwell_ks", "energy_ks"):
+        assert figures[name] <= 0.05, (name, figures)
+    assert abs(figures["sessions_per_day_rel_error"]) <= 0.05, figures
+
+
+def test_sampling_is_deterministic_and_seed_dependent(synthetic):
+    params = synthetic[2].replace(horizon_steps=200, start_minute=6 * 60)
+    generator = generator_for(params)
+    first, again = (generator.sample(params, np.random.default_rng(5), 8) for _ in range(2))
+    other = generator.sample(params, np.random.default_rng(6), 8)
+    for field in dataclasses.fields(first):
+        a, b = getattr(first, field.name), getattr(again, field.name)
+        assert (a is None and b is None) or np.array_equal(a, b), field.name
+    assert not np.array_equal(first.ev_valid, other.ev_valid) or not np.array_equal(
+        first.ev_arrival_step, other.ev_arrival_step)
+    first.check(params)
+
+
+def test_sampled_evs_are_consistent(synthetic):
+    params = synthetic[2]
+    scenario = {**params.scenario, "soc_arrival_range": [0.3, 0.9],
+                "fleet": [{"battery_kwh": 20, "max_charge_kw": 7.4, "share": 0.5},
+                          {"battery_kwh": 50, "max_charge_kw": 11, "max_dc_charge_kw": 50, "share": 0.5}]}
+    params = params.replace(scenario=scenario)
+    episode = generator_for(params).sample(params, np.random.default_rng(1), 64)
+    valid = episode.ev_valid
+    battery, soc = episode.ev_battery_kwh[valid], episode.ev_soc_arrival[valid]
+    request = episode.ev_requested_kwh[valid]
+    assert set(np.unique(battery)) == {20.0, 50.0}
+    assert (request <= battery + 1e-9).all() and (request <= (1 - soc) * battery + 1e-9).all()
+    assert (soc >= 0).all() and (soc <= 0.9).all()
+    assert (battery[request > 20] == 50).all(), "requests above the small battery come from the large one"
+    assert set(np.unique(episode.ev_max_charge_kw[valid])) == {7.4, 11.0}
+    dc = load_site(params.replace(scenario={**scenario, "port_current": "dc"}))
+    episode = generator_for(dc).sample(dc, np.random.default_rng(1), 4)
+    assert set(np.unique(episode.ev_max_charge_kw[episode.ev_valid])) == {7.4, 50.0}
+    valid = episode.ev_valid
+    assert (episode.ev_announced_departure_step[valid] > episode.ev_arrival_step[valid]).all()
+
+
+def test_rates_follow_the_calendar_and_rebin_to_the_step():
+    rates = [0.0] * 12 + [1.0] * 12
+    scenario = {"generator": "fitted", "arrivals_weekday": rates, "arrivals_weekend": [0.0] * 24,
+                "day_of_week_factors": [2, 1, 1, 1, 1, 1, 1], "dwell_quantiles_hours": [[1, 2]],
+                "energy_quantiles_kwh": [[1, 2]], "weekday": [4]}
+    params = load_site(fitted_site(scenario, dt_minutes=30, horizon_steps=48 * 4))
+    generator = generator_for(params)
+    weekday, weekend = generator.step_rates(30)
+    assert weekday.shape == (48,) and weekday.sum() == pytest.approx(12) and weekend.sum() == 0
+    np.testing.assert_allclose(weekday[24:], 0.5)
+    episode = generator.sample(params, np.random.default_rng(0), 400)
+    day = episode.ev_arrival_step[episode.ev_valid] // 48  # Friday, Saturday, Sunday, Monday
+    counts = np.bincount(day, minlength=4) / 400
+    assert counts[1] == counts[2] == 0
+    assert counts[0] == pytest.approx(12, rel=0.05) and counts[3] == pytest.approx(24, rel=0.05)
+    assert (episode.ev_arrival_step[episode.ev_valid] % 48 >= 24).all()
+
+
+def test_inverse_cdf():
+    table = np.array([[0.0, 1.0, 3.0], [10.0, 10.0, 20.0]])
+    values = inverse_cdf(table, np.array([0, 0, 1, 1]), np.array([0.25, 0.75, 0.5, 1.0]))
+    np.testing.assert_allclose(values, [0.5, 2.0, 10.0, 20.0])
+
+
+def test_copula_couples_dwell_and_energy_levels():
+    scenario = {**VALID, "dwell_quantiles_hours": [[0, 1]], "energy_quantiles_kwh": [[0, 1]],
+                "fleet": [{"battery_kwh": 100, "max_charge_kw": 11}], "soc_arrival_range": [0, 0],
+                "dwell_energy_copula": [[1, 0], [0, 1]], "dwell_energy_copula_weekend": [[0, 1], [1, 0]]}
+    params = load_site(fitted_site(scenario, dt_minutes=1))
+    episode = generator_for(params).sample(params, np.random.default_rng(0), 14)
+    valid = episode.ev_valid
+    long_stay = (episode.ev_departure_step - episode.ev_arrival_step)[valid] > 30
+    large = episode.ev_requested_kwh[valid] > 0.5
+    weekend = np.broadcast_to(episode.weekday[:, None] >= 5, valid.shape)[valid]
+    assert (long_stay == large)[~weekend].mean() > 0.97 and (long_stay != large)[weekend].mean() > 0.97
+
+
+@pytest.mark.parametrize("name", FITTED_PRESETS)
+def test_fitted_presets_load_sample_and_step(name):
+    params = load_site(name, scenario={"weekday": list(range(7))})
+    generator = generator_for(params)
+    assert isinstance(generator, FittedGenerator)
+    episode = generator.sample(params, np.random.default_rng(0), 7)
+    episode.check(params)
+    state = reset(params, episode)
+    for _ in range(4):
+        state, terms, _ = step(params, state, np.ones((7, params.num_ports)))
+        assert np.isfinite(terms).all()
+    assert state.t == 4
+
+
+def test_generator_dispatch():
+    params = load_site(SITE)
+    assert isinstance(generator_for(params), ParametricGenerator)
+    assert isinstance(generator_for(load_site(fitted_site({"generator": "parametric"}))), ParametricGenerator)
+    fitted = {"generator": "fitted", "arrivals_weekday": [1.0] * 24, "dwell_quantiles_hours": [[1, 5]],
+              "energy_quantiles_kwh": [[2, 9]]}
+    assert isinstance(generator_for(load_site(fitted_site(fitted))), FittedGenerator)
+    with pytest.raises(SiteError, match=r"scenario\.generator must be 'parametric' or 'fitted'"):
+        generator_for(load_site(fitted_site({"generator": "replayed"})))
+
+
+VALID = {"generator": "fitted", "arrivals_weekday": [0.5] * 96, "dwell_quantiles_hours": [[1, 5]] * 24,
+         "energy_quantiles_kwh": [[2, 9]] * 24}
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"arrivals_weekday": None}, "arrivals_weekday is required"),
+    ({"arrivals_weekday": [1.0] * 7}, "arrivals_weekday must list one rate per slot"),
+    ({"arrivals_weekend": [1.0] * 48}, "arrivals_weekend must list one rate per slot"),
+    ({"arrivals_weekday": [-1.0] * 96}, "arrivals_weekday must be >= 0"),
+    ({"arrivals_weekday": ["many"] * 96}, "arrivals_weekday must be a list of numbers"),
+    ({"dwell_quantiles_hours": [[5, 1]] * 24}, "dwell_quantiles_hours must be nondecreasing"),
+    ({"dwell_quantiles_hours": [[1, 2], [1, 2, 3]]}, "dwell_quantiles_hours must be a list of numbers"),
+    ({"dwell_quantiles_hours": [[1, 2]] * 7}, "dwell_quantiles_hours must have one row per block"),
+    ({"energy_quantiles_kwh": [[-2, 9]] * 24}, "energy_quantiles_kwh must be >= 0"),
+    ({"energy_quantiles_kwh_weekend": [[2, 9]] * 12}, "energy_quantiles_kwh_weekend must have one row"),
+    ({"energy_quantiles_kwh": [1, 2]}, "energy_quantiles_kwh must be a non-empty list of equal-length"),
+    ({"day_of_week_factors": [1] * 6}, "day_of_week_factors must list 7 values"),
+    ({"arrival_scale": -1}, "arrival_scale must be a number"),
+    ({"dwell_energy_copula": [[1, 0, 0], [0, 1, 0]]}, "dwell_energy_copula must be a square table"),
+    ({"dwell_energy_copula_weekend": [[1, 0], [0, 0]]}, "dwell_energy_copula_weekend must be a square"),
+    ({"departure_error_quantiles_hours": [[0, 1], [0, 1]]}, "departure_error_quantiles_hours must have"),
+    ({"departure_error_quantiles_hours": [[0, 1], [0, 1]], "departure_error_dwell_hours": [3, 3]},
+     "departure_error_quantiles_hours must have"),
+    ({"departure_error_quantiles_hours": [[0, 1]] * 3, "departure_error_dwell_hours": [3, 2]},
+     "departure_error_dwell_hours must be increasing"),
+    ({"port_current": "three-phase"}, "port_current must be 'ac' or 'dc'"),
+    ({"fleet": [{"battery_kwh": 50, "max_charge_kw": 7, "color": "red"}]},
+     r"fleet\[0\]\.color is not a known"),
+    ({"fleet": [{"battery_kwh": 0, "max_charge_kw": 7}]}, r"fleet\[0\]\.battery_kwh must be > 0"),
+    ({"fleet": []}, "fleet must be a non-empty list"),
+    ({"sessions_per_day": 30}, "sessions_per_day is not used by the fitted generator"),
+    ({"dwell_median_hours": 3}, "dwell_median_hours is not a known field"),
+    ({"soc_arrival_range": [0.8, 0.2]}, "soc_arrival_range must satisfy"),
+])
+def test_bad_fitted_fields_name_the_field(changes, field):
+    scenario = {k: v for k, v in {**VALID, **changes}.items() if v is not None}
+    params = load_site(fitted_site(scenario))
+    with pytest.raises(SiteError, match=rf"site 'garage': scenario\.{field}"):
+        generator_for(params)
+
+
+def test_fleet_from_ev_specs_merges_identical_models():
+    fleet = fleet_from_ev_specs(json.loads((FIXTURES / "fit_ev_specs.json").read_text()))
+    assert [m["battery_kwh"] for m in fleet] == [60.0, 40.0]
+    assert [m["share"] for m in fleet] == [0.7, 0.3]
+    assert fleet[1]["max_dc_discharge_kw"] == 7.0 and fleet[1]["max_charge_kw"] == 7.4
+
+
+@pytest.mark.parametrize("folder", [FIXTURES / "fit_elaad", DATA / "elaad"], ids=["fixture", "elaad"])
+@pytest.mark.parametrize("kind", ["private", "public", "workplace"])
+def test_elaad_statistics_become_a_faithful_generator(folder, kind):
+    if not folder.is_dir():
+        pytest.skip("the ElaadNL files are not present")
+    stats = read_elaad(folder, kind)
+    assert stats.arrival_share_weekday.sum() == pytest.approx(1.0)
+    assert (stats.arrival_share_weekend is None) == (kind == "workplace")
+    assert stats.quantile_levels[0] == 0 and stats.quantile_levels[-1] == 1
+    assert (np.diff(stats.connection_hours) >= 0).all() and stats.mean_energy_kwh.shape == (48,)
+    if kind == "workplace":
+        with pytest.raises(ValueError, match="give weekend_ratio"):
+            elaad_scenario(stats, 10.0)
+    fitted = elaad_scenario(stats, 10.0, weekend_ratio=0.2 if kind == "workplace" else None)
+    params = load_site(fitted_site(fitted))
+    figures = elaad_fidelity(stats, generator_for(params), params, 1400)
+    overall = figures["overall"]
+    for name in ("arrival_ks", "dwell_ks", "energy_ks"):
+        assert overall[name] <= 0.05, (name, overall)
+    for group in ("overall", "weekday", "weekend"):
+        assert abs(figures[group]["sessions_per_day_rel_error"]) <= 0.05
+    assert overall["slot_mean_energy_rel_error_scaled"] < 0.1
+
+
+def test_fit_site_preset_from_elaad_fixture(tmp_path):
+    output = tmp_path / "street.yaml"
+    figures = fit_site_preset({
+        "sessions": {"path": str(FIXTURES / "fit_elaad"), "format": "elaad", "kind": "public",
+                     "sessions_per_weekday": 6},
+        "fit": {"block_minutes": 60, "num_quantiles": 21}, "site_from": "caltech", "keep_scenario": True,
+        "site": {"description": "a test street"}, "scenario": {"v2g_consent_share": 0.0},
+        "comment": "Test street.", "output": str(output), "fidelity_days": 700,
+    })
+    text = output.read_text()
+    assert text.startswith("# Test street.\n# fit_scenario: scenario from the ElaadNL statistics (fit_elaad/")
+    params = load_site(output)
+    assert params.name == "street" and params.num_ports == 54
+    assert "sessions_per_day" not in params.scenario and len(params.scenario["fleet"]) == 3
+    assert isinstance(generator_for(params), FittedGenerator)
+    assert json.loads(output.with_suffix(".fidelity.json").read_text()) == figures
+
+
+def test_fit_scenario_script_writes_a_preset_and_its_fidelity(tmp_path):
+    output = tmp_path / "depot.yaml"
+    reader = ("{columns: {arrival: start, departure: end, announced_departure: planned_end, "
+              "requested_kwh: kwh, session_id: id}, sep: ';', decimal: ',', date_format: '%d.%m.%Y %H:%M', "
+              "tz: Europe/Amsterdam}")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fit_scenario.py"),
+         f"sessions.path={FIXTURES / 'fit_sessions.csv'}",
+         "sessions.format=csv", f"++sessions.reader={reader}", "site_from=v2g_workplace", f"output={output}",
+         "fit.min_block_sessions=20", "fidelity_days=700", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    header = output.read_text().splitlines()[:6]
+    assert any("fit_sessions.csv" in line for line in header)
+    assert any("arriving 2021-04-05 .. 2021-05-02" in line for line in header)
+    params = load_site(output)
+    assert params.name == "depot" and params.scenario["loads"] and params.scenario["v2g_consent_share"] == 0.7
+    assert isinstance(generator_for(params), FittedGenerator)
+    figures = json.loads(output.with_suffix(".fidelity.json").read_text())
+    assert figures["overall"]["arrival_ks"] is not None
+    assert json.loads(result.stdout) == figures
+    assert yaml.safe_load(output.read_text())["scenario"]["generator"] == "fitted"
+
+
+def test_fitted_presets_do_not_load_pandas_or_scipy():
+    code = ("import sys; from envs.site import load_site; from envs.parametric import generator_for; "
+            "generator_for(load_site('caltech_fitted')); "
+            "print(sorted(m for m in ('pandas', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
