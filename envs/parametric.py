@@ -155,11 +155,25 @@ class ParametricGenerator:
             density += weight * np.exp(-0.5 * (gap / width) ** 2) / (width * np.sqrt(2 * np.pi))
         return density
 
+    def arrival_rates(self, params: SiteParams, weekday) -> np.ndarray:
+        """Expected arrivals per step of an episode that starts on ``weekday`` (0 = Monday).
+
+        Returns a (T,) array over ``horizon_steps`` (a (B, T) one for B weekdays): the Poisson
+        means that ``sample`` draws the arrivals from.
+        """
+        weekday = np.asarray(weekday, dtype=np.int64)
+        minutes = params.start_minute + params.dt_hours * 60 * np.arange(params.horizon_steps)
+        hour = (minutes % 1440) / 60
+        day_of_week = (weekday[..., None] + (minutes // 1440).astype(np.int64)) % 7
+        return self._step_rates(params, hour, day_of_week >= 5)
+
+    def _step_rates(self, params, hour, weekend) -> np.ndarray:
+        rate = self.sessions_per_day * self._arrival_profile(hour) * params.dt_hours
+        return rate * np.where(weekend, self.weekend_factor, 1.0)
+
     def _sample_evs(self, params, rng, hour, weekend) -> dict[str, np.ndarray]:
         b, t_len = weekend.shape
-        rate = self.sessions_per_day * self._arrival_profile(hour) * params.dt_hours
-        rate = rate[None, :] * np.where(weekend, self.weekend_factor, 1.0)
-        counts = rng.poisson(rate)
+        counts = rng.poisson(self._step_rates(params, hour, weekend))
         per_env = counts.sum(axis=1)
         total, k = int(per_env.sum()), max(int(per_env.max(initial=0)), 1)
         env_of = np.repeat(np.arange(b), per_env)

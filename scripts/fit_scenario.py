@@ -5,7 +5,7 @@ import json
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from envs.data.fit import fit_site_preset
+from envs.data.fit_presets import fit_site_preset
 
 
 @hydra.main(config_path="../configs", config_name="fit_scenario", version_base="1.3")

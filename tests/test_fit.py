@@ -15,15 +15,9 @@ import yaml
 
 from envs.core import reset, step
 from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
-from envs.data.fit import (
-    FittedGenerator,
-    fidelity,
-    fit_sessions,
-    fit_site_preset,
-    fleet_from_ev_specs,
-    inverse_cdf,
-    read_sessions,
-)
+from envs.data.fit import FittedGenerator, inverse_cdf
+from envs.data.fit_presets import fit_site_preset, fleet_from_ev_specs, read_sessions
+from envs.data.fitting import fidelity, fit_sessions
 from envs.parametric import ParametricGenerator, generator_for
 from envs.site import SiteError, load_site
 

@@ -11,6 +11,15 @@ import pytest
 from helpers import tiny_site
 
 from envs.core import reset, step
+from envs.data.forecasts import (
+    demand_forecast_from_rates,
+    episode_forecasts,
+    fit_demand_regression,
+    forecast_windows,
+    noisy_forecast,
+    parametric_arrival_rates,
+    persistence_forecast,
+)
 from envs.data.overlay import SeriesOverlay, with_series
 from envs.data.prices import (
     Tariff,
@@ -21,13 +30,6 @@ from envs.data.prices import (
 )
 from envs.data.series import (
     DataError,
-    demand_forecast_from_rates,
-    episode_forecasts,
-    fit_demand_regression,
-    forecast_windows,
-    noisy_forecast,
-    parametric_arrival_rates,
-    persistence_forecast,
     read_building_csv,
     read_series_csv,
     resample,
@@ -483,7 +485,7 @@ def test_issued_forecasts_reach_the_observation_and_leave_rewards_alone():
     import dataclasses
 
     from envs import core
-    from envs.data.series import episode_forecasts
+    from envs.data.forecasts import episode_forecasts
     from envs.observation import observation_layout, observe
     from envs.parametric import generator_for
     from envs.site import load_site

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.data.fit import FittedGenerator, _round_report, _rounded, generated_sessions
+from envs.data.fit import FittedGenerator
+from envs.data.fitting import _round_report, _rounded, generated_sessions
 from envs.site import MINUTES_PER_DAY, SiteParams
 
 KINDS = {"private": "home", "public": "public", "workplace": "work"}
