@@ -1,0 +1,184 @@
+"""Model predictive control: the offline model over a rolling window of what is known now."""
+
+from __future__ import annotations
+
+import time
+
+import highspy
+import numpy as np
+
+from agents.optimal import Model, Window, build_model, new_highs, power_to_action, solve_model
+from envs.core import reset
+from envs.episode import Episode
+from envs.observation import observation_layout
+from envs.site import SiteParams
+
+PRIMAL_SIMPLEX = 4  # HiGHS simplex_strategy; the last window's basis, shifted, is nearly primal feasible
+_STATUSES = tuple(highspy.HighsBasisStatus.__members__.values())
+
+
+class ModelPredictiveControl:
+    """Re-plan every step over the next ``horizon_steps`` with what is known now; apply the first step.
+
+    The plan is the offline model (``agents.optimal.build_model``) of a window that holds only
+    the EVs plugged in now, with their SoC and remaining request from the observation and their
+    *announced* departures brought forward by ``departure_margin_hours`` (drivers also leave
+    early), and the price, tariff, carbon, setpoint, load and PV series of the episode over the
+    window (the env's perfect forecast); no future arrivals. An EV still plugged past that time
+    is planned as leaving after this step. An EV leaving after the window counts as unmet only
+    what it could not get after the window at full power. The demand charge counts from the
+    highest import applied so far. Where the relaxation would charge and discharge a port in
+    the first step (cycling V2G pays under a tariff on charged energy), the first step's modes
+    are made integer. Each solve starts from the last window's basis, shifted by one step.
+
+    ``begin(params, episode)`` must be called before each rollout: it reads the episode's
+    series and its plug schedule (the env's assignment of arrivals to ports, applied step by
+    step as it happens, never ahead). ``predict(obs)`` follows SB3's protocol, one call per
+    step, and returns float64 actions. ``decision_s`` lists the seconds of each env's decision.
+
+    Arguments:
+        params: the site.
+        horizon_steps: length of the planning window.
+        departure_margin_hours: how much earlier than announced each EV is planned to leave.
+        time_limit_s: HiGHS time per decision.
+        mip_rel_gap: relative optimality gap at which a MIP stops.
+
+    >>> import numpy as np
+    >>> from envs.site import load_site
+    >>> from envs.parametric import generator_for
+    >>> from envs.core import reset, step
+    >>> from envs.observation import observe
+    >>> params = load_site("caltech", horizon_steps=12)
+    >>> episode = generator_for(params).sample(params, np.random.default_rng(0), 2)
+    >>> policy, state = ModelPredictiveControl(params, horizon_steps=8), reset(params, episode)
+    >>> policy.begin(params, episode)
+    >>> while state.t < params.horizon_steps:
+    ...     action, _ = policy.predict(observe(params, state))
+    ...     state, terms, info = step(params, state, action)
+    >>> from envs.reward import TERM_INDEX
+    >>> float(state.totals[:, TERM_INDEX["overload_requested_kwh"]].max())  # plans respect every limit
+    0.0
+    """
+
+    def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
+                 time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4):
+        if horizon_steps < 1:
+            raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
+        self.params = params
+        self.horizon_steps = int(horizon_steps)
+        self.departure_margin_hours = float(departure_margin_hours)
+        self.options = {"time_limit_s": float(time_limit_s), "mip_rel_gap": float(mip_rel_gap),
+                        "first_steps": 1}
+        self.t = None
+        self.decision_s: list[float] = []
+
+    def begin(self, params: SiteParams, episode: Episode) -> None:
+        self.params = params
+        self.layout = observation_layout(params)
+        state = reset(params, episode)
+        self.episode, self.schedule, self.node_exo_kw = episode, state.schedule, state.node_exo_kw
+        self.port_ev = np.full((episode.num_envs, params.num_ports), -1, dtype=np.int64)
+        self.peak_import_kw = np.zeros(episode.num_envs)
+        self.highs = [new_highs() for _ in range(episode.num_envs)]
+        for highs in self.highs:
+            highs.setOptionValue("simplex_strategy", PRIMAL_SIMPLEX)
+        self.last = [None] * episode.num_envs
+        self.charge_kwh_per_kw = params.port_charge_efficiency * params.dt_hours
+        self.t = 0
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        obs = np.asarray(observation, dtype=np.float64)
+        batch = np.atleast_2d(obs)
+        if self.t is None:
+            raise RuntimeError("call begin(params, episode) before predict")
+        if batch.shape[0] != self.episode.num_envs or self.t >= self.params.horizon_steps:
+            raise ValueError(f"predict called for {batch.shape[0]} envs at step {self.t}; begin() prepared "
+                             f"{self.episode.num_envs} envs for {self.params.horizon_steps} steps")
+        self._apply_plug_events(self.t)
+        actions = np.zeros((batch.shape[0], self.params.num_ports))
+        for b in range(batch.shape[0]):
+            start = time.perf_counter()
+            actions[b] = self._decide(b, batch[b])
+            self.decision_s.append(time.perf_counter() - start)
+        self.t += 1
+        return (actions[0] if obs.ndim == 1 else actions), None
+
+    def _apply_plug_events(self, t: int) -> None:
+        s = self.schedule
+        gone = slice(s.unplug_offsets[t], s.unplug_offsets[t + 1])
+        self.port_ev[s.unplug_env[gone], s.unplug_port[gone]] = -1
+        came = slice(s.plug_offsets[t], s.plug_offsets[t + 1])
+        self.port_ev[s.plug_env[came], s.plug_port[came]] = s.plug_ev[came]
+
+    def window(self, b: int, obs: np.ndarray) -> Window:
+        """The window env ``b`` plans at the current step from its observation ``obs`` (D,)."""
+        params, episode, t = self.params, self.episode, self.t
+        steps = min(self.horizon_steps, params.horizon_steps - t)
+        ports = np.flatnonzero(self.port_ev[b] >= 0)
+        evs = self.port_ev[b, ports]
+        soc = obs[self.layout["soc"]][ports]
+        remaining = obs[self.layout["remaining_kwh"]][ports]
+        battery = episode.ev_battery_kwh[b, evs]
+        car_kw = episode.ev_max_charge_kw[b, evs]
+        announced = episode.ev_announced_departure_step[b, evs]
+        margin = round(self.departure_margin_hours / params.dt_hours)
+        steps_left = np.maximum(announced - margin - t, 1)
+        length = np.minimum(steps_left, steps)
+        first = np.cumsum(length) - length
+        entry_ev = np.repeat(np.arange(len(ports)), length)
+        later_kwh = (self.charge_kwh_per_kw[ports] * np.minimum(car_kw, params.port_max_charge_kw[ports])
+                     * np.maximum(steps_left - steps, 0))
+        window = slice(t, t + steps)
+        return Window(
+            exo_kw=self.node_exo_kw[b, window],
+            price_buy_eur_kwh=episode.price_buy_eur_kwh[b, window],
+            price_sell_eur_kwh=episode.price_sell_eur_kwh[b, window],
+            tariff_eur_kwh=episode.tariff_eur_kwh[b, window],
+            carbon_kg_kwh=episode.carbon_kg_kwh[b, window],
+            setpoint_kw=episode.setpoint_kw[b, window],
+            peak_import_kw=float(self.peak_import_kw[b]),
+            entry_step=np.arange(len(entry_ev)) - np.repeat(first, length),
+            entry_port=ports[entry_ev],
+            entry_ev=entry_ev,
+            ev_soc=soc,
+            ev_battery_kwh=battery,
+            ev_max_charge_kw=car_kw,
+            ev_max_discharge_kw=episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs],
+            ev_min_soc=episode.ev_min_soc[b, evs],
+            ev_room_kwh=np.maximum(np.minimum(remaining, (1.0 - soc) * battery), 0.0),
+            ev_unmet_base_kwh=remaining - later_kwh,
+            ev_counted=announced <= params.horizon_steps,
+            ev_id=evs,
+            start_step=t,
+        )
+
+    def _decide(self, b: int, obs: np.ndarray) -> np.ndarray:
+        window = self.window(b, obs)
+        now = window.entry_step == 0
+        if not now.any():
+            self.peak_import_kw[b] = max(self.peak_import_kw[b], window.exo_kw[0, 0])
+            return np.zeros(self.params.num_ports)
+        model = build_model(self.params, window)
+        plan = solve_model(model, self.highs[b], basis=_carried_basis(model, self.last[b]), **self.options)
+        self.last[b] = None if plan.basis is None else (model.col_key, model.row_key, *plan.basis)
+        self.peak_import_kw[b] = max(self.peak_import_kw[b], plan.site_import_kw[0])
+        charge, discharge = np.zeros(self.params.num_ports), np.zeros(self.params.num_ports)
+        charge[window.entry_port[now]] = plan.charge_kw[now]
+        discharge[window.entry_port[now]] = plan.discharge_kw[now]
+        return power_to_action(charge, discharge, obs[self.layout["max_charge_kw"]],
+                               obs[self.layout["max_discharge_kw"]])
+
+
+def _carried_basis(model: Model, last: tuple | None) -> tuple[list, list] | None:
+    """The last window's basis on this model: statuses of the columns and rows with the same key
+    (same kind, EV and episode step); new columns at their lower bound, new rows basic."""
+    if last is None:
+        return None
+    col_key, row_key, col_status, row_status = last
+    return _lookup(model.col_key, col_key, col_status, 0), _lookup(model.row_key, row_key, row_status, 1)
+
+
+def _lookup(keys: np.ndarray, known: np.ndarray, status: np.ndarray, default: int) -> list:
+    order = np.argsort(known)
+    at = order[np.minimum(np.searchsorted(known[order], keys), len(order) - 1)]
+    return [_STATUSES[value] for value in np.where(known[at] == keys, status[at], default).tolist()]
