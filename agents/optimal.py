@@ -212,7 +212,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
 
     tariff_weight = weights.charging_revenue * w.tariff_eur_kwh[step]
     cost[col["c"]] = (tariff_weight - weights.degradation_eur_per_kwh) * charge_kwh
-    cost[col["d"]] = -weights.degradation_eur_per_kwh * discharge_kwh[v2g]
+    cost[col["d"]] = -(tariff_weight[v2g] + weights.degradation_eur_per_kwh) * discharge_kwh[v2g]
     import_eur_kwh = weights.energy_cost * w.price_buy_eur_kwh + weights.carbon_eur_per_kg * w.carbon_kg_kwh
     cost[col["i"]] = -import_eur_kwh * dt
     cost[col["e"]] = weights.export_revenue * w.price_sell_eur_kwh * dt
@@ -328,8 +328,8 @@ def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: i
 
     The plan may not charge and discharge a port in the same step, discharge an EV it has not
     yet lifted above its minimum SoC, or import and export at once. Where the linear
-    relaxation does one of these (it pays when the tariff on charged energy outweighs
-    degradation and losses: cycling V2G batteries), mode columns are made integer: every V2G
+    relaxation does one of these (it can pay when prices are negative, or when export pays more
+    than import), mode columns are made integer: every V2G
     mode (of the first ``first_steps`` steps only, for MPC) and the import/export mode of the
     steps that need it; the MIP runs within ``mip_rel_gap`` and what is left of
     ``time_limit_s`` (linear programs always run to the end). Without such steps the plan is
@@ -369,7 +369,7 @@ def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: i
         if not (status in _SOLVED or (status in _FEASIBLE_STOPS and feasible)):
             if integer.any() and not fallback:
                 fallback = True
-                _drop_integer_modes(highs, model, integer)
+                _drop_integer_modes(highs, model)
                 continue
             raise OptimizationError(
                 f"HiGHS ended with status {highs.modelStatusToString(status)!r} on a model of "
@@ -408,10 +408,12 @@ def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: i
                 basis=relaxed_basis)
 
 
-def _drop_integer_modes(highs: highspy.Highs, model: Model, integer: np.ndarray) -> None:
-    """Fix the integer modes so that the model is an LP that zero charging always satisfies."""
-    modes = model.mode[integer[model.mode]]
-    steps = np.flatnonzero(integer[model.export_mode])
+def _drop_integer_modes(highs: highspy.Highs, model: Model) -> None:
+    """Fix every V2G mode to charging and every step's import/export mode to the direction of
+    its inflexible flow, so the model is an LP that zero charging always satisfies and that
+    cannot discharge, nor import and export at once."""
+    modes = model.mode
+    steps = np.arange(len(model.export_mode))
     cols = np.concatenate([modes, model.export_mode[steps]]).astype(np.int32)
     value = np.concatenate([np.zeros(len(modes)), (model.window.exo_kw[steps, 0] < 0).astype(np.float64)])
     highs.changeColsIntegrality(cols.size, cols, np.zeros(cols.size, dtype=np.uint8))
@@ -519,9 +521,9 @@ class OfflineOptimal:
     ``bound_eur`` (B,) above it (equal when proven optimal), ``solve_s`` (B,) including the model
     build, ``plans`` and ``windows``.
 
-    Without V2G cycling the plan is the exact optimum of a linear program. With V2G and a
-    tariff on charged energy, cycling batteries pays and the model becomes a MIP, solved
-    within ``time_limit_s`` per episode and ``mip_rel_gap`` (see ``solve_model``).
+    Usually the plan is the exact optimum of a linear program. Where mixing charge and
+    discharge would pay (negative prices, export dearer than import), the model becomes a MIP,
+    solved within ``time_limit_s`` per episode and ``mip_rel_gap`` (see ``solve_model``).
 
     Arguments:
         params: the site.

@@ -85,7 +85,7 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     exported *= dt
     terms = np.empty((len(site_kw), len(TERMS)))
     terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
-    terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * charged_kwh
+    terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * net_kwh
     terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
     terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
     terms[:, TERM_INDEX["overload_requested_kwh"]] = (

@@ -71,7 +71,8 @@ class SmartChargingEnv(gymnasium.Env):
     ``reward = charging_revenue + export_revenue - energy_cost - weighted penalties`` in EUR,
     with the weights of the site's ``reward`` block. Every term of the step is in ``info`` by
     name, in physical units: ``energy_cost_eur`` (site import at the buy price),
-    ``charging_revenue_eur`` (energy into batteries at the drivers' tariff),
+    ``charging_revenue_eur`` (net energy into batteries at the drivers' tariff; V2G discharge
+    is refunded at the tariff),
     ``export_revenue_eur`` (site export at the sell price), ``degradation_kwh`` (battery
     throughput), ``unmet_kwh`` (requested energy missing when an EV departs,
     or when an EV an outage pushed off its port gives up waiting),

@@ -157,7 +157,7 @@ def test_v2g_discharge_step_is_exact():
     assert info["charged_kwh"] == 0
     assert named(terms) == {
         "energy_cost_eur": 0,
-        "charging_revenue_eur": 0,
+        "charging_revenue_eur": approx(0.3 * energy),
         "export_revenue_eur": approx(0.1 * 6.0 * DT),
         "degradation_kwh": approx(-energy),
         "unmet_kwh": 0,
