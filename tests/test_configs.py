@@ -12,7 +12,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from agents.baselines import RuleBasedPolicy
 from agents.kpis import KPI_COLUMNS
 from envs.site import builtin_sites, load_site
 
@@ -57,14 +56,14 @@ def test_config_composes_and_policies_instantiate(name, site):
     params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
     for policy_name, spec in cfg.policies.items():
         policy = instantiate(spec, _partial_=True)(params=params)
-        assert isinstance(policy, RuleBasedPolicy), policy_name
+        assert callable(getattr(policy, "predict", None)), policy_name
         assert policy.params is params
 
 
 @pytest.mark.parametrize("option", POLICY_OPTIONS)
 def test_every_policies_option_composes(option):
     cfg = compose_config(f"policies={option}", name="run_baselines")
-    baselines = compose_config(name="run_baselines").policies
+    baselines = compose_config("policies=baselines", name="run_baselines").policies
     assert set(baselines) <= set(cfg.policies)
     params = load_site("caltech")
     for spec in cfg.policies.values():
