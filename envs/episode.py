@@ -104,6 +104,33 @@ class Episode:
                 raise ValueError(f"episode field {name} must be >= 0")
 
 
+EV_COLUMNS = ("arrival_step", "departure_step", "announced_departure_step", "battery_kwh", "soc_arrival",
+              "requested_kwh", "max_charge_kw", "max_discharge_kw", "v2g_consent", "min_soc")
+
+
+def pack_evs(num_envs: int, env: np.ndarray, **columns) -> dict[str, np.ndarray]:
+    """The ``ev_*`` fields of an Episode from flat per-EV arrays.
+
+    ``env`` (E,) gives each EV's env, sorted, with each env's EVs in order of arrival; the
+    columns, named as in ``EV_COLUMNS`` (the field names without ``ev_``), are (E,) arrays or
+    scalars. K is the most EVs of any env (at least 1); padding is invalid and never arrives.
+    """
+    if set(columns) != set(EV_COLUMNS):
+        raise TypeError(f"pack_evs needs exactly the columns {EV_COLUMNS}, got {sorted(columns)}")
+    per_env = np.bincount(env, minlength=num_envs)
+    k = max(int(per_env.max(initial=0)), 1)
+    slot = np.arange(len(env)) - np.repeat(np.cumsum(per_env) - per_env, per_env)
+    fills = {"arrival_step": (NO_ARRIVAL, np.int64), "departure_step": (NO_ARRIVAL + 1, np.int64),
+             "announced_departure_step": (NO_ARRIVAL + 1, np.int64), "v2g_consent": (False, bool)}
+    fields = {"ev_valid": np.zeros((num_envs, k), dtype=bool)}
+    fields["ev_valid"][env, slot] = True
+    for name in EV_COLUMNS:
+        fill, dtype = fills.get(name, (0.0, np.float64))
+        fields[f"ev_{name}"] = np.full((num_envs, k), fill, dtype=dtype)
+        fields[f"ev_{name}"][env, slot] = columns[name]
+    return fields
+
+
 class Generator(Protocol):
     """Samples a batch of exogenous episodes; the only source of randomness of an environment."""
 

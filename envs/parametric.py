@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import NO_ARRIVAL, Episode, Generator
+from envs.episode import Episode, Generator, pack_evs
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -175,9 +175,8 @@ class ParametricGenerator:
         b, t_len = weekend.shape
         counts = rng.poisson(self._step_rates(params, hour, weekend))
         per_env = counts.sum(axis=1)
-        total, k = int(per_env.sum()), max(int(per_env.max(initial=0)), 1)
+        total = int(per_env.sum())
         env_of = np.repeat(np.arange(b), per_env)
-        slot = np.arange(total) - np.repeat(np.cumsum(per_env) - per_env, per_env)
         arrival = np.repeat(np.tile(np.arange(t_len), b), counts.ravel())
 
         dwell_h = rng.lognormal(np.log(max(self.dwell_mean_hours, 1e-9)) - self.dwell_sigma**2 / 2,
@@ -194,26 +193,13 @@ class ParametricGenerator:
                                self.energy_sigma, total)
         consent = rng.random(total) < self.v2g_consent_share
 
-        def padded(values, fill, dtype):
-            out = np.full((b, k), fill, dtype=dtype)
-            out[env_of, slot] = values
-            return out
-
-        return {
-            "ev_valid": padded(True, False, bool),
-            "ev_arrival_step": padded(arrival, NO_ARRIVAL, np.int64),
-            "ev_departure_step": padded(arrival + dwell, NO_ARRIVAL + 1, np.int64),
-            "ev_announced_departure_step": padded(announced, NO_ARRIVAL + 1, np.int64),
-            "ev_battery_kwh": padded(battery, 0.0, np.float64),
-            "ev_soc_arrival": padded(soc, 0.0, np.float64),
-            "ev_requested_kwh": padded(np.minimum(energy, (1 - soc) * battery), 0.0, np.float64),
-            "ev_max_charge_kw": padded(np.array([m.max_charge_kw for m in self.fleet])[model], 0.0,
-                                       np.float64),
-            "ev_max_discharge_kw": padded(np.array([m.max_discharge_kw for m in self.fleet])[model],
-                                          0.0, np.float64),
-            "ev_v2g_consent": padded(consent, False, bool),
-            "ev_min_soc": padded(np.full(total, self.min_soc), 0.0, np.float64),
-        }
+        return pack_evs(
+            b, env_of, arrival_step=arrival, departure_step=arrival + dwell,
+            announced_departure_step=announced, battery_kwh=battery, soc_arrival=soc,
+            requested_kwh=np.minimum(energy, (1 - soc) * battery),
+            max_charge_kw=np.array([m.max_charge_kw for m in self.fleet])[model],
+            max_discharge_kw=np.array([m.max_discharge_kw for m in self.fleet])[model],
+            v2g_consent=consent, min_soc=self.min_soc)
 
     def _sample_node_series(self, params, rng, hour, weekend):
         b, length = weekend.shape

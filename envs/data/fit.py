@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import NO_ARRIVAL, Episode
+from envs.episode import Episode, pack_evs
 from envs.parametric import ParametricGenerator
 from envs.site import MINUTES_PER_DAY, SiteError, SiteParams
 
@@ -177,9 +177,8 @@ class FittedGenerator:
         rate = np.where(day_of_week >= 5, weekend_rate[step_of_day], weekday_rate[step_of_day])
         counts = rng.poisson(rate * (self.arrival_scale * self.day_of_week_factors)[day_of_week])
         per_env = counts.sum(axis=1)
-        total, k = int(per_env.sum()), max(int(per_env.max(initial=0)), 1)
+        total = int(per_env.sum())
         env_of = np.repeat(np.arange(b), per_env)
-        slot = np.arange(total) - np.repeat(np.cumsum(per_env) - per_env, per_env)
         arrival = np.repeat(np.tile(np.arange(t_len), b), counts.ravel())
 
         weekend = day_of_week[env_of, arrival] >= 5
@@ -209,24 +208,12 @@ class FittedGenerator:
         soc = np.minimum(rng.uniform(lo, hi, total), 1.0 - energy / battery)
         consent = rng.random(total) < self.base.v2g_consent_share
 
-        def padded(values, fill, dtype):
-            out = np.full((b, k), fill, dtype=dtype)
-            out[env_of, slot] = values
-            return out
-
-        return {
-            "ev_valid": padded(True, False, bool),
-            "ev_arrival_step": padded(arrival, NO_ARRIVAL, np.int64),
-            "ev_departure_step": padded(arrival + dwell, NO_ARRIVAL + 1, np.int64),
-            "ev_announced_departure_step": padded(announced, NO_ARRIVAL + 1, np.int64),
-            "ev_battery_kwh": padded(battery, 0.0, np.float64),
-            "ev_soc_arrival": padded(soc, 0.0, np.float64),
-            "ev_requested_kwh": padded(energy, 0.0, np.float64),
-            "ev_max_charge_kw": padded(self.fleet_max_charge_kw[model], 0.0, np.float64),
-            "ev_max_discharge_kw": padded(self.fleet_max_discharge_kw[model], 0.0, np.float64),
-            "ev_v2g_consent": padded(consent, False, bool),
-            "ev_min_soc": padded(np.full(total, self.base.min_soc), 0.0, np.float64),
-        }
+        return pack_evs(
+            b, env_of, arrival_step=arrival, departure_step=arrival + dwell,
+            announced_departure_step=announced, battery_kwh=battery, soc_arrival=soc,
+            requested_kwh=energy, max_charge_kw=self.fleet_max_charge_kw[model],
+            max_discharge_kw=self.fleet_max_discharge_kw[model],
+            v2g_consent=consent, min_soc=self.base.min_soc)
 
 
 def inverse_cdf(table: np.ndarray, row: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.episode import NO_ARRIVAL, Episode, Generator
+from envs.episode import Episode, Generator, pack_evs
 from envs.parametric import EvModel, ParametricGenerator, generator_for
 from envs.site import SiteParams
 
@@ -174,29 +174,11 @@ class ReplayGenerator:
                               table_charge)
         consent = rng.random(len(idx)) < scenario.v2g_consent_share
 
-        per_env = np.bincount(env, minlength=b)
-        k = max(int(per_env.max(initial=0)), 1)
-        slot = np.arange(len(idx)) - np.repeat(np.cumsum(per_env) - per_env, per_env)
-
-        def padded(values, fill, dtype):
-            out = np.full((b, k), fill, dtype=dtype)
-            out[env, slot] = values
-            return out
-
-        return {
-            "ev_valid": padded(True, False, bool),
-            "ev_arrival_step": padded(arrival, NO_ARRIVAL, np.int64),
-            "ev_departure_step": padded(departure, NO_ARRIVAL + 1, np.int64),
-            "ev_announced_departure_step": padded(announced, NO_ARRIVAL + 1, np.int64),
-            "ev_battery_kwh": padded(battery, 0.0, np.float64),
-            "ev_soc_arrival": padded(soc, 0.0, np.float64),
-            "ev_requested_kwh": padded(requested, 0.0, np.float64),
-            "ev_max_charge_kw": padded(max_charge, 0.0, np.float64),
-            "ev_max_discharge_kw": padded(np.array([m.max_discharge_kw for m in fleet])[model], 0.0,
-                                          np.float64),
-            "ev_v2g_consent": padded(consent, False, bool),
-            "ev_min_soc": padded(np.full(len(idx), scenario.min_soc), 0.0, np.float64),
-        }
+        return pack_evs(
+            b, env, arrival_step=arrival, departure_step=departure, announced_departure_step=announced,
+            battery_kwh=battery, soc_arrival=soc, requested_kwh=requested, max_charge_kw=max_charge,
+            max_discharge_kw=np.array([m.max_discharge_kw for m in fleet])[model], v2g_consent=consent,
+            min_soc=scenario.min_soc)
 
 
 def replay_days(sessions: pd.DataFrame, params: SiteParams, min_sessions: int = 1) -> list[datetime.date]:
