@@ -239,12 +239,15 @@ def generator_for(params: SiteParams) -> Generator:
 
     Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``) or "fitted"
     (``envs.data.fit.FittedGenerator``); a ``series`` key wraps the result in
-    ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data.
+    ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data; a
+    ``forecasts`` key (per series: ``mode`` perfect, persistence or noisy, and its options)
+    makes the observation show issued forecasts (``envs.data.forecasts.IssuedForecasts``).
     Both data modules are imported only when asked for.
     """
     scenario = dict(params.scenario)
     kind = scenario.get("generator", "parametric")
     series = scenario.pop("series", None)
+    forecasts = scenario.pop("forecasts", None)
     if kind == "parametric":
         generator = ParametricGenerator.from_config(scenario, params.name)
     elif kind == "fitted":
@@ -254,8 +257,12 @@ def generator_for(params: SiteParams) -> Generator:
     else:
         raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric' or 'fitted', "
                         f"got {kind!r}")
-    if series is None:
-        return generator
-    from envs.data.overlay import with_series
+    if series is not None:
+        from envs.data.overlay import with_series
 
-    return with_series(generator, {"series": series}, params)
+        generator = with_series(generator, {"series": series}, params)
+    if forecasts is not None:
+        from envs.data.forecasts import IssuedForecasts
+
+        generator = IssuedForecasts(generator, forecasts)
+    return generator

@@ -520,3 +520,20 @@ def test_a_series_block_in_the_site_wraps_its_generator():
     assert isinstance(generator, SeriesOverlay)
     episode = generator.sample(params, np.random.default_rng(0), 2)
     np.testing.assert_array_equal(episode.tariff_eur_kwh, 0.4)
+
+
+def test_a_forecasts_block_in_the_site_issues_noisy_forecasts():
+    from envs.data.forecasts import IssuedForecasts
+    from envs.parametric import generator_for
+    from envs.site import load_site
+
+    noisy = {"price_buy_eur_kwh": {"mode": "noisy", "std_at_horizon": 0.05}}
+    params = load_site("caltech", horizon_steps=12, scenario={"forecasts": noisy})
+    generator = generator_for(params)
+    assert isinstance(generator, IssuedForecasts)
+    episode = generator.sample(params, np.random.default_rng(0), 2)
+    issued = episode.forecast_windows[:, :, 0]
+    np.testing.assert_allclose(issued[:, :, 0], episode.price_buy_eur_kwh[:, :13], rtol=1e-6)
+    assert not np.allclose(issued[:, :, 1:], episode.price_buy_eur_kwh[:, 1:14, None])
+    np.testing.assert_allclose(episode.forecast_windows[:, :, 1, 1], episode.price_sell_eur_kwh[:, 1:14],
+                               rtol=1e-6)

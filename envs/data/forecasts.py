@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -244,3 +245,21 @@ def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str 
     gram = design.T @ design + ridge * np.diag([1e-6, 1e-6, 1e-6, 1.0])
     solve = np.linalg.solve(gram, design.T)
     return dataclasses.replace(model, arrival_coef=solve @ counts, energy_coef=solve @ energy)
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedForecasts:
+    """A Generator that adds the forecasts of the scenario's ``forecasts`` block to its base's episodes.
+
+    ``spec`` maps ``FORECAST_BLOCK`` names to ``forecast_windows`` options (``mode``: perfect,
+    persistence or noisy); the observation then shows these windows instead of the truth,
+    while rewards keep using the truth.
+    """
+
+    base: Any
+    spec: Mapping[str, Mapping]
+
+    def sample(self, params, rng: np.random.Generator, num_envs: int):
+        episode = self.base.sample(params, rng, num_envs)
+        issued = episode_forecasts(params, episode, self.spec, rng)
+        return dataclasses.replace(episode, forecast_windows=issued)
