@@ -7,7 +7,7 @@ import time
 import highspy
 import numpy as np
 
-from agents.optimal import Model, Window, build_model, new_highs, power_to_action, solve_model
+from agents.optimal import Model, Window, build_model, checked_batch, new_highs, power_to_action, solve_model
 from envs.core import reset
 from envs.episode import Episode
 from envs.observation import observation_layout
@@ -87,13 +87,8 @@ class ModelPredictiveControl:
         self.t = 0
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        obs = np.asarray(observation, dtype=np.float64)
-        batch = np.atleast_2d(obs)
-        if self.t is None:
-            raise RuntimeError("call begin(params, episode) before predict")
-        if batch.shape[0] != self.episode.num_envs or self.t >= self.params.horizon_steps:
-            raise ValueError(f"predict called for {batch.shape[0]} envs at step {self.t}; begin() prepared "
-                             f"{self.episode.num_envs} envs for {self.params.horizon_steps} steps")
+        prepared_envs = 0 if self.t is None else self.episode.num_envs
+        obs, batch = checked_batch(observation, self.t, prepared_envs, self.params.horizon_steps)
         self._apply_plug_events(self.t)
         actions = np.zeros((batch.shape[0], self.params.num_ports))
         for b in range(batch.shape[0]):

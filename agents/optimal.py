@@ -314,6 +314,18 @@ def _status_values(statuses) -> np.ndarray:
     return np.fromiter((int(s.value) for s in statuses), dtype=np.int64, count=len(statuses))
 
 
+def checked_batch(observation, t: int | None, num_envs: int, horizon_steps: int):
+    """``(obs, obs as a 2-D batch)`` for a planning policy at step ``t``, or an error that says why not."""
+    obs = np.asarray(observation, dtype=np.float64)
+    batch = np.atleast_2d(obs)
+    if t is None:
+        raise RuntimeError("call begin(params, episode) before predict")
+    if batch.shape[0] != num_envs or t >= horizon_steps:
+        raise ValueError(f"predict called for {batch.shape[0]} envs at step {t}; begin() prepared "
+                         f"{num_envs} envs for {horizon_steps} steps")
+    return obs, batch
+
+
 def new_highs(threads: int = 1) -> highspy.Highs:
     """A silent HiGHS instance."""
     highs = highspy.Highs()
@@ -565,13 +577,8 @@ class OfflineOptimal:
         self.t = 0
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        obs = np.asarray(observation, dtype=np.float64)
-        batch = np.atleast_2d(obs)
-        if self.t is None:
-            raise RuntimeError("call begin(params, episode) before predict")
-        if batch.shape[0] != self.charge_kw.shape[0] or self.t >= self.params.horizon_steps:
-            raise ValueError(f"predict called for {batch.shape[0]} envs at step {self.t}; begin() planned "
-                             f"{self.charge_kw.shape[0]} envs for {self.params.horizon_steps} steps")
+        planned_envs = 0 if self.t is None else self.charge_kw.shape[0]
+        obs, batch = checked_batch(observation, self.t, planned_envs, self.params.horizon_steps)
         t = self.t
         self.t += 1
         actions = power_to_action(self.charge_kw[:, t], self.discharge_kw[:, t],

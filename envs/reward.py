@@ -55,7 +55,3 @@ class RewardWeights:
             -self.setpoint_eur_per_kwh,
         ])
 
-
-def terms_to_info(terms: np.ndarray) -> dict[str, np.ndarray]:
-    """Split a (..., len(TERMS)) array into named arrays."""
-    return {name: terms[..., i] for i, name in enumerate(TERMS)}
