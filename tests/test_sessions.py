@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from envs.data.errors import DataError
 from envs.data.sessions import (
     SESSION_COLUMNS,
-    SessionFileError,
     read_acn_csv,
     read_acn_json,
     read_sessions_csv,
@@ -136,7 +136,7 @@ def test_parquet_with_typed_and_text_columns(tmp_path):
     assert np.isnan(table["delivered_kwh"]).all()
     frame.loc[1, "kwh"] = -1.0
     frame.to_parquet(path)
-    with pytest.raises(SessionFileError, match=r"sessions\.parquet, row 2, field 'requested_kwh'"):
+    with pytest.raises(DataError, match=r"sessions\.parquet, row 2, field 'requested_kwh'"):
         read_sessions_csv(path, columns)
 
 
@@ -158,7 +158,7 @@ BAD_ACN_ROWS = [
 @pytest.mark.parametrize(("rows", "line", "field", "problem"), BAD_ACN_ROWS)
 def test_bad_rows_name_file_line_and_field(tmp_path, rows, line, field, problem):
     path = write(tmp_path, "bad.csv", "\n".join([ACN_HEADER, *rows]) + "\n")
-    with pytest.raises(SessionFileError) as info:
+    with pytest.raises(DataError) as info:
         read_acn_csv(path)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
@@ -173,7 +173,7 @@ def test_bad_rows_are_skipped_counted_and_reported_on_request(tmp_path):
     rows = [acn_row("s1"), acn_row("s2", requested="-1"), acn_row("s3"), acn_row("s1"),
             acn_row("s4", arrival="soon")]
     path = write(tmp_path, "bad.csv", "\n".join([ACN_HEADER, *rows]) + "\n")
-    with pytest.raises(SessionFileError, match="line 3.*2 more invalid rows"):
+    with pytest.raises(DataError, match="line 3.*2 more invalid rows"):
         read_acn_csv(path)
     with pytest.warns(UserWarning, match=r"skipped 3 invalid rows \(lines 3, 5, 6\)"):
         table = read_acn_csv(path, skip_invalid=True)
@@ -186,7 +186,7 @@ def test_bad_rows_are_skipped_counted_and_reported_on_request(tmp_path):
 def test_multiline_quoted_fields_keep_line_numbers(tmp_path):
     text = "\n".join([ACN_HEADER, acn_row().replace("CA-1", '"CA\n1"'), acn_row("s2", requested="x")]) + "\n"
     path = write(tmp_path, "quoted.csv", text)
-    with pytest.raises(SessionFileError, match=r"line 4, field 'requested_kwh'"):
+    with pytest.raises(DataError, match=r"line 4, field 'requested_kwh'"):
         read_acn_csv(path)
 
 
@@ -198,7 +198,7 @@ def test_multiline_quoted_fields_keep_line_numbers(tmp_path):
 ])
 def test_malformed_csv_files(tmp_path, text, line, match):
     path = write(tmp_path, "broken.csv", text)
-    with pytest.raises(SessionFileError, match=match) as info:
+    with pytest.raises(DataError, match=match) as info:
         read_acn_csv(path)
     assert str(path) in str(info.value) and info.value.line == line
 
@@ -206,11 +206,11 @@ def test_malformed_csv_files(tmp_path, text, line, match):
 def test_corrupt_gzip_and_bad_encoding(tmp_path):
     path = tmp_path / "broken.csv.gz"
     path.write_bytes(gzip.compress(b"arrival,departure\n")[:12])
-    with pytest.raises(SessionFileError, match="broken.csv.gz: is not a valid gzip file"):
+    with pytest.raises(DataError, match="broken.csv.gz: is not a valid gzip file"):
         read_acn_csv(path)
     path = tmp_path / "latin.csv"
     path.write_bytes((ACN_HEADER + "\n" + acn_row() + "\n").encode() + b"caf\xe9\n")
-    with pytest.raises(SessionFileError, match="latin.csv, line 3: is not utf-8-sig text"):
+    with pytest.raises(DataError, match="latin.csv, line 3: is not utf-8-sig text"):
         read_acn_csv(path)
 
 
@@ -221,7 +221,7 @@ def test_generic_reader_argument_and_column_errors(tmp_path):
     with pytest.raises(ValueError, match="'requested_kwh' or 'delivered_kwh'"):
         read_sessions_csv(path, {"arrival": "a", "departure": "b"})
     columns = {"arrival": "a", "departure": "b", "requested_kwh": "c"}
-    with pytest.raises(SessionFileError, match=r"log.csv, line 1, field 'arrival': .*check sep=','"):
+    with pytest.raises(DataError, match=r"log.csv, line 1, field 'arrival': .*check sep=','"):
         read_sessions_csv(path, columns)
     assert read_sessions_csv(path, columns, sep=";")["requested_kwh"].tolist() == [3.0]
 
@@ -253,7 +253,7 @@ def json_item(session="a", connection="Wed, 25 Apr 2018 11:08:04 GMT", inputs="n
 def test_bad_json_sessions_name_file_line_and_field(tmp_path, second, field, problem):
     path = write_json(tmp_path, json_item("a") + ",\n" + second)
     first_lines = 2 + json_item("a").count("\n") + 1
-    with pytest.raises(SessionFileError) as info:
+    with pytest.raises(DataError) as info:
         read_acn_json(path)
     message = str(info.value)
     assert message.startswith(f"{path}, line {first_lines + 2}")
@@ -271,7 +271,7 @@ def test_bad_json_sessions_name_file_line_and_field(tmp_path, second, field, pro
 ])
 def test_malformed_json_files(tmp_path, text, line, match):
     path = write(tmp_path, "broken.json", text)
-    with pytest.raises(SessionFileError, match=match) as info:
+    with pytest.raises(DataError, match=match) as info:
         read_acn_json(path)
     assert info.value.line == line and str(path) in str(info.value)
 

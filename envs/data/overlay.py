@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from envs.data.errors import DataError
 from envs.data.prices import Tariff, export_prices, read_day_ahead_csv, read_tariff
 from envs.data.series import (
     RESAMPLE_METHODS,
-    DataError,
     candidate_dates,
     read_building_csv,
     read_series_csv,

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from envs.data.series import DataError, parse_numbers, parse_times, regularize
+from envs.data.errors import DataError
+from envs.data.series import parse_numbers, parse_times, regularize
 
 DAY_MASKS = {
     "WEEKDAYS": (True,) * 5 + (False,) * 2,
@@ -134,10 +135,10 @@ def read_tariff(path) -> Tariff:
     except FileNotFoundError:
         raise DataError(f"{path}: file does not exist") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {err.lineno}: invalid JSON: {err.msg}") from None
+        raise DataError.at(path, err.lineno, None, f"invalid JSON: {err.msg}") from None
 
     def fail(field, problem):
-        raise DataError(f"{path}, field {field!r}: {problem}")
+        raise DataError.at(path, None, repr(field), problem)
 
     if not isinstance(doc, dict) or not isinstance(doc.get("schedule"), list) or not doc["schedule"]:
         fail("schedule", "must be a non-empty list of schedules")
@@ -235,14 +236,14 @@ def read_day_ahead_csv(path, time_column: str = "Datetime (UTC)", price_column: 
         header = [h.strip() for h in header]
         for column in (time_column, price_column) + (("Country",) if country else ()):
             if column not in header:
-                raise DataError(f"{path}, line 1: no column {column!r} (columns: {', '.join(header)})")
+                raise DataError.at(path, 1, None, f"no column {column!r} (columns: {', '.join(header)})")
         rows, lines = [], []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
-                raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
-                                f"the header has {len(header)}")
+                raise DataError.at(path, reader.line_num, None, f"{len(row)} fields, "
+                                   f"the header has {len(header)}")
             rows.append(row)
             lines.append(reader.line_num)
     table = pd.DataFrame(rows, columns=header, dtype=object)

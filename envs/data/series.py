@@ -7,7 +7,7 @@ Conventions shared by every reader here:
   prices and emission rates as the interval's rate).
 * Readers repair duplicated timestamps (the first row wins) and gaps (linear in time) and say so
   in one ``warnings.warn`` that counts them; the counts are kept in ``attrs``. Unparseable input
-  raises :class:`DataError` naming the file, the line and the field.
+  raises :class:`~envs.data.errors.DataError` naming the file, the line and the field.
 * An episode lives on a *wall-clock grid* in the site's time zone: step ``k`` of an episode that
   starts on local date ``D`` is the local clock time ``D + start_minute + k * dt``, so a local
   day is always ``24 / dt`` steps and the observation's time of day is the local clock time. On
@@ -25,18 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from envs.data.errors import DataError
 from envs.site import SiteParams
 
 RESAMPLE_METHODS = ("hold", "interpolate")
-
-
-class DataError(ValueError):
-    """A data file that cannot be read as documented; the message names file, line and field."""
-
-
-def _fail(path, line, field, problem):
-    where = f"{path}" if line is None else f"{path}, line {line}"
-    raise DataError(f"{where}, field {field!r}: {problem}")
 
 
 def _line(lines, i: int) -> int:
@@ -66,7 +58,8 @@ def parse_times(values: pd.Series, path, field: str, formats: Sequence[str] | No
     if len(bad):
         i = bad[0]
         tried = f"formats tried: {', '.join(formats)}" if formats else "expected ISO 8601"
-        _fail(path, _line(lines, i), field, f"cannot read {values.iloc[i]!r} as a time ({tried})")
+        raise DataError.at(path, _line(lines, i), repr(field), f"cannot read {values.iloc[i]!r} as a time "
+                           f"({tried})")
     index = pd.DatetimeIndex(parsed.to_numpy())
     return index.tz_localize("UTC") if aware else index
 
@@ -78,7 +71,8 @@ def parse_numbers(values: pd.Series, path, field: str, lines=2) -> np.ndarray:
     filled = text.notna().to_numpy() & (text.astype(str).str.strip() != "").to_numpy()
     bad = np.flatnonzero(np.isnan(numbers) & filled)
     if len(bad):
-        _fail(path, _line(lines, bad[0]), field, f"cannot read {text.iloc[bad[0]]!r} as a number")
+        raise DataError.at(path, _line(lines, bad[0]), repr(field),
+                           f"cannot read {text.iloc[bad[0]]!r} as a number")
     return numbers
 
 
@@ -207,8 +201,8 @@ def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int
     for name, values, low, high in (("month", month, 1, 12), ("hour", hour, 1, 24)):
         bad = np.flatnonzero(~((values >= low) & (values <= high) & (values == np.round(values))))
         if len(bad):
-            _fail(file, bad[0] + 2, name,
-                  f"must be an integer in {low}..{high}, got {raw[name].iloc[bad[0]]!r}")
+            raise DataError.at(file, bad[0] + 2, repr(name),
+                               f"must be an integer in {low}..{high}, got {raw[name].iloc[bad[0]]!r}")
     starts = np.flatnonzero((hour == 1) & (np.r_[np.nan, month[:-1]] != month))
     if not len(starts):
         raise DataError(f"{file}: no row starts a month (hour 1 after a row of another month)")
@@ -217,8 +211,8 @@ def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int
     local = origin + pd.to_timedelta(np.arange(len(raw)) - anchor, unit="h")
     mismatch = np.flatnonzero(local.month.to_numpy() != month)
     if len(mismatch):
-        _fail(file, mismatch[0] + 2, "month", f"is {int(month[mismatch[0]])} but consecutive hours from "
-              f"{origin.date()} give {local[mismatch[0]]:%Y-%m-%d %H:00}")
+        raise DataError.at(file, mismatch[0] + 2, "'month'", f"is {int(month[mismatch[0]])} but consecutive "
+                           f"hours from {origin.date()} give {local[mismatch[0]]:%Y-%m-%d %H:00}")
     offset = pd.Timestamp("2000-01-01", tz=tz).utcoffset()
     index = pd.DatetimeIndex(local - offset).tz_localize("UTC").as_unit("ns")
     data = {c: parse_numbers(raw[c], file, c) for c in columns}
