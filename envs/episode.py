@@ -11,6 +11,7 @@ from envs.site import SiteParams
 
 NO_ARRIVAL = np.iinfo(np.int32).max // 2
 FORECAST_BLOCK = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_kw", "site_pv_kw")
+DEMAND_BLOCK = ("expected_arrivals", "expected_energy_kwh")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -21,7 +22,10 @@ class Episode:
     the final step still has a full forecast. EVs are listed per env in order of arrival and
     padded to a common K; padding has ``ev_valid`` False and ``ev_arrival_step == NO_ARRIVAL``.
     ``forecast_windows`` holds the forecasts the observation shows (lead 0 is the value now);
-    None means perfect forecasts, read from the series themselves. Steps are indices of the
+    None means perfect forecasts, read from the series themselves. ``demand_forecast`` holds
+    the expected arrivals and requested kWh of each of the next H steps, as known at each step
+    (``demand_windows``); sites with ``demand_forecast: true`` show it and need it.
+    Steps are indices of the
     episode's time grid; an EV with arrival ``a`` and departure ``d``
     is present during the intervals ``a .. d-1``.
     """
@@ -48,6 +52,7 @@ class Episode:
     port_rank: np.ndarray  # (B, P) int, free ports are taken in increasing rank
     port_down: np.ndarray | None  # (B, horizon_steps + 1, P) bool outage schedule, or None
     forecast_windows: np.ndarray | None = None  # (B, T+1, 5, H+1) FORECAST_BLOCK as issued at each step
+    demand_forecast: np.ndarray | None = None  # (B, T+1, 2, H) DEMAND_BLOCK for steps t+1 .. t+H
 
     @property
     def num_envs(self) -> int:
@@ -86,6 +91,12 @@ class Episode:
         if self.forecast_windows is not None:
             expected["forecast_windows"] = (b, params.horizon_steps + 1, len(FORECAST_BLOCK),
                                             params.forecast_steps + 1)
+        if self.demand_forecast is not None:
+            expected["demand_forecast"] = (b, params.horizon_steps + 1, len(DEMAND_BLOCK),
+                                           params.forecast_steps)
+        elif params.demand_forecast:
+            raise ValueError(f"site {params.name!r} observes a demand forecast (demand_forecast: true) but "
+                             "the episode has none: its generator must fill Episode.demand_forecast")
         for name, shape in expected.items():
             value = getattr(self, name)
             if value.shape != shape:
@@ -102,6 +113,25 @@ class Episode:
         for name in ("ev_battery_kwh", "ev_requested_kwh", "ev_max_charge_kw", "ev_max_discharge_kw"):
             if np.any(valid & (getattr(self, name) < 0)):
                 raise ValueError(f"episode field {name} must be >= 0")
+        if self.demand_forecast is not None and np.any(self.demand_forecast < 0):
+            raise ValueError("episode field demand_forecast must be >= 0")
+
+
+def demand_windows(arrivals: np.ndarray, energy_kwh: np.ndarray, forecast_steps: int) -> np.ndarray:
+    """``Episode.demand_forecast`` (B, T+1, 2, H) float32 from expected demand per step.
+
+    ``arrivals`` and ``energy_kwh`` (B, T) are the expected arrivals and requested kWh in each
+    step of the episode. Entry ``[b, t, :, h - 1]`` is their value at step ``t + h``; steps at
+    or after the horizon ``T`` get no arrivals. Arrivals at step ``t`` itself are not forecast:
+    they are already plugged in or queued when the agent observes step ``t``.
+    """
+    demand = np.stack(np.broadcast_arrays(np.asarray(arrivals, dtype=np.float64),
+                                          np.asarray(energy_kwh, dtype=np.float64)), axis=1)
+    b, _, steps = demand.shape
+    padded = np.zeros((b, len(DEMAND_BLOCK), steps + forecast_steps + 1), dtype=np.float32)
+    padded[:, :, :steps] = demand
+    index = np.arange(steps + 1)[:, None] + np.arange(1, forecast_steps + 1)[None, :]
+    return padded[:, :, index].transpose(0, 2, 1, 3)
 
 
 EV_COLUMNS = ("arrival_step", "departure_step", "announced_departure_step", "battery_kwh", "soc_arrival",

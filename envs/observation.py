@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from envs.episode import FORECAST_BLOCK, Episode
+from envs.episode import DEMAND_BLOCK, FORECAST_BLOCK, Episode
 from envs.site import SiteParams
 from envs.state import State
 
@@ -27,11 +27,16 @@ STEP_BLOCK_SIZES = {"time_of_day": 2, "weekday": 7, "setpoint_kw": 1, "queue_len
 
 @functools.lru_cache(maxsize=128)
 def observation_layout(params: SiteParams) -> dict[str, slice]:
-    """Name -> slice of the flat observation vector; sizes depend on ports, nodes and horizon."""
+    """Name -> slice of the flat observation vector; sizes depend on ports, nodes and horizon.
+
+    Sites with ``demand_forecast: true`` end it with the ``DEMAND_BLOCK`` windows (leads 1 .. H).
+    """
     p, n, h = params.num_ports, params.num_nodes, params.forecast_steps + 1
     sizes = [(name, p) for name in PORT_FIELDS]
     sizes += [("node_headroom_kw", n)] + list(STEP_BLOCK_SIZES.items())
     sizes += [(name, h) for name in FORECAST_BLOCK]
+    if params.demand_forecast:
+        sizes += [(name, h - 1) for name in DEMAND_BLOCK]
     layout, start = {}, 0
     for name, size in sizes:
         layout[name] = slice(start, start + size)
@@ -51,7 +56,7 @@ def observation_bounds(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
     for name in ("occupied", "available", "soc", "v2g_allowed", "weekday"):
         low[layout[name]], high[layout[name]] = 0.0, 1.0
     for name in ("max_charge_kw", "max_discharge_kw", "site_load_kw", "site_pv_kw",
-                 "queue_length", "remaining_kwh"):
+                 "queue_length", "remaining_kwh", *(DEMAND_BLOCK if params.demand_forecast else ())):
         low[layout[name]] = 0.0
     low[layout["time_of_day"]], high[layout["time_of_day"]] = -1.0, 1.0
     return low, high
@@ -117,5 +122,8 @@ def observe(params: SiteParams, state: State) -> np.ndarray:
     obs[:, _step_block(params)] = state.step_obs[:, t]
     issued = state.episode.forecast_windows
     window = state.forecast_series[:, :, t:t + params.forecast_steps + 1] if issued is None else issued[:, t]
-    obs[:, layout[FORECAST_BLOCK[0]].start:] = window.reshape(state.num_envs, -1)
+    b = state.num_envs
+    obs[:, layout[FORECAST_BLOCK[0]].start:layout[FORECAST_BLOCK[-1]].stop] = window.reshape(b, -1)
+    if params.demand_forecast:
+        obs[:, layout[DEMAND_BLOCK[0]].start:] = state.episode.demand_forecast[:, t].reshape(b, -1)
     return obs

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from envs.episode import Episode, Generator, pack_evs
+from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -124,7 +125,8 @@ class ParametricGenerator:
         day_of_week = (weekday0[:, None] + (minutes // 1440)[None, :].astype(np.int64)) % 7
         weekend = day_of_week >= 5
 
-        evs = self._sample_evs(params, rng, hour[:t_len], weekend[:, :t_len])
+        rates = self._step_rates(params, hour[:t_len], weekend[:, :t_len])
+        evs = self._sample_evs(params, rng, rates)
         price_profile = np.interp(hour, np.arange(25), np.r_[self.price_hourly_eur_kwh,
                                                             self.price_hourly_eur_kwh[0]])
         noise = 1 + self.price_noise * rng.standard_normal((b, length))
@@ -143,6 +145,8 @@ class ParametricGenerator:
             node_pv_kw=pv,
             port_rank=np.argsort(rng.random((b, params.num_ports)), axis=1),
             port_down=self._sample_outages(params, rng, b),
+            demand_forecast=demand_windows(rates, rates * self.mean_request_kwh(), params.forecast_steps)
+            if params.demand_forecast else None,
             **evs,
         )
 
@@ -171,9 +175,30 @@ class ParametricGenerator:
         rate = self.sessions_per_day * self._arrival_profile(hour) * params.dt_hours
         return rate * np.where(weekend, self.weekend_factor, 1.0)
 
-    def _sample_evs(self, params, rng, hour, weekend) -> dict[str, np.ndarray]:
-        b, t_len = weekend.shape
-        counts = rng.poisson(self._step_rates(params, hour, weekend))
+    def mean_request_kwh(self) -> float:
+        """Expected request of an arriving EV: the lognormal draw capped by its battery's room.
+
+        Exact for the lognormal (its partial expectation), averaged over the fleet's shares and
+        a midpoint rule of 64 nodes over the uniform arrival SoC.
+        """
+        lo, hi = self.soc_arrival_range
+        room = (1 - (lo + (hi - lo) * (np.arange(64) + 0.5) / 64))[:, None] * np.array(
+            [m.battery_kwh for m in self.fleet])[None, :]
+        mean, sigma = self.energy_mean_kwh, self.energy_sigma
+        if sigma == 0 or mean == 0:
+            capped = np.minimum(mean, room)
+        else:
+            mu = math.log(mean) - sigma**2 / 2
+            phi = np.frompyfunc(lambda x: 0.5 * math.erfc(-x / math.sqrt(2)), 1, 1)
+            log_room = np.log(np.maximum(room, 1e-300))
+            capped = (mean * phi((log_room - mu - sigma**2) / sigma).astype(np.float64)
+                      + room * (1 - phi((log_room - mu) / sigma).astype(np.float64)))
+        shares = np.array([m.share for m in self.fleet])
+        return float(capped.mean(axis=0) @ (shares / shares.sum()))
+
+    def _sample_evs(self, params, rng, rates) -> dict[str, np.ndarray]:
+        b, t_len = rates.shape
+        counts = rng.poisson(rates)
         per_env = counts.sum(axis=1)
         total = int(per_env.sum())
         env_of = np.repeat(np.arange(b), per_env)

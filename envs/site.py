@@ -51,6 +51,7 @@ class SiteParams:
     queue_capacity: int = 10
     queue_patience_steps: int = 4
     forecast_steps: int = 8
+    demand_forecast: bool = False
     reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
     scenario: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -201,7 +202,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     name = str(spec.get("name", Path(origin).stem if origin != "<mapping>" else "custom"))
     r = _Reader(origin, name)
     known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
-             "battery", "queue", "forecast_steps", "reward", "scenario"}
+             "battery", "queue", "forecast_steps", "demand_forecast", "reward", "scenario"}
     for key in spec:
         if key not in known:
             r.fail(str(key), f"is not a known field (known: {', '.join(sorted(known))})")
@@ -230,6 +231,9 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         r.fail("reward", f"has an unknown weight: {err}")
     for field in dataclasses.fields(weights):
         r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0)
+    demand_forecast = spec.get("demand_forecast", False)
+    if not isinstance(demand_forecast, bool):
+        r.fail("demand_forecast", f"must be true or false, got {demand_forecast!r}")
     knee = r.number(battery, "taper_knee_soc", "battery.taper_knee_soc", 0.8, 0, 1)
     if knee >= 1:
         r.fail("battery.taper_knee_soc", f"must be < 1, got {knee:g}")
@@ -255,6 +259,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         queue_capacity=r.integer(queue, "capacity", "queue.capacity", 10, 0),
         queue_patience_steps=int(patience_minutes // dt_minutes),
         forecast_steps=r.integer(spec, "forecast_steps", "forecast_steps", 8, 0),
+        demand_forecast=demand_forecast,
         reward=weights,
         scenario=dict(spec.get("scenario", {}) or {}),
     )

@@ -17,8 +17,10 @@ SCHEDULE_EVENTS = ("plug_", "unplug_", "gave_up_")  # flat event lists over the 
 
 
 def busy_site(name):
-    """A preset with a short horizon, tight node limits, a crowded queue and port outages."""
-    params = load_site(name, horizon_steps=40, start_hour=6, queue={"capacity": 2, "patience_minutes": 30})
+    """A preset with a short horizon, tight node limits, a crowded queue, port outages and the
+    demand forecast in its observation."""
+    params = load_site(name, horizon_steps=40, start_hour=6, queue={"capacity": 2, "patience_minutes": 30},
+                       demand_forecast=True)
     params = params.replace(node_import_limit_kw=params.node_import_limit_kw / 5,
                             node_export_limit_kw=params.node_export_limit_kw / 5)
     generator = dataclasses.replace(generator_for(params), failure_rate_per_day=6.0, repair_hours=1.0,

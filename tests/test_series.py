@@ -11,13 +11,12 @@ import pytest
 from helpers import tiny_site
 
 from envs.core import reset, step
+from envs.data.errors import DataError
 from envs.data.forecasts import (
-    demand_forecast_from_rates,
     episode_forecasts,
     fit_demand_regression,
     forecast_windows,
     noisy_forecast,
-    parametric_arrival_rates,
     persistence_forecast,
 )
 from envs.data.overlay import SeriesOverlay, with_series
@@ -29,7 +28,6 @@ from envs.data.prices import (
     read_tariff,
 )
 from envs.data.series import (
-    DataError,
     read_building_csv,
     read_series_csv,
     resample,
@@ -329,19 +327,6 @@ def test_episode_forecasts_perfect_match_the_observation():
 
 
 # --- demand forecasts ------------------------------------------------------------------------
-
-def test_demand_forecast_from_rates():
-    rate = np.array([1.0, 2.0, 3.0, 4.0])
-    arrivals, energy = demand_forecast_from_rates(rate, 10.0, 2)
-    np.testing.assert_allclose(arrivals, [5.0, 7.0, 4.0, 0.0, 0.0])
-    np.testing.assert_allclose(energy, 10 * arrivals)
-    params = load_site("caltech")
-    gen = generator_for(params)
-    rates = parametric_arrival_rates(gen, params, [0, 5])
-    assert rates.shape == (2, params.horizon_steps)
-    assert rates[0].sum() == pytest.approx(gen.sessions_per_day, rel=0.02)
-    assert rates[1].sum() == pytest.approx(gen.sessions_per_day * gen.weekend_factor, rel=0.02)
-
 
 def test_fit_demand_regression_recovers_day_types_and_special_days():
     rng = np.random.default_rng(0)

@@ -2,9 +2,10 @@
 
 Series forecasts (``forecast_windows``: perfect, persistence or noisy) are issued at every step
 of an episode from its truth; ``episode_forecasts`` builds the ``Episode.forecast_windows`` the
-observation shows. Demand forecasts give the expected arrivals and requested energy over the
-next H steps, from a generator's arrival rates (``parametric_arrival_rates``) or from a
-regression on past sessions (``fit_demand_regression``).
+observation shows. Demand forecasts (expected arrivals and requested energy per step) come from
+the generators' own rates, or, for replayed sessions, from a regression on past days
+(``fit_demand_regression``); ``envs.episode.demand_windows`` turns them into
+``Episode.demand_forecast``.
 """
 
 from __future__ import annotations
@@ -141,61 +142,49 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
 
 # --- demand forecasts ------------------------------------------------------------------------
 
-def demand_forecast_from_rates(arrival_rate: np.ndarray, energy_per_arrival_kwh, forecast_steps: int
-                               ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected arrivals and requested energy over the next H steps, issued at every step.
-
-    ``arrival_rate`` (B, T) or (T,) is the expected number of arrivals in each step of the
-    episode (after it: none); ``energy_per_arrival_kwh`` a scalar or the same shape. Returns two
-    (..., T+1) arrays: the sums over steps ``t+1 .. t+H`` (arrivals at ``t`` are already seen).
-    """
-    rate = np.asarray(arrival_rate, dtype=np.float64)
-    energy = rate * np.asarray(energy_per_arrival_kwh, dtype=np.float64)
-    out = []
-    for values in (rate, energy):
-        prefix = np.concatenate([np.zeros(values.shape[:-1] + (1,)), np.cumsum(values, axis=-1)], axis=-1)
-        steps = values.shape[-1]
-        t = np.arange(steps + 1)
-        out.append(prefix[..., np.minimum(t + forecast_steps + 1, steps)]
-                   - prefix[..., np.minimum(t + 1, steps)])
-    return out[0], out[1]
-
-
-def parametric_arrival_rates(generator, params: SiteParams, weekday) -> np.ndarray:
-    """(B, T) expected arrivals per step of a ``ParametricGenerator`` for episodes starting on ``weekday``."""
-    return generator.arrival_rates(params, np.atleast_1d(np.asarray(weekday, dtype=np.int64)))
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DemandRegression:
     """Expected arrivals and requested kWh per step of the day, by day type and special days.
 
-    A ridge least-squares fit of the counts (and kWh) per day and step of the day on the features
-    one-hot(step of day) x one-hot(day type: weekday, saturday, sunday) plus one-hot(step of day)
-    x special day (holidays, events: a list of local dates). Predictions are clipped at 0.
+    A ridge least-squares fit of the counts (and kWh) per day and step of the day on the
+    features one-hot(day type: weekday, Saturday, Sunday) and special day (holidays, events),
+    each with its own coefficient per step of the day; a special day adds its coefficients to
+    its day type's. Day ``d`` of the fitted range has its own fit on the days before it only
+    (an expanding window, so a replayed day is forecast from its past, never from itself);
+    ``as_of=None`` uses the fit on every day. Before any day of a type was seen, its expected
+    demand is 0. Predictions are clipped at 0.
     """
 
     dt_minutes: int
-    tz: str | None
-    special_days: frozenset
-    arrival_coef: np.ndarray  # (4, steps_per_day): day types, then the special-day increment
-    energy_coef: np.ndarray  # (4, steps_per_day) kWh
+    first_day: np.datetime64  # first local date of the fitted sessions
+    special_days: np.ndarray  # sorted datetime64[D]
+    arrival_coef: np.ndarray  # (D + 1, 4, steps_per_day): row d fitted on the first d days
+    energy_coef: np.ndarray  # (D + 1, 4, steps_per_day) kWh
 
-    def _features(self, dates) -> tuple[np.ndarray, np.ndarray]:
-        days = pd.DatetimeIndex(np.asarray(dates, dtype="datetime64[D]"))
-        kind = np.clip(days.day_of_week.to_numpy() - 4, 0, 2)
-        special = days.normalize().isin(pd.DatetimeIndex(sorted(self.special_days)))
-        return kind, np.asarray(special, dtype=np.float64)
+    def _features(self, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kind = np.clip((days.astype(np.int64) + 3) % 7 - 4, 0, 2)
+        return kind, np.isin(days, self.special_days).astype(np.float64)
 
-    def predict_days(self, dates) -> tuple[np.ndarray, np.ndarray]:
-        """(D, steps_per_day) expected arrivals and kWh for each local date."""
-        kind, special = self._features(dates)
-        arrivals = self.arrival_coef[kind] + special[:, None] * self.arrival_coef[3]
-        energy = self.energy_coef[kind] + special[:, None] * self.energy_coef[3]
-        return np.maximum(arrivals, 0.0), np.maximum(energy, 0.0)
+    def predict_days(self, dates, as_of=None) -> tuple[np.ndarray, np.ndarray]:
+        """(D, steps_per_day) expected arrivals and kWh for each local date, fitted on the days
+        before ``as_of`` (a date or one per date; None: every fitted day)."""
+        days = np.asarray(dates, dtype="datetime64[D]").reshape(-1)
+        last = len(self.arrival_coef) - 1
+        if as_of is None:
+            row = np.full(len(days), last)
+        else:
+            row = np.broadcast_to(np.asarray(as_of, dtype="datetime64[D]"), days.shape) - self.first_day
+            row = np.clip(row.astype(np.int64), 0, last)
+        kind, special = self._features(days)
+        out = []
+        for coef in (self.arrival_coef, self.energy_coef):
+            out.append(np.maximum(coef[row, kind] + special[:, None] * coef[row, 3], 0.0))
+        return out[0], out[1]
 
-    def episode_rates(self, params: SiteParams, dates) -> tuple[np.ndarray, np.ndarray]:
-        """(B, T) expected arrivals and kWh per episode step, for episodes starting on ``dates``."""
+    def episode_rates(self, params: SiteParams, dates, past_only: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) expected arrivals and kWh per step of episodes starting on ``dates``; with
+        ``past_only`` each is fitted on the days before its start date."""
         if round(params.dt_hours * 60) != self.dt_minutes:
             raise ValueError(f"regression fitted at dt {self.dt_minutes} min, "
                              f"site has {params.dt_hours * 60:g}")
@@ -206,18 +195,53 @@ class DemandRegression:
         arrivals = np.empty((len(days), params.horizon_steps))
         energy = np.empty_like(arrivals)
         for k in np.unique(offset):
-            a, e = self.predict_days(days + k)
+            a, e = self.predict_days(days + k, days if past_only else None)
             day = offset == k
             arrivals[:, day], energy[:, day] = a[:, slot[day]], e[:, slot[day]]
         return arrivals, energy
 
 
+def fit_daily_demand(arrival_local, requested_kwh, dt_minutes: int = 15, special_days: Iterable = (),
+                     ridge: float = 1.0) -> DemandRegression:
+    """``DemandRegression`` from arrivals as local wall-clock times (naive datetime64) and their kWh.
+
+    Every local date from the first arrival to the last is a sample day; days without
+    sessions count as zero demand.
+    """
+    if 1440 % dt_minutes:
+        raise ValueError(f"dt_minutes must divide the day (1440), got {dt_minutes}")
+    minutes = np.asarray(arrival_local, dtype="datetime64[m]").astype(np.int64)
+    kwh = np.asarray(requested_kwh, dtype=np.float64)
+    if not len(minutes):
+        raise ValueError("no sessions to fit a demand regression on")
+    day = minutes // 1440
+    first = int(day.min())
+    num_days, spd = int(day.max()) - first + 1, 1440 // dt_minutes
+    row, slot = day - first, minutes % 1440 // dt_minutes
+    counts = np.zeros((num_days, spd))
+    energy = np.zeros((num_days, spd))
+    np.add.at(counts, (row, slot), 1.0)
+    np.add.at(energy, (row, slot), kwh)
+    special = np.unique(np.asarray(list(special_days), dtype="datetime64[D]"))
+    model = DemandRegression(dt_minutes, np.datetime64(first, "D"), special, counts, energy)
+    kind, is_special = model._features(np.datetime64(first, "D") + np.arange(num_days))
+    design = np.column_stack([kind == 0, kind == 1, kind == 2, is_special]).astype(np.float64)
+    gram = np.zeros((num_days + 1, 4, 4))
+    np.cumsum(design[:, :, None] * design[:, None, :], axis=0, out=gram[1:])
+    gram += ridge * np.diag([1e-6, 1e-6, 1e-6, 1.0])
+    coef = []
+    for values in (counts, energy):
+        moments = np.zeros((num_days + 1, 4, spd))
+        np.cumsum(design[:, :, None] * values[:, None, :], axis=0, out=moments[1:])
+        coef.append(np.linalg.solve(gram, moments))
+    return dataclasses.replace(model, arrival_coef=coef[0], energy_coef=coef[1])
+
+
 def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str | None = None,
                           special_days: Iterable = (), ridge: float = 1.0) -> DemandRegression:
-    """Fit ``DemandRegression`` on past sessions (columns ``arrival``, tz-aware, and ``requested_kwh``).
+    """``fit_daily_demand`` on a session table (columns ``arrival``, tz-aware, and ``requested_kwh``).
 
-    Every local date from the first arrival to the last is a sample day, days without sessions
-    count as zero demand. ``tz`` (default: the arrivals' own zone) sets the local calendar.
+    ``tz`` (default: the arrivals' own zone) sets the local calendar.
     """
     for column in ("arrival", "requested_kwh"):
         if column not in sessions.columns:
@@ -227,24 +251,9 @@ def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str 
         raise ValueError("sessions.arrival must be tz-aware (local clock times are needed for day types)")
     if tz is not None:
         arrival = arrival.tz_convert(tz)
-    local = arrival.tz_localize(None)
-    spd = 1440 // dt_minutes
-    day = local.normalize()
-    first, last = day.min(), day.max()
-    num_days = (last - first).days + 1
-    row = ((day - first).days).to_numpy()
-    slot = ((local - day).total_seconds().to_numpy() // (dt_minutes * 60)).astype(np.int64)
-    counts = np.zeros((num_days, spd))
-    energy = np.zeros((num_days, spd))
-    np.add.at(counts, (row, slot), 1.0)
-    np.add.at(energy, (row, slot), sessions["requested_kwh"].to_numpy(dtype=np.float64))
-    model = DemandRegression(dt_minutes, tz, frozenset(pd.DatetimeIndex(
-        [pd.Timestamp(d) for d in special_days]).normalize()), np.zeros((4, spd)), np.zeros((4, spd)))
-    kind, special = model._features(pd.date_range(first, periods=num_days, freq="D").to_numpy())
-    design = np.stack([kind == 0, kind == 1, kind == 2, special], axis=1).astype(np.float64)
-    gram = design.T @ design + ridge * np.diag([1e-6, 1e-6, 1e-6, 1.0])
-    solve = np.linalg.solve(gram, design.T)
-    return dataclasses.replace(model, arrival_coef=solve @ counts, energy_coef=solve @ energy)
+    special = [pd.Timestamp(d).date() for d in special_days]
+    return fit_daily_demand(arrival.tz_localize(None).to_numpy(), sessions["requested_kwh"].to_numpy(),
+                            dt_minutes, special, ridge)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.episode import Episode, Generator, pack_evs
+from envs.data.forecasts import DemandRegression, fit_daily_demand
+from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.parametric import EvModel, ParametricGenerator, generator_for
 from envs.site import SiteParams
 
@@ -50,6 +51,10 @@ class ReplayGenerator:
         ``base`` with its ``weekday`` fixed to each replayed day's weekday; the episode's
         ``weekday`` is the replayed day's.
 
+        Sites with ``demand_forecast: true`` get the expected arrivals and kWh of a
+        ``DemandRegression`` on the table's sessions (arrival clock times and requests), fitted
+        for each replayed day on the days before it only (``demand_model``).
+
     Arguments:
         sessions: the session table.
         days: local dates to replay (dates, ``"2019-05-01"`` strings, timestamps); None: every
@@ -63,6 +68,7 @@ class ReplayGenerator:
             generator's ``fleet_*`` arrays, else the parametric scenario's ``fleet``).
         carry_over: include the sessions already plugged in when the window opens.
         min_sessions: with ``days=None``, days with fewer arrivals in their window are left out.
+        special_days: local dates (holidays, events) the demand regression treats apart.
 
     >>> import numpy as np, pandas as pd
     >>> from envs.site import load_site
@@ -85,6 +91,7 @@ class ReplayGenerator:
     fleet: Sequence[EvModel | Mapping[str, float]] | None = None
     carry_over: bool = True
     min_sessions: int = 1
+    special_days: Sequence[Any] = ()
 
     def __post_init__(self):
         table = _checked(self.sessions)
@@ -101,6 +108,7 @@ class ReplayGenerator:
         ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_max_stay_us", int(np.max(self._departure_us - arrival)))
+        object.__setattr__(self, "_demand_models", {})
         if self._day_list is not None and not len(self._day_list):
             raise ValueError("days must list at least one date")
 
@@ -134,7 +142,19 @@ class ReplayGenerator:
         scenario = _scenario(base, params)
         episode = _with_weekday(base, weekday).sample(params, rng, num_envs)
         evs = self._evs(params, rng, self._window_start_us(chosen, params), base, scenario)
-        return dataclasses.replace(episode, weekday=weekday, **evs)
+        demand = None
+        if params.demand_forecast:
+            arrivals, energy = self.demand_model(round(params.dt_hours * 60)).episode_rates(params, chosen)
+            demand = demand_windows(arrivals, energy, params.forecast_steps)
+        return dataclasses.replace(episode, weekday=weekday, demand_forecast=demand, **evs)
+
+    def demand_model(self, dt_minutes: int) -> DemandRegression:
+        """The demand regression on this table's sessions at ``dt_minutes`` (fitted once, then cached)."""
+        if dt_minutes not in self._demand_models:
+            self._demand_models[dt_minutes] = fit_daily_demand(
+                self._arrival_us.astype("datetime64[us]"), self._requested_kwh, dt_minutes,
+                _as_days(self.special_days))
+        return self._demand_models[dt_minutes]
 
     def _window_start_us(self, days: np.ndarray, params: SiteParams) -> np.ndarray:
         return days.astype("datetime64[us]").astype(np.int64) + params.start_minute * _US_PER_MINUTE
