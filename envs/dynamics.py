@@ -82,7 +82,7 @@ def project_to_limits(params: SiteParams, power_kw: np.ndarray, node_exo_kw: np.
         over_import = flow > import_limit
         over_export = flow < -export_limit
         if over_import.any() or over_export.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 keep_pos = np.where(over_import & (sum_pos > 0),
                                     np.clip((import_limit - exo - sum_neg) / sum_pos, 0.0, 1.0), 1.0)
                 keep_neg = np.where(over_export & (sum_neg < 0),

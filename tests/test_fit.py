@@ -188,6 +188,52 @@ def test_copula_couples_dwell_and_energy_levels():
     assert (long_stay == large)[~weekend].mean() > 0.97 and (long_stay != large)[weekend].mean() > 0.97
 
 
+def test_cap_request_to_stay_by_hand():
+    # Stays of exactly 2 h (8 steps of 15 min), requests uniform in 0..40 kWh. The fastest port gives
+    # 10 kW and the best efficiency is 0.95 (another port's), so the cap is 2 h * 8 kW * 0.95 = 15.2 kWh
+    # for the 8 kW car and 2 h * 10 kW * 0.95 = 19 kWh for the 22 kW one.
+    ports = [{"name": "fast", "node": "grid", "count": 2, "max_charge_kw": 10, "charge_efficiency": 0.9},
+             {"name": "slow", "node": "grid", "count": 2, "max_charge_kw": 4, "charge_efficiency": 0.95}]
+    fleet = [{"battery_kwh": 100, "max_charge_kw": 8}, {"battery_kwh": 100, "max_charge_kw": 22}]
+    scenario = {**VALID, "dwell_quantiles_hours": [[2, 2]], "energy_quantiles_kwh": [[0, 40]],
+                "soc_arrival_range": [0, 0], "fleet": fleet}
+    episodes = []
+    for cap in (False, True):
+        params = load_site(fitted_site({**scenario, "cap_request_to_stay": cap}, ports=ports))
+        episodes.append(generator_for(params).sample(params, np.random.default_rng(0), 8))
+    drawn, capped = episodes
+    valid = drawn.ev_valid
+    assert (capped.ev_valid == valid).all() and (capped.ev_max_charge_kw == drawn.ev_max_charge_kw).all()
+    assert ((drawn.ev_departure_step - drawn.ev_arrival_step)[valid] == 8).all()
+    cap = np.where(drawn.ev_max_charge_kw == 8, 15.2, 19.0)[valid]
+    request, before = capped.ev_requested_kwh[valid], drawn.ev_requested_kwh[valid]
+    over = before > cap
+    assert 0.3 < over.mean() < 0.7 and set(np.unique(cap)) == {15.2, 19.0}
+    np.testing.assert_allclose(request[over], cap[over], rtol=1e-12)
+    np.testing.assert_array_equal(request[~over], before[~over])
+    np.testing.assert_array_equal(capped.ev_soc_arrival, drawn.ev_soc_arrival)
+
+
+@pytest.mark.parametrize(("name", "site"), [("caltech_fitted", {"scenario": {"cap_request_to_stay": False}}),
+                                            ("jpl", {}), ("nl_home", {"dt_minutes": 30})])
+def test_forecast_expects_the_capped_requests(name, site):
+    params = load_site(name, demand_forecast=True, **site)
+    generator = generator_for(params)
+    episode = generator.sample(params, np.random.default_rng(0), 8192 if name == "nl_home" else 2048)
+    rates = generator.arrival_rates(params, episode.weekday)
+    expected = rates * generator.mean_request_kwh(params, episode.weekday)
+    np.testing.assert_allclose(episode.demand_forecast[:, 0, 1], expected[:, 1:params.forecast_steps + 1],
+                               rtol=1e-5)
+    requested = np.where(episode.ev_valid, episode.ev_requested_kwh, 0.0).sum()
+    assert requested == pytest.approx(expected.sum(), rel=0.03)
+    uncapped = dataclasses.replace(generator, cap_request_to_stay=False)
+    uncapped = uncapped.mean_request_kwh(params, episode.weekday)
+    if generator.cap_request_to_stay:
+        assert expected.sum() < 0.99 * (rates * uncapped).sum()
+    else:
+        np.testing.assert_array_equal(expected, rates * uncapped)
+
+
 @pytest.mark.parametrize("name", FITTED_PRESETS)
 def test_fitted_presets_load_sample_and_step(name):
     params = load_site(name, scenario={"weekday": list(range(7))})
@@ -246,6 +292,7 @@ VALID = {"generator": "fitted", "arrivals_weekday": [0.5] * 96, "dwell_quantiles
     ({"sessions_per_day": 30}, "sessions_per_day is not used by the fitted generator"),
     ({"dwell_median_hours": 3}, "dwell_median_hours is not a known field"),
     ({"soc_arrival_range": [0.8, 0.2]}, "soc_arrival_range must satisfy"),
+    ({"cap_request_to_stay": "yes"}, "cap_request_to_stay must be true or false, got 'yes'"),
 ])
 def test_bad_fitted_fields_name_the_field(changes, field):
     scenario = {k: v for k, v in {**VALID, **changes}.items() if v is not None}
@@ -301,6 +348,21 @@ def test_fit_site_preset_from_elaad_fixture(tmp_path):
     assert "sessions_per_day" not in params.scenario and len(params.scenario["fleet"]) == 3
     assert isinstance(generator_for(params), FittedGenerator)
     assert json.loads(output.with_suffix(".fidelity.json").read_text()) == figures
+
+
+def test_refitting_a_preset_in_place_changes_nothing(tmp_path):
+    output = tmp_path / "depot.yaml"
+    reader = {"columns": {"arrival": "start", "departure": "end", "announced_departure": "planned_end",
+                          "requested_kwh": "kwh", "session_id": "id"},
+              "sep": ";", "decimal": ",", "date_format": "%d.%m.%Y %H:%M", "tz": "Europe/Amsterdam"}
+    config = {"sessions": {"path": str(FIXTURES / "fit_sessions.csv"), "format": "csv", "reader": reader},
+              "fit": {"min_block_sessions": 20}, "site_from": "v2g_workplace", "output": str(output),
+              "scenario": {"cap_request_to_stay": True}, "fidelity_days": 70}
+    fit_site_preset(config)
+    first = output.read_text()
+    fit_site_preset({**config, "site_from": str(output), "scenario": {}})
+    assert output.read_text() == first
+    assert load_site(output).scenario["cap_request_to_stay"] is True
 
 
 def test_fit_scenario_script_writes_a_preset_and_its_fidelity(tmp_path):

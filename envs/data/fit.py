@@ -13,17 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import Episode, pack_evs
+from envs.episode import Episode, demand_windows, pack_evs
 from envs.parametric import ParametricGenerator
 from envs.site import MINUTES_PER_DAY, SiteError, SiteParams
 
 FITTED_FIELDS = ("arrivals_weekday", "arrivals_weekend", "day_of_week_factors", "arrival_scale",
                  "dwell_quantiles_hours", "dwell_quantiles_hours_weekend", "energy_quantiles_kwh",
                  "energy_quantiles_kwh_weekend", "dwell_energy_copula", "dwell_energy_copula_weekend",
-                 "departure_error_quantiles_hours", "departure_error_dwell_hours", "port_current", "fleet")
+                 "departure_error_quantiles_hours", "departure_error_dwell_hours", "port_current", "fleet",
+                 "cap_request_to_stay")
 PARAMETRIC_EV_FIELDS = ("sessions_per_day", "weekend_factor", "peak_hours", "peak_widths_hours",
                         "peak_weights", "dwell_mean_hours", "dwell_sigma", "energy_mean_kwh", "energy_sigma",
                         "departure_error_minutes")
+MEAN_NODES = 256
+CAPPED_MEAN_DRAWS = 1024
 FLEET_KEYS = ("battery_kwh", "max_charge_kw", "max_discharge_kw", "max_dc_charge_kw", "max_dc_discharge_kw",
               "share")
 
@@ -52,6 +55,11 @@ class FittedGenerator:
         request (the largest one when none does); the request is capped by the battery, and the
         arrival SoC, uniform in ``soc_arrival_range``, is capped so that the request fits.
         ``port_current`` ("ac" or "dc") picks the fleet's AC or DC power limits.
+        ``cap_request_to_stay`` (default false) also caps the request, before the SoC is drawn, at
+        what full power could deliver over the (rounded) stay: stay hours times the smaller of the
+        car's and the site's fastest port's kW times the site's best charge efficiency, ignoring
+        taper; a modelling rule for tables fitted to delivered energy, whose coarse copula
+        otherwise pairs some short stays with undeliverable energies.
 
     Arguments:
         base: the ParametricGenerator of the remaining scenario fields (prices, loads, PV,
@@ -88,6 +96,10 @@ class FittedGenerator:
     fleet_max_discharge_kw: np.ndarray  # (M,)
     fleet_share: np.ndarray  # (M,) sums to 1
     base: ParametricGenerator
+    cap_request_to_stay: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "_cap_cuts", {})  # (dt, port kW, efficiency) -> _mean_cap_cut
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], site_name: str = "") -> FittedGenerator:
@@ -151,13 +163,70 @@ class FittedGenerator:
         if current not in ("ac", "dc"):
             fail("port_current", f"must be 'ac' or 'dc', got {current!r}")
         fleet = _fleet(fitted.get("fleet"), current, fail)
+        cap = fitted.get("cap_request_to_stay", False)
+        if not isinstance(cap, bool):
+            fail("cap_request_to_stay", f"must be true or false, got {cap!r}")
         base = ParametricGenerator.from_config({**config, "sessions_per_day": 0.0}, site_name)
         return cls(weekday, weekend, factors, scale, tables["dwell_quantiles_hours"],
-                   tables["energy_quantiles_kwh"], (copula, weekend_copula), error, edges, *fleet, base)
+                   tables["energy_quantiles_kwh"], (copula, weekend_copula), error, edges, *fleet, base, cap)
 
     def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
         episode = self.base.sample(params, rng, num_envs)
-        return dataclasses.replace(episode, **self._sample_evs(params, rng, episode.weekday))
+        clock = _EpisodeClock(params, episode.weekday)
+        rates = self._rates(clock)
+        demand = None
+        if params.demand_forecast:
+            demand = demand_windows(rates, rates * self._mean_request(params, clock), params.forecast_steps)
+        evs = self._sample_evs(params, rng, clock, rates)
+        return dataclasses.replace(episode, demand_forecast=demand, **evs)
+
+    def arrival_rates(self, params: SiteParams, weekday) -> np.ndarray:
+        """(B, T) expected arrivals per step of episodes starting on ``weekday`` (0 = Monday)."""
+        return self._rates(_EpisodeClock(params, np.atleast_1d(weekday)))
+
+    def mean_request_kwh(self, params: SiteParams, weekday) -> np.ndarray:
+        """(B, T) expected request of an EV arriving at each step, for episodes starting on ``weekday``:
+        the table's mean capped by the largest battery, less with ``cap_request_to_stay`` the mean
+        cut of the stay cap (estimated from a fixed sample, ``_mean_cap_cut``)."""
+        return self._mean_request(params, _EpisodeClock(params, np.atleast_1d(weekday)))
+
+    def _rates(self, clock: _EpisodeClock) -> np.ndarray:
+        weekday_rate, weekend_rate = self.step_rates(clock.dt_minutes)
+        step_of_day = clock.time_of_day // clock.dt_minutes
+        rate = np.where(clock.weekend, weekend_rate[step_of_day], weekday_rate[step_of_day])
+        return rate * (self.arrival_scale * self.day_of_week_factors)[clock.day_of_week]
+
+    def _mean_request(self, params: SiteParams, clock: _EpisodeClock) -> np.ndarray:
+        tables = self.energy_quantiles_kwh
+        levels = (np.arange(MEAN_NODES) + 0.5) / MEAN_NODES
+        rows = np.arange(tables.shape[0] * tables.shape[1])
+        values = inverse_cdf(tables.reshape(len(rows), -1), np.repeat(rows, MEAN_NODES),
+                             np.tile(levels, len(rows)))
+        means = np.minimum(values, self.fleet_battery_kwh[-1]).reshape(tables.shape[:2] + (MEAN_NODES,))
+        means = means.mean(-1)
+        if self.cap_request_to_stay:
+            cut = self._mean_cap_cut(params)
+            means = np.repeat(means, cut.shape[1] // means.shape[1], axis=1) - cut
+        block = clock.time_of_day * means.shape[1] // MINUTES_PER_DAY
+        return means[clock.weekend.astype(np.int64), block]
+
+    def _mean_cap_cut(self, params: SiteParams) -> np.ndarray:
+        """(2, L) mean kWh that ``cap_request_to_stay`` takes off the requests of weekday and weekend
+        arrivals in each of the L blocks refining both the dwell and the energy blocks: the mean over a
+        Latin hypercube sample (seed 0) of CAPPED_MEAN_DRAWS EVs per block, cached per site."""
+        key = (params.dt_hours, params.port_max_charge_kw.max(), params.port_charge_efficiency.max())
+        if key not in self._cap_cuts:
+            n = CAPPED_MEAN_DRAWS
+            blocks = np.lcm(self.dwell_quantiles_hours.shape[1], self.energy_quantiles_kwh.shape[1])
+            rng = np.random.default_rng(0)
+            strata = rng.permuted(np.broadcast_to(np.arange(n), (5, 2 * blocks, n)), axis=-1)
+            u = ((strata + rng.random(strata.shape)) / n).reshape(5, -1)
+            minute = np.tile(np.repeat(np.arange(blocks) * (MINUTES_PER_DAY // blocks), n), 2)
+            weekend = np.repeat([False, True], blocks * n)
+            _, dwell, energy, model = self._stays_and_requests(params, minute, weekend, u)
+            cut = energy - np.minimum(energy, self._stay_cap(params, dwell, model))
+            self._cap_cuts[key] = cut.reshape(2, blocks, n).mean(-1)
+        return self._cap_cuts[key]
 
     def step_rates(self, dt_minutes: int) -> tuple[np.ndarray, np.ndarray]:
         """Expected arrivals per step of a weekday and of a weekend day, at ``dt_minutes``."""
@@ -166,44 +235,26 @@ class FittedGenerator:
         return tuple(np.diff(np.interp(step_edges, slot_edges, np.r_[0.0, np.cumsum(rates)]))
                      for rates in (self.arrivals_weekday, self.arrivals_weekend))
 
-    def _sample_evs(self, params: SiteParams, rng: np.random.Generator, weekday: np.ndarray):
-        b, t_len = len(weekday), params.horizon_steps
-        dt_minutes = round(params.dt_hours * 60)
-        minutes = params.start_minute + dt_minutes * np.arange(t_len)
-        time_of_day = minutes % MINUTES_PER_DAY
-        day_of_week = (weekday[:, None] + minutes[None, :] // MINUTES_PER_DAY) % 7
-        weekday_rate, weekend_rate = self.step_rates(dt_minutes)
-        step_of_day = time_of_day // dt_minutes
-        rate = np.where(day_of_week >= 5, weekend_rate[step_of_day], weekday_rate[step_of_day])
-        counts = rng.poisson(rate * (self.arrival_scale * self.day_of_week_factors)[day_of_week])
+    def _sample_evs(self, params: SiteParams, rng: np.random.Generator, clock: _EpisodeClock,
+                    rates: np.ndarray):
+        b, t_len = rates.shape
+        time_of_day = clock.time_of_day
+        counts = rng.poisson(rates)
         per_env = counts.sum(axis=1)
         total = int(per_env.sum())
         env_of = np.repeat(np.arange(b), per_env)
         arrival = np.repeat(np.tile(np.arange(t_len), b), counts.ravel())
 
-        weekend = day_of_week[env_of, arrival] >= 5
+        weekend = clock.weekend[env_of, arrival]
         u = rng.random((5, total))
-        for day_type, cdf in enumerate(self.dwell_energy_copula):
-            if cdf is not None:
-                picked = weekend == bool(day_type)
-                row = np.minimum((u[0, picked] * len(cdf)).astype(np.int64), len(cdf) - 1)
-                column = (cdf[row] < u[1, picked, None]).sum(axis=1)
-                u[1, picked] = (column + u[4, picked]) / len(cdf)
-        dwell_h = _conditional(self.dwell_quantiles_hours, time_of_day[arrival], weekend, u[0])
-        energy = _conditional(self.energy_quantiles_kwh, time_of_day[arrival], weekend, u[1])
+        dwell_h, dwell, energy, model = self._stays_and_requests(params, time_of_day[arrival], weekend, u)
+        if self.cap_request_to_stay:
+            energy = np.minimum(energy, self._stay_cap(params, dwell, model))
         row = np.searchsorted(self.departure_error_dwell_hours, dwell_h, side="right")
         error_h = inverse_cdf(self.departure_error_quantiles_hours, row, u[2])
-        dwell = np.maximum(1, np.rint(dwell_h / params.dt_hours)).astype(np.int64)
         error = np.rint(error_h / params.dt_hours).astype(np.int64)
         announced = np.maximum(arrival + 1, arrival + dwell + error)
-
-        cum_share = np.cumsum(self.fleet_share)
-        fits = np.minimum(np.searchsorted(self.fleet_battery_kwh, energy, side="left"), len(cum_share) - 1)
-        start = np.where(fits > 0, cum_share[fits - 1], 0.0)
-        model = np.searchsorted(cum_share, start + u[3] * (cum_share[-1] - start), side="right")
-        model = np.minimum(model, len(cum_share) - 1)
         battery = self.fleet_battery_kwh[model]
-        energy = np.minimum(energy, battery)
         lo, hi = self.base.soc_arrival_range
         soc = np.minimum(rng.uniform(lo, hi, total), 1.0 - energy / battery)
         consent = rng.random(total) < self.base.v2g_consent_share
@@ -214,6 +265,45 @@ class FittedGenerator:
             requested_kwh=energy, max_charge_kw=self.fleet_max_charge_kw[model],
             max_discharge_kw=self.fleet_max_discharge_kw[model],
             v2g_consent=consent, min_soc=self.base.min_soc)
+
+    def _stays_and_requests(self, params: SiteParams, minute_of_day: np.ndarray, weekend: np.ndarray,
+                            u: np.ndarray):
+        """Stay (hours and whole steps), request (capped by the battery) and car model of EVs arriving
+        at ``minute_of_day`` on weekend days or not, from the uniforms ``u`` (5, E): rows 0, 1 and 4
+        draw the stay and energy levels (row 1 is overwritten by the copula), row 3 the car model."""
+        for day_type, cdf in enumerate(self.dwell_energy_copula):
+            if cdf is not None:
+                picked = weekend == bool(day_type)
+                row = np.minimum((u[0, picked] * len(cdf)).astype(np.int64), len(cdf) - 1)
+                column = (cdf[row] < u[1, picked, None]).sum(axis=1)
+                u[1, picked] = (column + u[4, picked]) / len(cdf)
+        dwell_h = _conditional(self.dwell_quantiles_hours, minute_of_day, weekend, u[0])
+        energy = _conditional(self.energy_quantiles_kwh, minute_of_day, weekend, u[1])
+        dwell = np.maximum(1, np.rint(dwell_h / params.dt_hours)).astype(np.int64)
+
+        cum_share = np.cumsum(self.fleet_share)
+        fits = np.minimum(np.searchsorted(self.fleet_battery_kwh, energy, side="left"), len(cum_share) - 1)
+        start = np.where(fits > 0, cum_share[fits - 1], 0.0)
+        model = np.searchsorted(cum_share, start + u[3] * (cum_share[-1] - start), side="right")
+        model = np.minimum(model, len(cum_share) - 1)
+        return dwell_h, dwell, np.minimum(energy, self.fleet_battery_kwh[model]), model
+
+    def _stay_cap(self, params: SiteParams, dwell: np.ndarray, model: np.ndarray) -> np.ndarray:
+        """The most kWh EVs of car ``model`` can take in ``dwell`` steps at full power (no taper)."""
+        power = np.minimum(self.fleet_max_charge_kw[model], params.port_max_charge_kw.max())
+        return dwell * params.dt_hours * power * params.port_charge_efficiency.max()
+
+
+class _EpisodeClock:
+    """Clock time and day of every step of a batch of episodes starting on ``weekday``."""
+
+    def __init__(self, params: SiteParams, weekday: np.ndarray):
+        self.dt_minutes = round(params.dt_hours * 60)
+        minutes = params.start_minute + self.dt_minutes * np.arange(params.horizon_steps)
+        self.time_of_day = minutes % MINUTES_PER_DAY
+        first = np.asarray(weekday, dtype=np.int64)[:, None]
+        self.day_of_week = (first + minutes[None, :] // MINUTES_PER_DAY) % 7
+        self.weekend = self.day_of_week >= 5
 
 
 def inverse_cdf(table: np.ndarray, row: np.ndarray, u: np.ndarray) -> np.ndarray:

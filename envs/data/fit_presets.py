@@ -57,9 +57,11 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     The site block is ``site_from``'s (a preset name or a YAML path) with ``site`` replacing
     top-level fields; the scenario keeps ``site_from``'s fields that no fit produces (with
-    ``keep_scenario``), then ``scenario``, then the fitted fields (``default_fleet`` when no
-    fleet is given). Sessions come from ``sessions.path`` (a file, a list, or for
-    ``format: elaad`` the ElaadNL folder).
+    ``keep_scenario``: hand-written ones such as ``fleet``, ``loads`` or ``cap_request_to_stay``),
+    then ``scenario``, then the fitted fields (``default_fleet`` when no fleet is given); fields
+    that ``site_from`` and the fit share keep ``site_from``'s place, so that refitting a preset in
+    place moves nothing the fit leaves unchanged. Sessions come from ``sessions.path`` (a file, a
+    list, or for ``format: elaad`` the ElaadNL folder).
     """
     import json
     from pathlib import Path
@@ -96,8 +98,10 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     header, spec = _site_source(cfg.get("site_from"))
     carried = dict(spec.pop("scenario", None) or {}) if cfg.get("keep_scenario", True) else {}
-    for key in ("generator", *PARAMETRIC_EV_FIELDS, *_PRODUCED):
-        carried.pop(key, None)
+    carried.pop("generator", None)
+    for key in (*PARAMETRIC_EV_FIELDS, *_PRODUCED):
+        if key not in fitted:
+            carried.pop(key, None)
     output = Path(cfg["output"])
     spec = {"name": output.stem, **{k: v for k, v in spec.items() if k != "name"}, **(cfg.get("site") or {})}
     scenario = {"generator": "fitted", **carried, **(cfg.get("scenario") or {}), **fitted}
