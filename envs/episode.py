@@ -130,8 +130,8 @@ def demand_windows(arrivals: np.ndarray, energy_kwh: np.ndarray, forecast_steps:
     b, _, steps = demand.shape
     padded = np.zeros((b, len(DEMAND_BLOCK), steps + forecast_steps + 1), dtype=np.float32)
     padded[:, :, :steps] = demand
-    index = np.arange(steps + 1)[:, None] + np.arange(1, forecast_steps + 1)[None, :]
-    return padded[:, :, index].transpose(0, 2, 1, 3)
+    windows = np.lib.stride_tricks.sliding_window_view(padded[:, :, 1:], forecast_steps, axis=2)
+    return np.ascontiguousarray(windows.transpose(0, 2, 1, 3))
 
 
 EV_COLUMNS = ("arrival_step", "departure_step", "announced_departure_step", "battery_kwh", "soc_arrival",

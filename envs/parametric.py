@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import Episode, Generator, demand_windows, pack_evs
+from envs.episode import DEMAND_BLOCK, Episode, Generator, demand_windows, pack_evs
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -145,8 +145,7 @@ class ParametricGenerator:
             node_pv_kw=pv,
             port_rank=np.argsort(rng.random((b, params.num_ports)), axis=1),
             port_down=self._sample_outages(params, rng, b),
-            demand_forecast=demand_windows(rates, rates * self.mean_request_kwh(), params.forecast_steps)
-            if params.demand_forecast else None,
+            demand_forecast=self._demand_forecast(params, rates),
             **evs,
         )
 
@@ -174,6 +173,14 @@ class ParametricGenerator:
     def _step_rates(self, params, hour, weekend) -> np.ndarray:
         rate = self.sessions_per_day * self._arrival_profile(hour) * params.dt_hours
         return rate * np.where(weekend, self.weekend_factor, 1.0)
+
+    def _demand_forecast(self, params: SiteParams, rates: np.ndarray) -> np.ndarray | None:
+        if not params.demand_forecast:
+            return None
+        if self.sessions_per_day == 0:
+            shape = (len(rates), params.horizon_steps + 1, len(DEMAND_BLOCK), params.forecast_steps)
+            return np.zeros(shape, dtype=np.float32)
+        return demand_windows(rates, rates * self.mean_request_kwh(), params.forecast_steps)
 
     def mean_request_kwh(self) -> float:
         """Expected request of an arriving EV: the lognormal draw capped by its battery's room.
