@@ -63,8 +63,9 @@ class SmartChargingEnv(gymnasium.Env):
     Per node: ``node_headroom_kw`` (import limit minus inflexible load plus PV). Then
     ``time_of_day`` (sin, cos), a one-hot ``weekday``, ``setpoint_kw``, ``queue_length``, and a
     window of ``forecast_steps + 1`` values (now and ahead) of the buy and sell prices, carbon
-    intensity, site load and site PV. Bounds are in ``observation_space``; normalize with a
-    wrapper (e.g. ``VecNormalize``).
+    intensity, site load and site PV. Sites with ``demand_forecast: true`` add the expected
+    arrivals and requested kWh of each of the next ``forecast_steps`` steps. Bounds are in
+    ``observation_space``; normalize with a wrapper (e.g. ``VecNormalize``).
 
     ## Rewards
 
