@@ -17,7 +17,7 @@ from envs.core import reset, step
 from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
 from envs.data.fit import FittedGenerator, inverse_cdf
 from envs.data.fit_presets import fit_site_preset, fleet_from_ev_specs, read_sessions
-from envs.data.fitting import fidelity, fit_sessions
+from envs.data.fitting import calibrate_capped_energy, fidelity, fit_sessions, generated_sessions
 from envs.parametric import ParametricGenerator, generator_for
 from envs.site import SiteError, load_site
 
@@ -214,6 +214,47 @@ def test_cap_request_to_stay_by_hand():
     np.testing.assert_array_equal(capped.ev_soc_arrival, drawn.ev_soc_arrival)
 
 
+@pytest.fixture(scope="module")
+def slow_ports(synthetic):
+    # 4.4 kW ports: the cap binds on a good share of the synthetic sessions' energies.
+    ports = [{"node": "grid", "count": 20, "max_charge_kw": 4.4}]
+    params = load_site(fitted_site({**synthetic[1], "cap_request_to_stay": True}, ports=ports))
+    return params, generator_for(params)
+
+
+def test_calibration_restores_the_fitted_energy_quantiles_under_the_cap(slow_ports):
+    params, capped = slow_ports
+    calibrated = dataclasses.replace(capped, energy_quantiles_kwh=calibrate_capped_energy(capped, params))
+    target = np.minimum(capped.energy_quantiles_kwh, capped.fleet_battery_kwh[-1])
+    levels = np.linspace(0, 1, target.shape[-1])[1:-1]
+
+    def quantile_error(generator):  # mean over the busy blocks of the mean |quantile - target| in kWh
+        evs = generated_sessions(generator, params, 2800, seed=1)
+        block = evs["slot"] * round(params.dt_hours * 60) * target.shape[1] // (24 * 60)
+        errors = []
+        for weekend, row in np.ndindex(target.shape[:2]):
+            energy = evs["energy_kwh"][(block == row) & (evs["weekend"] == weekend)]
+            if len(energy) >= 400:
+                errors.append(np.abs(np.quantile(energy, levels) - target[weekend, row, 1:-1]).mean())
+        assert len(errors) >= 10
+        return np.mean(errors)
+
+    uncapped = quantile_error(dataclasses.replace(capped, cap_request_to_stay=False))  # sampling noise
+    before, after = quantile_error(capped), quantile_error(calibrated)
+    assert before > 2.5 * uncapped, (before, uncapped)
+    assert after < 0.5 * before and after < 1.5 * uncapped, (after, before, uncapped)
+
+
+def test_calibration_is_deterministic_and_keeps_valid_tables(slow_ports):
+    params, capped = slow_ports
+    first, again = (calibrate_capped_energy(capped, params, rounds=3, draws=512) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == capped.energy_quantiles_kwh.shape and np.isfinite(first).all()
+    assert (first >= 0).all() and (np.diff(first, axis=-1) >= 0).all()
+    assert (first <= capped.energy_quantiles_kwh[..., -1:]).all(), "within the fitted range"
+    assert (first[..., 1:-1] >= capped.energy_quantiles_kwh[..., 1:-1] - 1e-9).mean() > 0.95, "raised"
+
+
 @pytest.mark.parametrize(("name", "site"), [("caltech_fitted", {"scenario": {"cap_request_to_stay": False}}),
                                             ("jpl", {}), ("nl_home", {"dt_minutes": 30})])
 def test_forecast_expects_the_capped_requests(name, site):
@@ -360,6 +401,7 @@ def test_refitting_a_preset_in_place_changes_nothing(tmp_path):
               "scenario": {"cap_request_to_stay": True}, "fidelity_days": 70}
     fit_site_preset(config)
     first = output.read_text()
+    assert "# fit_scenario: energy tables calibrated" in first
     fit_site_preset({**config, "site_from": str(output), "scenario": {}})
     assert output.read_text() == first
     assert load_site(output).scenario["cap_request_to_stay"] is True

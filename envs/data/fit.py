@@ -59,7 +59,10 @@ class FittedGenerator:
         what full power could deliver over the (rounded) stay: stay hours times the smaller of the
         car's and the site's fastest port's kW times the site's best charge efficiency, ignoring
         taper; a modelling rule for tables fitted to delivered energy, whose coarse copula
-        otherwise pairs some short stays with undeliverable energies.
+        otherwise pairs some short stays with undeliverable energies. As the cap lowers the
+        energies, ``fit_site_preset`` calibrates the energy tables of a scenario with it to the site
+        (``envs.data.fitting.calibrate_capped_energy``): the capped requests, not the drawn ones,
+        then have the fitted quantiles per arrival block.
 
     Arguments:
         base: the ParametricGenerator of the remaining scenario fields (prices, loads, PV,
@@ -212,21 +215,27 @@ class FittedGenerator:
 
     def _mean_cap_cut(self, params: SiteParams) -> np.ndarray:
         """(2, L) mean kWh that ``cap_request_to_stay`` takes off the requests of weekday and weekend
-        arrivals in each of the L blocks refining both the dwell and the energy blocks: the mean over a
-        Latin hypercube sample (seed 0) of CAPPED_MEAN_DRAWS EVs per block, cached per site."""
+        arrivals in each of the L blocks of ``_block_requests``, over CAPPED_MEAN_DRAWS EVs per block,
+        cached per site."""
         key = (params.dt_hours, params.port_max_charge_kw.max(), params.port_charge_efficiency.max())
         if key not in self._cap_cuts:
-            n = CAPPED_MEAN_DRAWS
-            blocks = np.lcm(self.dwell_quantiles_hours.shape[1], self.energy_quantiles_kwh.shape[1])
-            rng = np.random.default_rng(0)
-            strata = rng.permuted(np.broadcast_to(np.arange(n), (5, 2 * blocks, n)), axis=-1)
-            u = ((strata + rng.random(strata.shape)) / n).reshape(5, -1)
-            minute = np.tile(np.repeat(np.arange(blocks) * (MINUTES_PER_DAY // blocks), n), 2)
-            weekend = np.repeat([False, True], blocks * n)
-            _, dwell, energy, model = self._stays_and_requests(params, minute, weekend, u)
-            cut = energy - np.minimum(energy, self._stay_cap(params, dwell, model))
-            self._cap_cuts[key] = cut.reshape(2, blocks, n).mean(-1)
+            energy, cap = self._block_requests(params, CAPPED_MEAN_DRAWS)
+            self._cap_cuts[key] = (energy - np.minimum(energy, cap)).mean(-1)
         return self._cap_cuts[key]
+
+    def _block_requests(self, params: SiteParams, draws: int) -> tuple[np.ndarray, np.ndarray]:
+        """Requests (capped by the battery) and stay caps (``_stay_cap``) of ``draws`` EVs arriving at
+        the start of each weekday and weekend block, both (2, L, draws), L the blocks refining both the
+        dwell and the energy blocks: a Latin hypercube sample (seed 0) of the uniforms of every block."""
+        blocks = np.lcm(self.dwell_quantiles_hours.shape[1], self.energy_quantiles_kwh.shape[1])
+        rng = np.random.default_rng(0)
+        strata = rng.permuted(np.broadcast_to(np.arange(draws), (5, 2 * blocks, draws)), axis=-1)
+        u = ((strata + rng.random(strata.shape)) / draws).reshape(5, -1)
+        minute = np.tile(np.repeat(np.arange(blocks) * (MINUTES_PER_DAY // blocks), draws), 2)
+        weekend = np.repeat([False, True], blocks * draws)
+        _, dwell, energy, model = self._stays_and_requests(params, minute, weekend, u)
+        cap = self._stay_cap(params, dwell, model)
+        return energy.reshape(2, blocks, draws), cap.reshape(2, blocks, draws)
 
     def step_rates(self, dt_minutes: int) -> tuple[np.ndarray, np.ndarray]:
         """Expected arrivals per step of a weekday and of a weekend day, at ``dt_minutes``."""

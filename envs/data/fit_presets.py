@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from envs.data.fit import PARAMETRIC_EV_FIELDS
-from envs.data.fitting import fidelity, fit_sessions
+from envs.data.fitting import _rounded, calibrate_capped_energy, fidelity, fit_sessions
 from envs.site import SiteError
 
 READERS = ("acn_csv", "acn_json", "csv")
@@ -61,7 +63,9 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
     then ``scenario``, then the fitted fields (``default_fleet`` when no fleet is given); fields
     that ``site_from`` and the fit share keep ``site_from``'s place, so that refitting a preset in
     place moves nothing the fit leaves unchanged. Sessions come from ``sessions.path`` (a file, a
-    list, or for ``format: elaad`` the ElaadNL folder).
+    list, or for ``format: elaad`` the ElaadNL folder). With ``cap_request_to_stay`` the energy
+    tables are calibrated to the site (``calibrate_capped_energy``) so that the capped requests keep
+    the fitted quantiles; the figures are those of the calibrated scenario.
     """
     import json
     from pathlib import Path
@@ -109,12 +113,23 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
         scenario["fleet"] = list(cfg["default_fleet"])
     spec["scenario"] = scenario
     params = load_site(spec)
-    figures = evaluate(generator_for(params), params)
+    generator = generator_for(params)
+    if generator.cap_request_to_stay:
+        weekday, weekend = calibrate_capped_energy(generator, params)
+        scenario["energy_quantiles_kwh"] = _rounded(weekday, 4)
+        if "energy_quantiles_kwh_weekend" in scenario or not np.array_equal(weekday, weekend):
+            scenario["energy_quantiles_kwh_weekend"] = _rounded(weekend, 4)
+        params = load_site(spec)
+        generator = generator_for(params)
+    figures = evaluate(generator, params)
     overall = figures["overall"]
     if "sessions" in figures:
         energy = options.get("energy_column", "requested_kwh")
         described.append(f"{figures['sessions']} sessions arriving {figures['first_day']} .. "
                          f"{figures['last_day']}, energy from {energy}")
+    if generator.cap_request_to_stay:
+        described.append("energy tables calibrated so that the requests capped to the stay keep the fitted "
+                         "quantiles")
     described.append("fidelity: KS arrival {arrival_ks}, dwell {dwell_ks}, energy {energy_ks}; sessions per "
                      "day {model_sessions_per_day} vs {sessions_per_day}".format(**overall))
     comment = cfg.get("comment")

@@ -111,6 +111,57 @@ def fit_sessions(sessions, dt_minutes: int = 15, tz: str | None = None, *, block
     return fitted
 
 
+def calibrate_capped_energy(generator: FittedGenerator, params: SiteParams, *, rounds: int = 10,
+                            draws: int = 4096, tolerance: float = 1e-3) -> np.ndarray:
+    """(2, D, Q) weekday and weekend energy tables whose requests, capped to the stay on the site
+    ``params`` (``cap_request_to_stay``), have the quantiles of ``generator``'s tables per arrival block.
+
+    The targets are the tables' rows bounded by the largest battery (the generator caps every
+    request there). Each round draws ``draws`` EVs per day type and block with ``_block_requests``
+    (a fixed Latin hypercube sample, so the result is deterministic) and corrects the drawn
+    energies' CDF at the target quantiles by the share the cap moves below them: CDF(x) =
+    level(x) - P(capped <= x < drawn), made nondecreasing, inverted at the tables' levels. The
+    drawn energies stay within the target's range: above its maximum a drawn energy changes nothing
+    where the cap binds and overshoots where it does not. ``rounds`` rounds at most, fewer once no
+    CDF value moves by ``tolerance``. Weekends share the weekday result (from both day types'
+    draws) when their stay, energy and copula tables are the weekday ones.
+    """
+    largest = generator.fleet_battery_kwh[-1]
+    target = np.minimum(generator.energy_quantiles_kwh, largest)
+    days, blocks, num_levels = target.shape
+    levels = np.linspace(0.0, 1.0, num_levels)
+    weekday, weekend = generator.dwell_energy_copula
+    shared = (np.array_equal(*generator.dwell_quantiles_hours) and np.array_equal(*target)
+              and (weekday is weekend or (weekday is not None and weekend is not None
+                                          and np.array_equal(weekday, weekend))))
+    grid = target[:1] if shared else target  # the target quantiles, where the CDF is corrected
+    table, previous = target, levels
+    for _ in range(rounds):
+        trial = dataclasses.replace(generator, energy_quantiles_kwh=table)
+        energy, cap = (np.moveaxis(a, 0, 1) if shared else a for a in trial._block_requests(params, draws))
+        energy, cap = (a.reshape(len(grid), blocks, -1, 1) for a in (energy, cap))
+        x = grid[..., None, :]
+        moved = ((np.minimum(energy, cap) <= x) & (energy > x)).mean(axis=-2)
+        cdf = np.clip(levels - moved, 0.0, 1.0)
+        rising = np.maximum.accumulate(cdf, axis=-1)
+        falling = np.minimum.accumulate(cdf[..., ::-1], axis=-1)[..., ::-1]
+        cdf = (rising + falling) / 2
+        table = np.broadcast_to(_inverse_piecewise(grid, cdf, levels), target.shape)
+        if np.abs(cdf - previous).max() < tolerance:
+            break
+        previous = cdf
+    return np.array(table)
+
+
+def _inverse_piecewise(x: np.ndarray, cdf: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Quantiles at ``levels`` of the piecewise-linear CDFs through the points (x, cdf) along the last
+    axis (both nondecreasing): the least x at which each CDF reaches the level."""
+    k = np.clip((cdf[..., None, :] < levels[:, None]).sum(-1), 1, x.shape[-1] - 1)
+    lo_x, hi_x, lo, hi = (np.take_along_axis(a, k + shift, axis=-1) for a in (x, cdf) for shift in (-1, 0))
+    fraction = np.clip((levels - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+    return lo_x + fraction * (hi_x - lo_x)
+
+
 def _rounded(values: np.ndarray, decimals: int) -> list:
     return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
 
