@@ -13,6 +13,7 @@ from helpers import tiny_site
 from envs.core import reset, step
 from envs.data.errors import DataError
 from envs.data.forecasts import (
+    IssuedForecasts,
     episode_forecasts,
     fit_demand_regression,
     forecast_windows,
@@ -522,3 +523,75 @@ def test_a_forecasts_block_in_the_site_issues_noisy_forecasts():
     assert not np.allclose(issued[:, :, 1:], episode.price_buy_eur_kwh[:, 1:14, None])
     np.testing.assert_allclose(episode.forecast_windows[:, :, 1, 1], episode.price_sell_eur_kwh[:, 1:14],
                                rtol=1e-6)
+
+
+# --- forecasts issued by a data file ---------------------------------------------------------
+
+def test_file_forecast_windows_by_hand():
+    from envs.data.forecasts import file_forecast_windows
+
+    rows = np.datetime64("2020-01-01T00:00", "ns") + np.arange(6) * np.timedelta64(5, "m")
+    table = 100.0 * np.arange(6)[:, None] + np.arange(7)[None, :]  # row r: value 100r, f_k = 100r + k
+    issue = np.array([[rows[3], rows[3] + np.timedelta64(2, "m")]])
+    windows = file_forecast_windows(table, rows, issue, np.array([[-1.0, -2.0]]), 15, 5, 2)
+    np.testing.assert_allclose(windows[0, 0], [-1.0, 304.0, 306.0])  # leads 3..5, then f6 holds
+    np.testing.assert_allclose(windows[0, 1], [-2.0, (303 * 0.6 + 304 + 305 + 306 * 0.4) / 3, 306.0])
+    minute = np.timedelta64(1, "m")
+    with pytest.raises(ValueError, match="before the file's first row"):
+        file_forecast_windows(table, rows, rows[:1, None] - minute, np.zeros((1, 1)), 15, 5, 1)
+    with pytest.raises(ValueError, match="after the file's last row"):
+        file_forecast_windows(table, rows, rows[-1:, None] + 5 * minute, np.zeros((1, 1)), 15, 5, 1)
+
+
+def test_overlay_shows_the_files_own_carbon_forecasts():
+    params = tiny_site(dt_minutes=5, horizon_steps=288, forecast_steps=3)
+    spec = {"data_dir": str(FIXTURES), "match_weekday": False, "price_buy": {"eur_kwh": 0.3},
+            "carbon": {"path": "series_moer.csv", "column": "moer", "forecast_columns": "f", "scale": 2.0}}
+    gen = with_series(generator_for(params), {"series": spec}, params)
+    episode, dates = gen.sample_with_dates(params, np.random.default_rng(1), 3)
+    episode.check(params)
+    frame = read_series_csv(FIXTURES / "series_moer.csv", columns=["moer", "f1", "f2"])
+    _, utc = site_step_times(params, dates)
+    issued = frame.reindex(pd.DatetimeIndex(utc[:, :params.horizon_steps + 1].ravel(), tz="UTC"))
+    issued = 2.0 * issued.to_numpy().reshape(3, params.horizon_steps + 1, 3)
+    carbon = episode.forecast_windows[:, :, FORECAST_BLOCK.index("carbon_kg_kwh")]
+    np.testing.assert_allclose(carbon[..., 0], episode.carbon_kg_kwh[:, :params.horizon_steps + 1], rtol=1e-6)
+    np.testing.assert_allclose(carbon[..., 0], issued[..., 0], rtol=1e-6)
+    np.testing.assert_allclose(carbon[..., 1:], issued[..., [1, 2, 2]], rtol=1e-6)  # f1, f2, then f2 holds
+    price = episode.forecast_windows[:, :, FORECAST_BLOCK.index("price_buy_eur_kwh")]
+    np.testing.assert_allclose(price, 0.3)
+    noisy = IssuedForecasts(gen, {"price_buy_eur_kwh": {"mode": "noisy"}})
+    again = noisy.sample(params, np.random.default_rng(1), 3)
+    np.testing.assert_array_equal(again.forecast_windows[:, :, FORECAST_BLOCK.index("carbon_kg_kwh")], carbon)
+
+
+@pytest.mark.parametrize(("entry", "field"), [
+    ({"path": "series_moer.csv", "column": "moer", "forecast_columns": "g"}, "carbon.forecast_columns"),
+    ({"path": "series_moer.csv", "column": "moer", "forecast_columns": "f", "forecast_lead_minutes": 0},
+     "carbon.forecast_lead_minutes"),
+    ({"path": "series_moer.csv", "column": "moer", "forecast_lead_minutes": 5},
+     "carbon.forecast_lead_minutes"),
+])
+def test_bad_forecast_columns_name_the_field(entry, field):
+    with pytest.raises(SiteError, match=re.escape(f"series.{field}")):
+        SeriesOverlay(ParametricGenerator(), {"data_dir": str(FIXTURES), "carbon": entry})
+    tariff = {"path": "series_tariff.json", "forecast_columns": "f"}
+    with pytest.raises(SiteError, match=r"series\.tariff\.forecast_columns"):
+        SeriesOverlay(ParametricGenerator(), {"data_dir": str(FIXTURES), "tariff": tariff,
+                                              "dates": ["2020-01-01", "2020-01-02"]})
+
+
+@needs_shared
+def test_real_carbon_forecasts_beat_nothing_and_keep_their_truth():
+    params = load_site("caltech")
+    spec = {"tz": "America/Los_Angeles", "data_dir": str(SHARED),
+            "carbon": {"path": "moer/*.csv.gz", "column": "moer", "forecast_columns": "f"}}
+    gen = with_series(generator_for(params), {"series": spec}, params)
+    episode = gen.sample(params, np.random.default_rng(0), 16)
+    episode.check(params)
+    carbon = episode.forecast_windows[:, :, FORECAST_BLOCK.index("carbon_kg_kwh")]
+    truth = episode.carbon_kg_kwh
+    steps = params.horizon_steps + 1
+    np.testing.assert_allclose(carbon[..., 0], truth[:, :steps], rtol=1e-6)
+    error = np.abs(carbon[..., 1] - truth[:, 1:steps + 1]).mean()
+    assert 0 < error < np.abs(truth[:, 1:steps + 1] - truth[:, :steps].mean()).mean()

@@ -114,9 +114,11 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
     """Forecast windows of every ``FORECAST_BLOCK`` series: (B, T+1, 5, H+1) float32.
 
     ``spec`` maps a block name (``price_buy_eur_kwh``, ``site_load_kw``, ...) to the keyword
-    arguments of ``forecast_windows`` (``mode`` and its options); missing names are perfect.
-    Persistence defaults to the site's day; noisy load and PV are clipped at 0. Put the result
-    in ``Episode.forecast_windows`` and the observation shows it instead of the truth.
+    arguments of ``forecast_windows`` (``mode`` and its options); missing names keep the
+    episode's own ``forecast_windows`` (forecasts read from files, ``file_forecast_windows``)
+    or, without them, are perfect. Persistence defaults to the site's day; noisy load and PV
+    are clipped at 0. Put the result in ``Episode.forecast_windows`` and the observation shows
+    it instead of the truth.
     """
     from envs.episode import FORECAST_BLOCK
     from envs.observation import forecast_series
@@ -128,6 +130,9 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
     truth = forecast_series(episode).astype(np.float64)
     out = []
     for i, name in enumerate(FORECAST_BLOCK):
+        if name not in spec and episode.forecast_windows is not None:
+            out.append(episode.forecast_windows[:, :, i].astype(np.float64))
+            continue
         options = dict(spec.get(name, {}))
         mode = options.pop("mode", "perfect")
         if mode == "persistence":
@@ -138,6 +143,48 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
         out.append(forecast_windows(truth[:, i], params.horizon_steps, params.forecast_steps, mode,
                                     **options))
     return np.stack(out, axis=2).astype(np.float32)
+
+
+def file_forecast_windows(table: np.ndarray, rows_utc: np.ndarray, issue_utc: np.ndarray, truth: np.ndarray,
+                          dt_minutes: float, lead_minutes: float, forecast_steps: int) -> np.ndarray:
+    """Windows (B, T+1, H+1) of forecasts as a data file issued them (say, a carbon signal's
+    ``f1 .. f36`` columns).
+
+    ``table`` (R, K+1) holds, for each file row at the UTC times ``rows_utc`` (R,), the value
+    measured then and the K forecasts it issued: column k for the interval of ``lead_minutes``
+    that starts k leads later. At every step, issued at the UTC ``issue_utc`` (B, T+1), the
+    forecast of step ``t + h`` is the time-weighted mean of the latest row's forecasts over that
+    step's interval; past the last lead the last forecast holds. Lead 0 is ``truth`` (B, T+1),
+    the measured step value, as for every forecast the observation shows.
+    """
+    table = np.asarray(table, dtype=np.float64)
+    rows = np.asarray(rows_utc, dtype="datetime64[ns]").astype(np.int64)
+    issued = np.asarray(issue_utc, dtype="datetime64[ns]").astype(np.int64)
+    row = np.searchsorted(rows, issued, side="right") - 1
+    if row.min() < 0:
+        raise ValueError(f"forecasts are asked for at {np.datetime64(int(issued.min()), 'ns')}, before the "
+                         f"file's first row {np.datetime64(int(rows[0]), 'ns')}")
+    if len(rows) > 1 and (issued - rows[row]).max() >= rows[-1] - rows[-2]:
+        raise ValueError(f"forecasts are asked for at {np.datetime64(int(issued.max()), 'ns')}, after the "
+                         f"file's last row {np.datetime64(int(rows[-1]), 'ns')}")
+    lead_ns = lead_minutes * 60e9
+    k = table.shape[1] - 1
+    cumulative = np.zeros((len(table), k + 2))
+    np.cumsum(table, axis=1, out=cumulative[:, 1:])
+    level = np.concatenate([table, table[:, -1:]], axis=1)
+    offset = (issued - rows[row]) / lead_ns
+    width = dt_minutes / lead_minutes
+
+    def integral(u):
+        whole = np.minimum(np.floor(u).astype(np.int64), k + 1)
+        at = row[..., None]
+        return cumulative[at, whole] + level[at, whole] * (u - whole)
+
+    start = offset[..., None] + width * np.arange(1, forecast_steps + 1)
+    out = np.empty(issued.shape + (forecast_steps + 1,))
+    out[..., 0] = truth
+    out[..., 1:] = (integral(start + width) - integral(start)) / width
+    return out
 
 
 # --- demand forecasts ------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
-from envs.data.prices import Tariff, export_prices, read_day_ahead_csv, read_tariff
+from envs.data.forecasts import episode_forecasts
+from envs.data.prices import export_prices, read_day_ahead_csv, read_tariff
 from envs.data.series import (
     RESAMPLE_METHODS,
     candidate_dates,
     read_building_csv,
     read_series_csv,
-    resample,
-    series_range,
     site_step_times,
 )
-from envs.episode import Episode, Generator
+from envs.data.series_source import Source, csv_header, infer_format
+from envs.episode import FORECAST_BLOCK, Episode, Generator
 from envs.site import SiteError, SiteParams
 
 FORMATS = ("day_ahead", "tou", "building", "csv")
@@ -30,34 +28,10 @@ _SINGLE = ("price_buy", "price_sell", "tariff", "carbon")
 _NODE = ("loads", "pv")
 _TOP = {"tz", "match_weekday", "shared_calendar", "dates", "data_dir", *_SINGLE, *_NODE}
 _ENTRY = {"path", "format", "column", "time_column", "file_tz", "start", "freq", "year", "country", "scale",
-          "offset", "method", "holidays", "eur_kwh", "factor", "node"}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Source:
-    """One spec entry: a real series (or a TOU tariff, or a constant) priced on episode steps."""
-
-    field: str
-    series: pd.Series | None = None
-    tariff: Tariff | None = None
-    constant: float | None = None
-    method: str = "hold"
-    scale: float = 1.0
-    offset: float = 0.0
-    holidays: tuple = ()
-    node: str | None = None
-
-    def range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-        return None if self.series is None else series_range(self.series)
-
-    def values(self, local: np.ndarray, utc: np.ndarray, dt_minutes: int) -> np.ndarray:
-        if self.series is not None:
-            raw = resample(self.series, utc, dt_minutes, self.method)
-        elif self.tariff is not None:
-            raw = self.tariff.prices(local, self.holidays)
-        else:
-            raw = np.full(local.shape, self.constant)
-        return raw * self.scale + self.offset
+          "offset", "method", "holidays", "eur_kwh", "factor", "node", "forecast_columns",
+          "forecast_lead_minutes"}
+_FORECAST_ROWS = {"price_buy": "price_buy_eur_kwh", "price_sell": "price_sell_eur_kwh",
+                  "carbon": "carbon_kg_kwh"}
 
 
 class SeriesOverlay:
@@ -89,7 +63,12 @@ class SeriesOverlay:
         is ``file value * scale + offset`` (units: EUR/kWh, kg/kWh, kW). ``price_sell`` may also
         be ``{factor: f}`` (times the new buy price); left out while ``price_buy`` is replaced,
         it keeps the base episode's sell/buy ratio. Node entries replace the base load (or PV)
-        of their node; the others keep the base's.
+        of their node; the others keep the base's. A ``csv`` entry of ``price_buy``,
+        ``price_sell`` or ``carbon`` may also carry the forecasts its file issued with each
+        value: ``forecast_columns`` (a list of columns for leads 1, 2, ..., or a prefix ``f`` for
+        ``f1``, ``f2``, ...) and ``forecast_lead_minutes`` (the time between two leads, default the
+        file's step); the observation then shows them (``file_forecast_windows``), and a sell
+        price derived from the buy price follows the buy forecast.
 
     >>> from envs.parametric import ParametricGenerator
     >>> from envs.site import load_site
@@ -175,20 +154,51 @@ class SeriesOverlay:
         path = Path(str(entry["path"])).expanduser()
         if not path.is_absolute() and self.data_dir is not None:
             path = self.data_dir / path
-        fmt = entry.get("format") or _infer_format(path)
+        fmt = entry.get("format") or infer_format(path)
         if fmt not in FORMATS:
             self._fail(f"{field}.format", f"must be one of {FORMATS}, got {fmt!r}")
+        forecast_columns = self._forecast_columns(field, path, fmt, entry)
         key = (str(path), fmt, entry.get("column"), entry.get("time_column"), entry.get("file_tz"),
-               entry.get("country"), entry.get("year"), entry.get("start"), entry.get("freq"))
+               entry.get("country"), entry.get("year"), entry.get("start"), entry.get("freq"),
+               forecast_columns)
         if key not in self._cache:
-            self._cache[key] = self._read(field, path, fmt, entry)
+            self._cache[key] = self._read(field, path, fmt, entry, list(forecast_columns))
         loaded = self._cache[key]
         if fmt == "tou":
             holidays = tuple(pd.Timestamp(d) for d in entry.get("holidays", ()) or ())
             return Source(tariff=loaded, holidays=holidays, **common)
-        return Source(series=loaded, **common)
+        if not forecast_columns:
+            return Source(series=loaded, **common)
+        step = (loaded.index[1] - loaded.index[0]).total_seconds() / 60
+        lead = entry.get("forecast_lead_minutes", step)
+        if isinstance(lead, bool) or not isinstance(lead, (int, float)) or not lead > 0:
+            self._fail(f"{field}.forecast_lead_minutes", f"must be a number of minutes > 0, got {lead!r}")
+        return Source(series=loaded.iloc[:, 0], forecasts=loaded, lead_minutes=float(lead), **common)
 
-    def _read(self, field, path, fmt, entry):
+    def _forecast_columns(self, field: str, path: Path, fmt: str, entry) -> tuple[str, ...]:
+        """The forecast columns an entry names: a list, or a prefix ``f`` for ``f1``, ``f2``, ..."""
+        wanted = entry.get("forecast_columns")
+        if wanted is None:
+            if "forecast_lead_minutes" in entry:
+                self._fail(f"{field}.forecast_lead_minutes", "needs forecast_columns")
+            return ()
+        if field not in _FORECAST_ROWS or fmt != "csv":
+            self._fail(f"{field}.forecast_columns", f"is for csv files of {', '.join(_FORECAST_ROWS)}")
+        if isinstance(wanted, str):
+            header = csv_header(path)
+            count = 0
+            while f"{wanted}{count + 1}" in header:
+                count += 1
+            if not count:
+                self._fail(f"{field}.forecast_columns",
+                           f"prefix {wanted!r} finds no column {wanted}1 in {path}")
+            return tuple(f"{wanted}{k}" for k in range(1, count + 1))
+        if not isinstance(wanted, Sequence) or not wanted or not all(isinstance(c, str) for c in wanted):
+            self._fail(f"{field}.forecast_columns",
+                       f"must be a column prefix or a list of columns, got {wanted!r}")
+        return tuple(wanted)
+
+    def _read(self, field, path, fmt, entry, forecast_columns: list[str]):
         if fmt == "tou":
             return read_tariff(path)
         if fmt == "day_ahead":
@@ -207,9 +217,9 @@ class SeriesOverlay:
                 kwargs["tz"] = entry["file_tz"]
             return read_building_csv(path, columns=(column,), **kwargs)[column]
         time_column = entry.get("time_column", "time")
-        frame = read_series_csv(path, columns=[column], time_column=time_column, tz=entry.get("file_tz"),
-                                start=entry.get("start"), freq=entry.get("freq"))
-        return frame[column]
+        frame = read_series_csv(path, columns=[column, *forecast_columns], time_column=time_column,
+                                tz=entry.get("file_tz"), start=entry.get("start"), freq=entry.get("freq"))
+        return frame if forecast_columns else frame[column]
 
     def ranges(self) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
         """UTC (start, end) of every dated series, by spec field."""
@@ -261,20 +271,24 @@ class SeriesOverlay:
         calendar = self.calendar(params, rng, np.asarray(episode.weekday))
         grids: dict = {}
 
-        def values(name):
-            dates = calendar[name]
-            key = dates.tobytes()
+        def grid(name):
+            key = calendar[name].tobytes()
             if key not in grids:
-                grids[key] = site_step_times(params, dates, self.tz)
-            return self.sources[name].values(*grids[key], dt_minutes)
+                grids[key] = site_step_times(params, calendar[name], self.tz)
+            return grids[key]
+
+        def values(name):
+            return self.sources[name].values(*grid(name), dt_minutes)
 
         changes = {}
         if "price_buy" in self.sources:
             changes["price_buy_eur_kwh"] = values("price_buy")
         buy = changes.get("price_buy_eur_kwh", episode.price_buy_eur_kwh)
         sell = self.sources.get("price_sell")
+        sell_per_buy = None
         if sell is not None and sell.field == "price_sell.factor":
             changes["price_sell_eur_kwh"] = export_prices(buy, factor=sell.constant)
+            sell_per_buy = sell.constant
         elif sell is not None:
             changes["price_sell_eur_kwh"] = values("price_sell")
         elif "price_buy" in self.sources:
@@ -282,6 +296,7 @@ class SeriesOverlay:
             ratio = np.divide(episode.price_sell_eur_kwh.sum(axis=1, keepdims=True), base_buy,
                               out=np.zeros_like(base_buy), where=base_buy != 0)
             changes["price_sell_eur_kwh"] = ratio * buy
+            sell_per_buy = ratio[:, :, None]
         if "tariff" in self.sources:
             changes["tariff_eur_kwh"] = values("tariff")
         if "carbon" in self.sources:
@@ -296,24 +311,20 @@ class SeriesOverlay:
             for name, node in zip(names, nodes, strict=True):
                 array[:, :, node] += values(name)
             changes[field] = array
+        forecasting = [name for name, source in self.sources.items() if source.forecasts is not None]
+        if forecasting:
+            truth_only = dataclasses.replace(episode, **changes, forecast_windows=None)
+            windows = episode_forecasts(params, truth_only)
+            row = {name: FORECAST_BLOCK.index(field) for name, field in _FORECAST_ROWS.items()}
+            for name in forecasting:
+                truth = changes[_FORECAST_ROWS[name]]
+                windows[:, :, row[name]] = self.sources[name].forecast(grid(name)[1], truth, dt_minutes,
+                                                                        params.forecast_steps)
+            if "price_buy" in forecasting and sell_per_buy is not None:
+                windows[:, :, row["price_sell"]] = sell_per_buy * windows[:, :, row["price_buy"]]
+            changes["forecast_windows"] = windows
         first = "price_buy" if "price_buy" in calendar else next(iter(calendar))
         return dataclasses.replace(episode, **changes), calendar[first]
-
-
-def _infer_format(path: Path) -> str:
-    if path.suffix == ".json":
-        return "tou"
-    files = sorted(path.parent.glob(path.name)) if any(ch in path.name for ch in "*?[") else [path]
-    if not files or not files[0].exists():
-        raise DataError(f"{path}: file does not exist")
-    opener = gzip.open if files[0].suffix == ".gz" else open
-    with opener(files[0], "rt", encoding="utf-8-sig") as handle:
-        header = [h.strip() for h in handle.readline().split(",")]
-    if "Datetime (UTC)" in header:
-        return "day_ahead"
-    if "month" in header and "hour" in header:
-        return "building"
-    return "csv"
 
 
 def with_series(generator: Generator, scenario_block: Mapping[str, Any] | None,
