@@ -269,12 +269,13 @@ class ParametricGenerator:
 def generator_for(params: SiteParams) -> Generator:
     """The generator described by the site's ``scenario`` block.
 
-    Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``) or "fitted"
-    (``envs.data.fit.FittedGenerator``); a ``series`` key wraps the result in
+    Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``), "fitted"
+    (``envs.data.fit.FittedGenerator``) or "replay" (real sessions from a file, day by day:
+    ``envs.data.replay.ReplayGenerator.from_config``); a ``series`` key wraps the result in
     ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data; a
     ``forecasts`` key (per series: ``mode`` perfect, persistence or noisy, and its options)
     makes the observation show issued forecasts (``envs.data.forecasts.IssuedForecasts``).
-    Both data modules are imported only when asked for.
+    The data modules are imported only when asked for.
     """
     scenario = dict(params.scenario)
     kind = scenario.get("generator", "parametric")
@@ -286,9 +287,13 @@ def generator_for(params: SiteParams) -> Generator:
         from envs.data.fit import FittedGenerator
 
         generator = FittedGenerator.from_config(scenario, params.name)
+    elif kind == "replay":
+        from envs.data.replay import ReplayGenerator
+
+        generator = ReplayGenerator.from_config(scenario, params)
     else:
-        raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric' or 'fitted', "
-                        f"got {kind!r}")
+        raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric', 'fitted' or "
+                        f"'replay', got {kind!r}")
     if series is not None:
         from envs.data.overlay import with_series
 

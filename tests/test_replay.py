@@ -199,3 +199,59 @@ def test_real_day_replays_its_sessions():
     requested = sessions.loc[arriving, "requested_kwh"].to_numpy()
     np.testing.assert_allclose(np.sort(episode.ev_requested_kwh[0, carried.sum():episode.ev_valid.sum()]),
                                np.sort(np.minimum(requested, 75.0)))
+
+
+# --- replay from a site's scenario block (generator: replay) ---------------------------------
+
+def replay_site(**scenario):
+    block = {"generator": "replay", "sessions": {"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES)},
+             "fleet": [{"battery_kwh": 60, "max_charge_kw": 11, "share": 1}], **scenario}
+    return site(scenario=block)
+
+
+def test_scenario_block_replays_the_file_like_the_constructor(sessions):
+    import gymnasium
+
+    import envs
+    from envs.parametric import generator_for
+
+    params = replay_site(days=["2019-05-06"], shuffle=False)
+    generator = generator_for(params)
+    assert isinstance(generator, ReplayGenerator)
+    episode = generator.sample(params, np.random.default_rng(0), 1)
+    direct = ReplayGenerator(sessions, days=["2019-05-06"], shuffle=False).sample(
+        params, np.random.default_rng(0), 1)
+    assert evs(episode) == evs(direct)
+    env = gymnasium.make(envs.ENV_ID, site=params)
+    env.reset(seed=0)
+    assert env.unwrapped.state.episode.ev_valid.sum() == len(evs(direct)["arrival_step"])
+
+
+def test_date_range_keeps_the_replayable_days_inside_it(sessions):
+    from envs.parametric import generator_for
+
+    params = replay_site(date_range=["2019-05-06", "2019-05-07"])
+    days = generator_for(params).days_for(params)
+    assert [str(day) for day in days] == [str(day) for day in replay_days(sessions, params)
+                                          if datetime.date(2019, 5, 6) <= day <= datetime.date(2019, 5, 7)]
+    assert len(days) == 2
+
+
+@pytest.mark.parametrize(("scenario", "field"), [
+    ({"sessions": None}, "scenario.sessions must be a mapping"),
+    ({"sessions": {"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES), "sep": ";"}},
+     "scenario.sessions.sep"),
+    ({"sessions": {"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES), "format": "xml"}},
+     "scenario.sessions.format"),
+    ({"days": ["2019-05-06"], "date_range": ["2019-05-06", "2019-05-07"]}, "scenario.date_range and days"),
+    ({"date_range": ["2020-01-01", "2020-01-31"]}, "scenario.date_range leaves no replayable day"),
+    ({"days": ["2021-01-01"]}, "scenario.days day 2021-01-01 of site 'replay' runs outside"),
+    ({"sessions_per_dy": 3}, "scenario.sessions_per_dy is not a known field"),
+])
+def test_bad_replay_block_names_the_field(scenario, field):
+    from envs.parametric import generator_for
+    from envs.site import SiteError
+
+    params = replay_site(**scenario)
+    with pytest.raises(SiteError, match=field.replace(".", r"\.")):
+        generator_for(params).sample(params, np.random.default_rng(0), 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,10 @@ import pandas as pd
 from envs.data.forecasts import DemandRegression, fit_daily_demand
 from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.parametric import EvModel, ParametricGenerator, generator_for
-from envs.site import SiteParams
+from envs.site import SiteError, SiteParams
 
 _US_PER_MINUTE = 60_000_000
+_REPLAY_FIELDS = ("days", "shuffle", "carry_over", "min_sessions", "special_days")
 _REQUIRED = ("arrival", "departure", "announced_departure", "requested_kwh")
 
 
@@ -111,6 +113,65 @@ class ReplayGenerator:
         object.__setattr__(self, "_demand_models", {})
         if self._day_list is not None and not len(self._day_list):
             raise ValueError("days must list at least one date")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], params: SiteParams) -> ReplayGenerator:
+        """The replay a site's ``scenario`` block describes (``generator: replay``).
+
+        ``sessions`` names the file: ``path`` (a file or a list of files), ``format``
+        (``acn_csv``, the default, ``acn_json`` or ``csv``), ``reader`` (keyword arguments of the
+        reader: tz, skip_invalid; for csv columns, sep, decimal, date_format) and ``data_dir``
+        (base of relative paths). ``days`` lists the dates to replay, or ``date_range`` [first,
+        last] keeps the replayable days in that range (a train/test split); ``shuffle``,
+        ``carry_over``, ``min_sessions`` and ``special_days`` are the constructor's. The other
+        fields are the parametric scenario's (prices, loads, PV, fleet, SoC range, consent).
+        Errors raise SiteError naming the field.
+        """
+        from envs.data.fit_presets import READERS, read_sessions
+
+        config = dict(config or {})
+        config.pop("generator", None)
+
+        def fail(field, problem):
+            raise SiteError(f"site {params.name!r}: scenario.{field} {problem}")
+
+        spec = config.pop("sessions", None)
+        if not isinstance(spec, Mapping) or "path" not in spec:
+            fail("sessions", "must be a mapping with a path (the session file) for generator: replay")
+        unknown = sorted(set(spec) - {"path", "format", "reader", "data_dir"})
+        if unknown:
+            fail(f"sessions.{unknown[0]}", "is not a known field (known: data_dir, format, path, reader)")
+        fmt = spec.get("format", "acn_csv")
+        if fmt not in READERS:
+            fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
+        base_dir = Path(str(spec.get("data_dir", "."))).expanduser()
+        paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
+        reader = dict(spec.get("reader") or {})
+        sessions = read_sessions([base_dir / str(path) for path in paths], fmt, **reader)
+        options = {key: config.pop(key) for key in _REPLAY_FIELDS if key in config}
+        date_range = config.pop("date_range", None)
+        base = ParametricGenerator.from_config(config, params.name)
+        if date_range is not None:
+            if "days" in options:
+                fail("date_range", "and days exclude each other")
+            try:
+                first, last = (np.datetime64(pd.Timestamp(day).date(), "D") for day in date_range)
+            except (TypeError, ValueError):
+                fail("date_range", f"must be [first, last] dates, got {date_range!r}")
+            days = replay_days(sessions, params, options.get("min_sessions", 1))
+            days = np.asarray(days, dtype="datetime64[D]")
+            options["days"] = [str(day) for day in days[(days >= first) & (days <= last)]]
+            if not options["days"]:
+                fail("date_range", f"leaves no replayable day between {first} and {last}")
+        try:
+            generator = cls(sessions, base=base, **options)
+        except (TypeError, ValueError) as err:
+            fail("sessions", str(err))
+        try:
+            generator.days_for(params)
+        except ValueError as err:
+            fail("days", str(err))
+        return generator
 
     def days_for(self, params: SiteParams) -> np.ndarray:
         """The local dates (datetime64[D]) this generator replays for ``params``."""
