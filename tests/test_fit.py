@@ -17,7 +17,13 @@ from envs.core import reset, step
 from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
 from envs.data.fit import FittedGenerator, inverse_cdf
 from envs.data.fit_presets import fit_site_preset, fleet_from_ev_specs, read_sessions
-from envs.data.fitting import calibrate_capped_energy, fidelity, fit_sessions, generated_sessions
+from envs.data.fitting import (
+    calibrate_capped_energy,
+    fidelity,
+    fit_sessions,
+    generated_sessions,
+    pooled_quantiles,
+)
 from envs.parametric import ParametricGenerator, generator_for
 from envs.site import SiteError, load_site
 
@@ -25,15 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = ROOT.parent / "shared" / "data"
 FITTED_PRESETS = ("caltech_fitted", "jpl", "nl_workplace", "nl_public", "nl_home")
+WEEKEND_ERROR = "departure_error_quantiles_hours_weekend"
 SITE = {"name": "garage", "nodes": [{"name": "grid", "limit_kw": 200}],
         "ports": [{"node": "grid", "count": 20, "max_charge_kw": 7.4}]}
 
 
 def synthetic_sessions(days=140, weekday_rate=40.0, weekend_rate=10.0, seed=0, start="2021-04-05",
-                       tz="Europe/Amsterdam") -> pd.DataFrame:
+                       tz="Europe/Amsterdam", weekend_error_hours=1.0) -> pd.DataFrame:
     """Canonical sessions from known laws: weekday arrivals a 70/30 mixture of N(8.5 h, 1 h) and
     N(13 h, 2 h), weekend ones uniform in 9..20 h; lognormal stays shortening through the day; energies
-    a gamma-distributed kW times the stay, capped at 6.6 kW; announced departure off by N(0, 30 min)."""
+    a gamma-distributed kW times the stay, capped at 6.6 kW; announced departure off by N(0, 30 min),
+    plus ``weekend_error_hours`` for weekend arrivals."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=days, freq="D")
     weekend = dates.day_of_week >= 5
@@ -48,7 +56,8 @@ def synthetic_sessions(days=140, weekday_rate=40.0, weekend_rate=10.0, seed=0, s
     energy = np.minimum(6.6 * dwell, 1.5 * dwell * rng.gamma(4.0, 0.5, n))
     arrival = (dates[day].tz_localize(None) + pd.to_timedelta(hour, unit="h")).tz_localize(tz).floor("s")
     departure = arrival + pd.to_timedelta(dwell, unit="h")
-    announced = departure + pd.to_timedelta(rng.normal(0, 0.5, n), unit="h")
+    error = rng.normal(0, 0.5, n) + weekend_error_hours * is_weekend
+    announced = departure + pd.to_timedelta(error, unit="h")
     return pd.DataFrame({
         "arrival": arrival, "departure": departure.floor("s"),
         "announced_departure": np.maximum(announced, arrival).floor("s"),
@@ -88,12 +97,33 @@ def test_fit_recovers_the_known_rates_and_tables(synthetic):
     assert dwell.shape == (24, 41) and (np.diff(dwell, axis=1) >= 0).all()
     assert dwell[8, 20] == pytest.approx(np.clip(9 - 0.5 * 0.5, 1, 10), rel=0.1)  # median of 8-9 h arrivals
     assert np.array(fitted["departure_error_quantiles_hours"])[:, 20] == pytest.approx(0, abs=0.15)
+    weekend_error = np.array(fitted[WEEKEND_ERROR])  # 400 weekend sessions, announced 1 h later
+    assert weekend_error.shape == (5, 41) and weekend_error[:, 20] == pytest.approx(1.0, abs=0.2)
     copula = np.array(fitted["dwell_energy_copula"])
     assert copula.shape == (20, 20) and np.allclose(copula.sum(axis=0), 0.05, atol=1e-4)
     assert copula[:5, :5].sum() > 1.5 / 16, "short stays go with small energies"
     assert np.array(fitted["dwell_energy_copula_weekend"]).shape == (6, 6)  # 400 weekend sessions
     generator = generator_for(params)
     assert isinstance(generator, FittedGenerator)
+
+
+def test_fit_falls_back_to_one_departure_error_table_with_few_weekend_sessions():
+    sessions = synthetic_sessions(weekend_rate=1.0)  # about 40 weekend sessions
+    fitted, again = (fit_sessions(sessions, 15, num_quantiles=41) for _ in range(2))
+    assert fitted == again
+    assert WEEKEND_ERROR not in fitted and "dwell_quantiles_hours_weekend" not in fitted
+    assert len(fitted["departure_error_quantiles_hours"]) == len(fitted["departure_error_dwell_hours"]) + 1
+    split = fit_sessions(sessions, 15, num_quantiles=41, min_block_sessions=20)
+    assert np.array(split[WEEKEND_ERROR])[:, 20] == pytest.approx(1.0, abs=0.35)
+
+
+def test_pooled_quantiles_pool_the_nearest_groups():
+    values = np.array([0.0, 1.0, 2.0, 10.0, 20.0, 21.0, 22.0, 23.0])
+    group = np.array([0, 0, 0, 1, 2, 2, 2, 2])
+    table = pooled_quantiles(values, group, 4, 3, np.array([0.0, 1.0]))
+    np.testing.assert_array_equal(table, [[0, 2], [0, 23], [20, 23], [20, 23]])
+    circular = pooled_quantiles(values, group, 4, 3, np.array([0.0, 1.0]), circular=True)
+    np.testing.assert_array_equal(circular[3], [0, 23])  # group 3 neighbours 2 and 0
 
 
 @pytest.fixture(scope="module", params=["caltech", "jpl"])
@@ -186,6 +216,42 @@ def test_copula_couples_dwell_and_energy_levels():
     large = episode.ev_requested_kwh[valid] > 0.5
     weekend = np.broadcast_to(episode.weekday[:, None] >= 5, valid.shape)[valid]
     assert (long_stay == large)[~weekend].mean() > 0.97 and (long_stay != large)[weekend].mean() > 0.97
+
+
+def test_weekend_arrivals_draw_the_weekend_departure_error():
+    # Announced minus real departure: exactly 0 h on weekdays and +2 h (8 steps of 15 min) on weekends,
+    # whatever the stay bin; episodes of three days from Friday.
+    scenario = {**VALID, "departure_error_dwell_hours": [3.0],
+                "departure_error_quantiles_hours": [[0, 0]] * 2, WEEKEND_ERROR: [[2, 2]] * 2, "weekday": [4]}
+    params = load_site(fitted_site(scenario, horizon_steps=3 * 96))
+    episode = generator_for(params).sample(params, np.random.default_rng(0), 16)
+    valid = episode.ev_valid
+    error = (episode.ev_announced_departure_step - episode.ev_departure_step)[valid]
+    weekend = episode.ev_arrival_step[valid] // 96 >= 1  # Saturday or Sunday
+    assert 0.3 < weekend.mean() < 0.8
+    np.testing.assert_array_equal(error, np.where(weekend, 8, 0))
+
+
+def test_the_weekend_departure_error_leaves_the_random_stream_unchanged():
+    # One-day episodes from midnight, a week of them: the weekday of an episode is that of its arrivals.
+    scenario = {**VALID, "departure_error_dwell_hours": [3.0], "weekday": list(range(7)),
+                "departure_error_quantiles_hours": [[-1, 0, 1], [-2, -1, 0.5]]}
+    episodes = {}
+    for name, weekend_table in (("without", None), ("same", scenario["departure_error_quantiles_hours"]),
+                                ("later", [[0, 1, 2], [-1, 0, 1.5]])):
+        changes = {} if weekend_table is None else {WEEKEND_ERROR: weekend_table}
+        params = load_site(fitted_site({**scenario, **changes}))
+        episodes[name] = generator_for(params).sample(params, np.random.default_rng(3), 14)
+    without, same, later = episodes["without"], episodes["same"], episodes["later"]
+    weekend = np.broadcast_to(without.weekday[:, None] >= 5, without.ev_valid.shape) & without.ev_valid
+    assert weekend.any()
+    for field in dataclasses.fields(without):
+        a, b, c = (getattr(e, field.name) for e in (without, same, later))
+        assert (a is None and b is None) or np.array_equal(a, b), field.name
+        if field.name != "ev_announced_departure_step":
+            assert (a is None and c is None) or np.array_equal(a, c), field.name
+    shift = later.ev_announced_departure_step - without.ev_announced_departure_step
+    assert (shift[weekend] > 0).mean() > 0.5 and (shift[~weekend] == 0).all()
 
 
 def test_cap_request_to_stay_by_hand():
@@ -296,7 +362,7 @@ def test_generator_dispatch():
     fitted = {"generator": "fitted", "arrivals_weekday": [1.0] * 24, "dwell_quantiles_hours": [[1, 5]],
               "energy_quantiles_kwh": [[2, 9]]}
     assert isinstance(generator_for(load_site(fitted_site(fitted))), FittedGenerator)
-    with pytest.raises(SiteError, match=r"scenario\.generator must be 'parametric' or 'fitted'"):
+    with pytest.raises(SiteError, match=r"scenario\.generator must be 'parametric'.* 'fitted'"):
         generator_for(load_site(fitted_site({"generator": "replayed"})))
 
 
@@ -325,6 +391,11 @@ VALID = {"generator": "fitted", "arrivals_weekday": [0.5] * 96, "dwell_quantiles
      "departure_error_quantiles_hours must have"),
     ({"departure_error_quantiles_hours": [[0, 1]] * 3, "departure_error_dwell_hours": [3, 2]},
      "departure_error_dwell_hours must be increasing"),
+    ({WEEKEND_ERROR: [[0, 1], [0, 1]]}, WEEKEND_ERROR + " must have >= 2 quantiles per row and one row more"),
+    ({"departure_error_quantiles_hours": [[0, 1]] * 2, "departure_error_dwell_hours": [3],
+      WEEKEND_ERROR: [[0, 1, 2]] * 2}, WEEKEND_ERROR + r" must have .* weekday\), got shape \(2, 3\)"),
+    ({WEEKEND_ERROR: [[1, 0]]}, WEEKEND_ERROR + " must be nondecreasing"),
+    ({WEEKEND_ERROR: "late"}, WEEKEND_ERROR + " must be a list of numbers"),
     ({"port_current": "three-phase"}, "port_current must be 'ac' or 'dc'"),
     ({"fleet": [{"battery_kwh": 50, "max_charge_kw": 7, "color": "red"}]},
      r"fleet\[0\]\.color is not a known"),
@@ -405,6 +476,9 @@ def test_refitting_a_preset_in_place_changes_nothing(tmp_path):
     fit_site_preset({**config, "site_from": str(output), "scenario": {}})
     assert output.read_text() == first
     assert load_site(output).scenario["cap_request_to_stay"] is True
+    assert WEEKEND_ERROR in yaml.safe_load(first)["scenario"]  # 31 weekend sessions
+    fit_site_preset({**config, "site_from": str(output), "fit": {"min_block_sessions": 50}})
+    assert WEEKEND_ERROR not in load_site(output).scenario, "the weekend error table of site_from is dropped"
 
 
 def test_fit_scenario_script_writes_a_preset_and_its_fidelity(tmp_path):

@@ -20,8 +20,8 @@ from envs.site import MINUTES_PER_DAY, SiteError, SiteParams
 FITTED_FIELDS = ("arrivals_weekday", "arrivals_weekend", "day_of_week_factors", "arrival_scale",
                  "dwell_quantiles_hours", "dwell_quantiles_hours_weekend", "energy_quantiles_kwh",
                  "energy_quantiles_kwh_weekend", "dwell_energy_copula", "dwell_energy_copula_weekend",
-                 "departure_error_quantiles_hours", "departure_error_dwell_hours", "port_current", "fleet",
-                 "cap_request_to_stay")
+                 "departure_error_quantiles_hours", "departure_error_quantiles_hours_weekend",
+                 "departure_error_dwell_hours", "port_current", "fleet", "cap_request_to_stay")
 PARAMETRIC_EV_FIELDS = ("sessions_per_day", "weekend_factor", "peak_hours", "peak_widths_hours",
                         "peak_weights", "dwell_mean_hours", "dwell_sigma", "energy_mean_kwh", "energy_sigma",
                         "departure_error_minutes")
@@ -50,7 +50,9 @@ class FittedGenerator:
         weekday one; none: independent), so that short stays bring small requests. The
         announced departure is the real one plus a draw (announced - real) from row r of
         ``departure_error_quantiles_hours`` (R, E), r the bin of the stay among the R - 1
-        increasing edges ``departure_error_dwell_hours``; it is at least one step after arrival.
+        increasing edges ``departure_error_dwell_hours`` (``departure_error_quantiles_hours_weekend``,
+        same shape and edges, for arrivals on Saturday and Sunday, default the weekday table); it is
+        at least one step after arrival.
         The car model comes from ``fleet`` (shares), among the models whose battery holds the
         request (the largest one when none does); the request is capped by the battery, and the
         arrival SoC, uniform in ``soc_arrival_range``, is capped so that the request fits.
@@ -92,7 +94,7 @@ class FittedGenerator:
     dwell_quantiles_hours: np.ndarray  # (2, D, Q) weekday and weekend tables
     energy_quantiles_kwh: np.ndarray  # (2, D', Q')
     dwell_energy_copula: tuple  # weekday, weekend: (C, C) row-conditional CDFs of the energy bin, or None
-    departure_error_quantiles_hours: np.ndarray  # (R, E)
+    departure_error_quantiles_hours: np.ndarray  # (2, R, E) weekday and weekend tables
     departure_error_dwell_hours: np.ndarray  # (R - 1,) increasing
     fleet_battery_kwh: np.ndarray  # (M,) sorted ascending
     fleet_max_charge_kw: np.ndarray  # (M,) at the site's port current
@@ -153,13 +155,15 @@ class FittedGenerator:
         copula = _copula(fitted.get(name), name, fail)
         weekend_copula = _copula(fitted[name + "_weekend"], name + "_weekend", fail) if (
             name + "_weekend" in fitted) else copula
-        error = _table(fitted.get("departure_error_quantiles_hours", [0.0, 0.0]),
-                       "departure_error_quantiles_hours", None, fail)
-        error = error.reshape(-1, error.shape[-1])
         edges = np.asarray(fitted.get("departure_error_dwell_hours", []), dtype=np.float64).ravel()
-        if error.shape[1] < 2 or len(edges) != len(error) - 1:
-            fail("departure_error_quantiles_hours", f"must have >= 2 quantiles per row and one row more than "
-                 f"departure_error_dwell_hours has edges, got shape {error.shape} and {len(edges)} edges")
+        errors = []
+        for name in ("departure_error_quantiles_hours", "departure_error_quantiles_hours_weekend"):
+            table = np.atleast_2d(_table(fitted.get(name, (errors or [[0.0, 0.0]])[0]), name, None, fail))
+            if (table.shape[1] < 2 or len(edges) != len(table) - 1
+                    or errors and table.shape != errors[0].shape):
+                fail(name, f"must have >= 2 quantiles per row and one row more than the {len(edges)} edges "
+                           f"of departure_error_dwell_hours (weekend as weekday), got shape {table.shape}")
+            errors.append(table)
         if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
             fail("departure_error_dwell_hours", f"must be increasing finite stays, got {edges.tolist()}")
         current = fitted.get("port_current", "ac")
@@ -171,7 +175,8 @@ class FittedGenerator:
             fail("cap_request_to_stay", f"must be true or false, got {cap!r}")
         base = ParametricGenerator.from_config({**config, "sessions_per_day": 0.0}, site_name)
         return cls(weekday, weekend, factors, scale, tables["dwell_quantiles_hours"],
-                   tables["energy_quantiles_kwh"], (copula, weekend_copula), error, edges, *fleet, base, cap)
+                   tables["energy_quantiles_kwh"], (copula, weekend_copula), np.stack(errors), edges, *fleet,
+                   base, cap)
 
     def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
         episode = self.base.sample(params, rng, num_envs)
@@ -259,8 +264,9 @@ class FittedGenerator:
         dwell_h, dwell, energy, model = self._stays_and_requests(params, time_of_day[arrival], weekend, u)
         if self.cap_request_to_stay:
             energy = np.minimum(energy, self._stay_cap(params, dwell, model))
-        row = np.searchsorted(self.departure_error_dwell_hours, dwell_h, side="right")
-        error_h = inverse_cdf(self.departure_error_quantiles_hours, row, u[2])
+        _, bins, levels = self.departure_error_quantiles_hours.shape
+        row = np.searchsorted(self.departure_error_dwell_hours, dwell_h, side="right") + bins * weekend
+        error_h = inverse_cdf(self.departure_error_quantiles_hours.reshape(2 * bins, levels), row, u[2])
         error = np.rint(error_h / params.dt_hours).astype(np.int64)
         announced = np.maximum(arrival + 1, arrival + dwell + error)
         battery = self.fleet_battery_kwh[model]

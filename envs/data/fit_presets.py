@@ -19,7 +19,7 @@ from envs.site import SiteError
 READERS = ("acn_csv", "acn_json", "csv")
 _PRODUCED = ("arrivals_weekday", "arrivals_weekend", "day_of_week_factors", "dwell_quantiles_hours",
              "dwell_quantiles_hours_weekend", "energy_quantiles_kwh", "energy_quantiles_kwh_weekend",
-             "dwell_energy_copula_weekend")
+             "dwell_energy_copula_weekend", "departure_error_quantiles_hours_weekend")
 _GENERATED = "# fit_scenario: "
 
 
@@ -62,10 +62,12 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
     ``keep_scenario``: hand-written ones such as ``fleet``, ``loads`` or ``cap_request_to_stay``),
     then ``scenario``, then the fitted fields (``default_fleet`` when no fleet is given); fields
     that ``site_from`` and the fit share keep ``site_from``'s place, so that refitting a preset in
-    place moves nothing the fit leaves unchanged. Sessions come from ``sessions.path`` (a file, a
-    list, or for ``format: elaad`` the ElaadNL folder). With ``cap_request_to_stay`` the energy
-    tables are calibrated to the site (``calibrate_capped_energy``) so that the capped requests keep
-    the fitted quantiles; the figures are those of the calibrated scenario.
+    place moves nothing the fit leaves unchanged; of the weekend tables, only the fitted ones are
+    kept (an ElaadNL fit keeps ``site_from``'s weekday copula and announced-departure error table,
+    which it does not fit, but not their weekend variants). Sessions come from ``sessions.path``
+    (a file, a list, or for ``format: elaad`` the ElaadNL folder). With ``cap_request_to_stay``
+    the energy tables are calibrated to the site (``calibrate_capped_energy``) so that the capped
+    requests keep the fitted quantiles; the figures are those of the calibrated scenario.
     """
     import json
     from pathlib import Path

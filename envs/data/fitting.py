@@ -31,8 +31,11 @@ def fit_sessions(sessions, dt_minutes: int = 15, tz: str | None = None, *, block
     sessions pools its nearest neighbouring blocks until it has them. The copula is the
     histogram of the dwell and energy ranks within blocks on up to ``copula_bins`` bins (fewer
     when there are under 10 sessions per cell), balanced to uniform margins; the
-    announced-departure error gets one quantile row per bin of ``error_dwell_bins`` equally
-    filled stay bins.
+    announced-departure error gets one quantile row per bin of ``error_dwell_bins`` stay bins
+    equally filled by the sessions with a known announced departure, in a weekday and a weekend
+    table when both day types have ``min_block_sessions`` such sessions (else one table of all),
+    a bin with fewer than ``min_block_sessions`` sessions of its day type pooling its nearest
+    bins until it has them.
     """
     from scipy.stats import rankdata
 
@@ -62,14 +65,9 @@ def fit_sessions(sessions, dt_minutes: int = 15, tz: str | None = None, *, block
         weekend = np.zeros_like(weekend)
 
     def table(values, day_type):
-        out = np.empty((blocks, num_quantiles))
-        values, where = values[weekend == day_type], block[weekend == day_type]
-        need = min(max(min_block_sessions, 1), len(values))
-        for d in range(blocks):
-            distance = np.abs(where - d)
-            distance = np.minimum(distance, blocks - distance)
-            out[d] = np.quantile(values[distance <= np.partition(distance, need - 1)[need - 1]], levels)
-        return out
+        picked = weekend == day_type
+        return pooled_quantiles(values[picked], block[picked], blocks, min_block_sessions, levels,
+                                circular=True)
 
     fitted = {"generator": "fitted",
               "arrivals_weekday": _rounded(profiles["weekday"], 5),
@@ -100,15 +98,36 @@ def fit_sessions(sessions, dt_minutes: int = 15, tz: str | None = None, *, block
         fitted["dwell_energy_copula" + suffix] = _rounded(table / bins, 6)
 
     known = np.isfinite(data["error_hours"])
-    error, stay = data["error_hours"][known], data["dwell_hours"][known]
+    error, stay, error_weekend = data["error_hours"][known], data["dwell_hours"][known], weekend[known]
     if not len(error):
-        error, stay = np.zeros(1), np.zeros(1)
+        error, stay, error_weekend = np.zeros(1), np.zeros(1), np.zeros(1, bool)
+    if min(error_weekend.sum(), (~error_weekend).sum()) < max(min_block_sessions, 1):
+        error_weekend = np.zeros_like(error_weekend)
     edges = np.unique(np.round(np.quantile(stay, np.arange(1, error_dwell_bins) / error_dwell_bins), 3))
     row = np.searchsorted(edges, stay, side="right")
-    fitted["departure_error_quantiles_hours"] = [_rounded(np.quantile(error[row == r], levels), 4)
-                                                 for r in range(len(edges) + 1)]
+    for day_type, suffix in ((False, ""), (True, "_weekend")):
+        if day_type and not error_weekend.any():
+            break
+        picked = error_weekend == day_type
+        fitted["departure_error_quantiles_hours" + suffix] = _rounded(pooled_quantiles(
+            error[picked], row[picked], len(edges) + 1, min_block_sessions, levels), 4)
     fitted["departure_error_dwell_hours"] = edges.tolist()
     return fitted
+
+
+def pooled_quantiles(values: np.ndarray, group: np.ndarray, groups: int, need: int, levels: np.ndarray, *,
+                     circular: bool = False) -> np.ndarray:
+    """(groups, L) quantiles at ``levels`` of ``values`` per ``group`` (0 .. groups - 1), a group with fewer
+    than ``need`` values pooling its nearest groups (``circular``: the last neighbours the first) until it
+    has them, or all values when there are fewer."""
+    need = min(max(need, 1), len(values))
+    out = np.empty((groups, len(levels)))
+    for g in range(groups):
+        distance = np.abs(group - g)
+        if circular:
+            distance = np.minimum(distance, groups - distance)
+        out[g] = np.quantile(values[distance <= np.partition(distance, need - 1)[need - 1]], levels)
+    return out
 
 
 def calibrate_capped_energy(generator: FittedGenerator, params: SiteParams, *, rounds: int = 10,
