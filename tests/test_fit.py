@@ -16,7 +16,7 @@ import yaml
 from envs.core import reset, step
 from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
 from envs.data.fit import FittedGenerator, inverse_cdf
-from envs.data.fit_presets import fit_site_preset, fleet_from_ev_specs, read_sessions
+from envs.data.fit_presets import fit_site_preset, fleet_from_ev_specs
 from envs.data.fitting import (
     calibrate_capped_energy,
     fidelity,
@@ -24,6 +24,7 @@ from envs.data.fitting import (
     generated_sessions,
     pooled_quantiles,
 )
+from envs.data.sessions import read_sessions
 from envs.parametric import ParametricGenerator, generator_for
 from envs.site import SiteError, load_site
 

@@ -1,41 +1,26 @@
 """Fitted site presets: the writer behind ``scripts/fit_scenario.py``, session files and fleet mixes.
 
-``fit_site_preset`` fits a scenario to session files (``read_sessions``) or to the ElaadNL
+``fit_site_preset`` fits a scenario to session files (``envs.data.sessions.read_sessions``) or to the ElaadNL
 statistics, writes it as a site preset (YAML) with its fidelity figures (JSON);
 ``fleet_from_ev_specs`` turns EV specs into a ``fleet`` list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from envs.data.fit import PARAMETRIC_EV_FIELDS
 from envs.data.fitting import _rounded, calibrate_capped_energy, fidelity, fit_sessions
+from envs.data.sessions import read_sessions
 from envs.site import SiteError
 
-READERS = ("acn_csv", "acn_json", "csv")
 _PRODUCED = ("arrivals_weekday", "arrivals_weekend", "day_of_week_factors", "dwell_quantiles_hours",
              "dwell_quantiles_hours_weekend", "energy_quantiles_kwh", "energy_quantiles_kwh_weekend",
              "dwell_energy_copula_weekend", "departure_error_quantiles_hours_weekend")
 _GENERATED = "# fit_scenario: "
-
-
-def read_sessions(path, format: str = "acn_csv", **options):
-    """The sessions of one file or a list of files (concatenated) read by the named reader of
-    ``envs.data.sessions``: "acn_csv", "acn_json" or "csv" (``read_sessions_csv``)."""
-    import pandas as pd
-
-    from envs.data import sessions as readers
-
-    if format not in READERS:
-        raise ValueError(f"format must be one of {', '.join(READERS)}, got {format!r}")
-    read = {"acn_csv": readers.read_acn_csv, "acn_json": readers.read_acn_json,
-            "csv": readers.read_sessions_csv}[format]
-    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
-    return pd.concat([read(p, **options) for p in paths], ignore_index=True)
 
 
 def fleet_from_ev_specs(specs: Mapping[str, Mapping[str, Any]], decimals: int = 3) -> list[dict[str, float]]:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from envs.data.forecasts import DemandRegression, fit_daily_demand
+from envs.data.sessions import READERS, read_sessions
 from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.parametric import EvModel, ParametricGenerator, generator_for
 from envs.site import SiteError, SiteParams
@@ -127,8 +128,6 @@ class ReplayGenerator:
         fields are the parametric scenario's (prices, loads, PV, fleet, SoC range, consent).
         Errors raise SiteError naming the field.
         """
-        from envs.data.fit_presets import READERS, read_sessions
-
         config = dict(config or {})
         config.pop("generator", None)
 

@@ -39,7 +39,7 @@ The readers here know the formats; ``envs.data.session_files`` reads a file's ra
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +164,19 @@ def read_sessions_csv(path, columns: Mapping[str, str], *, sep: str = ",", decim
     table = assemble(rows, raw, tz, date_format=date_format, dayfirst=dayfirst, decimal=decimal,
                      thousands=thousands, energy_scale=energy_scale)
     return rows.finish(table, skip_invalid, from_delivered=np.full(len(table), from_delivered))
+
+
+READERS = ("acn_csv", "acn_json", "csv")
+
+
+def read_sessions(path, format: str = "acn_csv", **options):
+    """The sessions of one file or a list of files (concatenated) read by the named reader:
+    "acn_csv", "acn_json" or "csv" (``read_sessions_csv``); ``options`` go to the reader."""
+    if format not in READERS:
+        raise ValueError(f"format must be one of {', '.join(READERS)}, got {format!r}")
+    read = {"acn_csv": read_acn_csv, "acn_json": read_acn_json, "csv": read_sessions_csv}[format]
+    paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    return pd.concat([read(p, **options) for p in paths], ignore_index=True)
 
 
 def _latest_input(entries):
