@@ -97,6 +97,21 @@ def test_fitted_forecast_matches_what_it_samples(name):
     assert requested == pytest.approx(expected, rel=0.03)
 
 
+def test_fitted_forecast_stays_valid_when_the_stay_cap_takes_nearly_everything():
+    # Stays of 6 min (one 15-min step) on 1 kW ports cap every request at 0.2375 kWh; with a copula the
+    # estimated cut of the cap once exceeded the mean request and made the forecast negative.
+    params = load_site({"name": "tight", "demand_forecast": True, "nodes": [{"name": "grid", "limit_kw": 50}],
+                        "ports": [{"node": "grid", "count": 4, "max_charge_kw": 1.0}],
+                        "scenario": {"generator": "fitted", "arrivals_weekday": [1.0] * 24,
+                                     "cap_request_to_stay": True, "dwell_quantiles_hours": [[0.1, 0.1]],
+                                     "energy_quantiles_kwh": [[0.0, 100.0]],
+                                     "dwell_energy_copula": [[3, 1], [1, 3]],
+                                     "fleet": [{"battery_kwh": 200, "max_charge_kw": 7}]}})
+    generator = generator_for(params)
+    assert (generator.mean_request_kwh(params, [0, 6]) >= 0).all()
+    reset(params, generator.sample(params, np.random.default_rng(0), 2))
+
+
 def _sessions(per_day: dict[str, int], hour: int = 8, kwh: float = 10.0) -> pd.DataFrame:
     arrival = pd.DatetimeIndex([pd.Timestamp(f"{day} {hour:02d}:05") for day, n in per_day.items()
                                 for _ in range(n)]).tz_localize("America/Los_Angeles")

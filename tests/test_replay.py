@@ -247,6 +247,18 @@ def test_date_range_keeps_the_replayable_days_inside_it(sessions):
     ({"date_range": ["2020-01-01", "2020-01-31"]}, "scenario.date_range leaves no replayable day"),
     ({"days": ["2021-01-01"]}, "scenario.days day 2021-01-01 of site 'replay' runs outside"),
     ({"sessions_per_dy": 3}, "scenario.sessions_per_dy is not a known field"),
+    ({"sessions": {"path": "no_such.csv", "data_dir": str(FIXTURES)}},
+     "scenario.sessions.path names no session file"),
+    ({"sessions": {"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES), "reader": {"sep": ";"}}},
+     "scenario.sessions.reader does not fit the acn_csv reader"),
+    ({"sessions": {"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES), "format": "csv"}},
+     "scenario.sessions.reader does not fit the csv reader"),
+    ({"days": ["2019-13-45"]}, "scenario.days must be a list of dates"),
+    ({"days": "2019-05-06"}, "scenario.days must be a list of dates"),
+    ({"days": []}, "scenario.days must list at least one date"),
+    ({"special_days": ["someday"]}, "scenario.special_days must be a list of dates"),
+    ({"min_sessions": "3"}, "scenario.min_sessions must be a whole number"),
+    ({"shuffle": "no"}, "scenario.shuffle must be true or false"),
 ])
 def test_bad_replay_block_names_the_field(scenario, field):
     from envs.parametric import generator_for
@@ -255,3 +267,14 @@ def test_bad_replay_block_names_the_field(scenario, field):
     params = replay_site(**scenario)
     with pytest.raises(SiteError, match=field.replace(".", r"\.")):
         generator_for(params).sample(params, np.random.default_rng(0), 1)
+
+
+def test_replay_block_expands_the_home_directory(tmp_path, monkeypatch):
+    import shutil
+
+    from envs.parametric import generator_for
+
+    shutil.copy(FIXTURES / "sessions_acn.csv.gz", tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    params = replay_site(sessions={"path": "~/sessions_acn.csv.gz"}, days=["2019-05-06"])
+    assert generator_for(params).sample(params, np.random.default_rng(0), 1).ev_valid.sum() == 6

@@ -565,6 +565,28 @@ def test_overlay_shows_the_files_own_carbon_forecasts():
     np.testing.assert_array_equal(again.forecast_windows[:, :, FORECAST_BLOCK.index("carbon_kg_kwh")], carbon)
 
 
+@pytest.mark.parametrize("day", ["2019-11-03", "2019-03-10"])
+def test_file_forecasts_follow_the_wall_clock_grid_across_daylight_saving(tmp_path, day):
+    # A file whose forecasts are perfect (f_k of row r is the value of row r + k) must issue the truth
+    # windows, also when the 02:00 step is an hour off the UTC grid (fall back) or repeats 01:00 (spring).
+    rows = pd.date_range(pd.Timestamp(day) - pd.Timedelta(days=1), periods=3 * 96, freq="15min", tz="UTC")
+    value = np.arange(len(rows) + 16) / 1000.0
+    frame = pd.DataFrame({"time": rows.strftime("%Y-%m-%d %H:%M:%S+00:00"), "moer": value[:len(rows)]})
+    for k in range(1, 17):
+        frame[f"f{k}"] = value[k:len(rows) + k]
+    frame.to_csv(tmp_path / "perfect.csv", index=False)
+    params = tiny_site(dt_minutes=30, forecast_steps=4)
+    spec = {"tz": "America/Los_Angeles", "dates": [day, day], "match_weekday": False,
+            "carbon": {"path": str(tmp_path / "perfect.csv"), "column": "moer", "forecast_columns": "f",
+                       "scale": 2.0}}
+    generator = with_series(generator_for(params), {"series": spec}, params)
+    episode = generator.sample(params, np.random.default_rng(0), 1)
+    truth = episode.carbon_kg_kwh[0]
+    windows = episode.forecast_windows[0, :, FORECAST_BLOCK.index("carbon_kg_kwh")]
+    lead = np.arange(params.horizon_steps + 1)[:, None] + np.arange(params.forecast_steps + 1)[None, :]
+    np.testing.assert_allclose(windows, truth[lead], rtol=1e-6)
+
+
 @pytest.mark.parametrize(("entry", "field"), [
     ({"path": "series_moer.csv", "column": "moer", "forecast_columns": "g"}, "carbon.forecast_columns"),
     ({"path": "series_moer.csv", "column": "moer", "forecast_columns": "f", "forecast_lead_minutes": 0},

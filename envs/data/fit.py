@@ -195,7 +195,7 @@ class FittedGenerator:
     def mean_request_kwh(self, params: SiteParams, weekday) -> np.ndarray:
         """(B, T) expected request of an EV arriving at each step, for episodes starting on ``weekday``:
         the table's mean capped by the largest battery, less with ``cap_request_to_stay`` the mean
-        cut of the stay cap (estimated from a fixed sample, ``_mean_cap_cut``)."""
+        cut of the stay cap (estimated from a fixed sample, ``_mean_cap_cut``; at least 0)."""
         return self._mean_request(params, _EpisodeClock(params, np.atleast_1d(weekday)))
 
     def _rates(self, clock: _EpisodeClock) -> np.ndarray:
@@ -214,7 +214,8 @@ class FittedGenerator:
         means = means.mean(-1)
         if self.cap_request_to_stay:
             cut = self._mean_cap_cut(params)
-            means = np.repeat(means, cut.shape[1] // means.shape[1], axis=1) - cut
+            # the cut is estimated from draws: where the cap takes nearly everything it may exceed the mean
+            means = np.maximum(np.repeat(means, cut.shape[1] // means.shape[1], axis=1) - cut, 0.0)
         block = clock.time_of_day * means.shape[1] // MINUTES_PER_DAY
         return means[clock.weekend.astype(np.int64), block]
 

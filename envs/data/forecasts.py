@@ -146,7 +146,8 @@ def episode_forecasts(params: SiteParams, episode, spec: Mapping[str, Mapping] |
 
 
 def file_forecast_windows(table: np.ndarray, rows_utc: np.ndarray, issue_utc: np.ndarray, truth: np.ndarray,
-                          dt_minutes: float, lead_minutes: float, forecast_steps: int) -> np.ndarray:
+                          dt_minutes: float, lead_minutes: float, forecast_steps: int,
+                          targets_utc: np.ndarray | None = None) -> np.ndarray:
     """Windows (B, T+1, H+1) of forecasts as a data file issued them (say, a carbon signal's
     ``f1 .. f36`` columns).
 
@@ -155,7 +156,10 @@ def file_forecast_windows(table: np.ndarray, rows_utc: np.ndarray, issue_utc: np
     that starts k leads later. At every step, issued at the UTC ``issue_utc`` (B, T+1), the
     forecast of step ``t + h`` is the time-weighted mean of the latest row's forecasts over that
     step's interval; past the last lead the last forecast holds. Lead 0 is ``truth`` (B, T+1),
-    the measured step value, as for every forecast the observation shows.
+    the measured step value, as for every forecast the observation shows. ``targets_utc``
+    (B, T+1, H), the UTC start of the step each lead forecasts, defaults to ``issue + h * dt``;
+    give it where steps are not evenly spaced in UTC (the wall-clock grid of a daylight-saving
+    day). A target before the issue time reads the interval from the issue time on.
     """
     table = np.asarray(table, dtype=np.float64)
     rows = np.asarray(rows_utc, dtype="datetime64[ns]").astype(np.int64)
@@ -180,7 +184,11 @@ def file_forecast_windows(table: np.ndarray, rows_utc: np.ndarray, issue_utc: np
         at = row[..., None]
         return cumulative[at, whole] + level[at, whole] * (u - whole)
 
-    start = offset[..., None] + width * np.arange(1, forecast_steps + 1)
+    if targets_utc is None:
+        start = offset[..., None] + width * np.arange(1, forecast_steps + 1)
+    else:
+        targets = np.asarray(targets_utc, dtype="datetime64[ns]").astype(np.int64)
+        start = np.maximum((targets - rows[row][..., None]) / lead_ns, offset[..., None])
     out = np.empty(issued.shape + (forecast_steps + 1,))
     out[..., 0] = truth
     out[..., 1:] = (integral(start + width) - integral(start)) / width

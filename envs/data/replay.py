@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from envs.data.errors import DataError
 from envs.data.forecasts import DemandRegression, fit_daily_demand
 from envs.data.sessions import READERS, read_sessions
 from envs.episode import Episode, Generator, demand_windows, pack_evs
@@ -108,6 +109,7 @@ class ReplayGenerator:
             ("_max_charge_kw", _optional(table, "max_charge_kw")),
             ("_day_range", _day_range(arrival)),
             ("_day_list", None if self.days is None else _as_days(self.days)),
+            ("_special_days", _as_days(self.special_days)),
         ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_max_stay_us", int(np.max(self._departure_us - arrival)))
@@ -145,9 +147,35 @@ class ReplayGenerator:
             fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
         base_dir = Path(str(spec.get("data_dir", "."))).expanduser()
         paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
-        reader = dict(spec.get("reader") or {})
-        sessions = read_sessions([base_dir / str(path) for path in paths], fmt, **reader)
+        files = [base_dir / Path(str(path)).expanduser() for path in paths]
+        missing = [file for file in files if not file.is_file()]
+        if missing or not files:
+            fail("sessions.path", f"names no session file: {missing[0]}" if missing else "lists no file")
+        reader = spec.get("reader") or {}
+        if not isinstance(reader, Mapping):
+            fail("sessions.reader", f"must be a mapping of the reader's options, got {reader!r}")
+        try:
+            sessions = read_sessions(files, fmt, **reader)
+        except DataError:
+            raise
+        except (TypeError, ValueError) as err:  # options the reader does not take, or bad values
+            fail("sessions.reader", f"does not fit the {fmt} reader: {err}")
         options = {key: config.pop(key) for key in _REPLAY_FIELDS if key in config}
+        for key in ("shuffle", "carry_over"):
+            if not isinstance(options.get(key, True), bool):
+                fail(key, f"must be true or false, got {options[key]!r}")
+        minimum = options.get("min_sessions", 1)
+        if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)) or minimum < 0:
+            fail("min_sessions", f"must be a whole number >= 0, got {minimum!r}")
+        for key in ("days", "special_days"):
+            if options.get(key) is None:
+                continue
+            try:
+                dates = _as_days(options[key])
+            except (TypeError, ValueError):
+                fail(key, f"must be a list of dates, got {options[key]!r}")
+            if key == "days" and not len(dates):
+                fail(key, "must list at least one date")
         date_range = config.pop("date_range", None)
         base = ParametricGenerator.from_config(config, params.name)
         if date_range is not None:
@@ -157,7 +185,10 @@ class ReplayGenerator:
                 first, last = (np.datetime64(pd.Timestamp(day).date(), "D") for day in date_range)
             except (TypeError, ValueError):
                 fail("date_range", f"must be [first, last] dates, got {date_range!r}")
-            days = replay_days(sessions, params, options.get("min_sessions", 1))
+            try:
+                days = replay_days(sessions, params, minimum)
+            except ValueError as err:
+                fail("sessions", str(err))
             days = np.asarray(days, dtype="datetime64[D]")
             options["days"] = [str(day) for day in days[(days >= first) & (days <= last)]]
             if not options["days"]:
@@ -213,7 +244,7 @@ class ReplayGenerator:
         if dt_minutes not in self._demand_models:
             self._demand_models[dt_minutes] = fit_daily_demand(
                 self._arrival_us.astype("datetime64[us]"), self._requested_kwh, dt_minutes,
-                _as_days(self.special_days))
+                self._special_days)
         return self._demand_models[dt_minutes]
 
     def _window_start_us(self, days: np.ndarray, params: SiteParams) -> np.ndarray:
@@ -328,6 +359,8 @@ def _available(arrival_us: np.ndarray, day_range: tuple[int, int], params: SiteP
 
 
 def _as_days(days: Sequence[Any]) -> np.ndarray:
+    if isinstance(days, (str, bytes)):
+        raise ValueError(f"dates must be a list of dates, got the string {days!r}")
     return np.array([np.datetime64(pd.Timestamp(day).date(), "D") for day in days], dtype="datetime64[D]")
 
 

@@ -46,12 +46,22 @@ class Source:
 
     def forecast(self, utc: np.ndarray, truth: np.ndarray, dt_minutes: int, forecast_steps: int
                  ) -> np.ndarray:
-        """(B, T+1, H+1) windows of the file's own forecasts, issued at the first T+1 steps of ``utc``."""
+        """(B, T+1, H+1) windows of the file's own forecasts, issued at the first T+1 steps of ``utc``.
+
+        Lead h forecasts the UTC interval of step ``t + h`` (``utc`` (B, T+H+1), the wall-clock
+        grid, so a daylight-saving change moves it as it moves ``truth`` (B, T+H+1)); a step that
+        the change puts before the issue time (the clock hour a spring-forward day repeats) is
+        already measured and shows its truth.
+        """
         steps = truth.shape[1] - forecast_steps
         rows_utc = self.forecasts.index.tz_convert("UTC").tz_localize(None).to_numpy()
+        lead = np.arange(steps)[:, None] + np.arange(1, forecast_steps + 1)[None, :]
+        targets = utc[:, lead]
         windows = file_forecast_windows(self.forecasts.to_numpy(), rows_utc, utc[:, :steps], truth[:, :steps],
-                                        dt_minutes, self.lead_minutes, forecast_steps)
+                                        dt_minutes, self.lead_minutes, forecast_steps, targets)
         windows[..., 1:] = windows[..., 1:] * self.scale + self.offset
+        past = targets < utc[:, :steps, None]
+        windows[..., 1:][past] = truth[:, lead][past]
         return windows
 
 
