@@ -271,7 +271,7 @@ def generator_for(params: SiteParams) -> Generator:
 
     Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``), "fitted"
     (``envs.data.fit.FittedGenerator``) or "replay" (real sessions from a file, day by day:
-    ``envs.data.replay.ReplayGenerator.from_config``); a ``series`` key wraps the result in
+    ``envs.data.replay_config.replay_from_config``); a ``series`` key wraps the result in
     ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data; a
     ``forecasts`` key (per series: ``mode`` perfect, persistence or noisy, and its options)
     makes the observation show issued forecasts (``envs.data.forecasts.IssuedForecasts``).
@@ -288,9 +288,9 @@ def generator_for(params: SiteParams) -> Generator:
 
         generator = FittedGenerator.from_config(scenario, params.name)
     elif kind == "replay":
-        from envs.data.replay import ReplayGenerator
+        from envs.data.replay_config import replay_from_config
 
-        generator = ReplayGenerator.from_config(scenario, params)
+        generator = replay_from_config(scenario, params)
     else:
         raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric', 'fitted' or "
                         f"'replay', got {kind!r}")

@@ -5,21 +5,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
 from envs.data.forecasts import DemandRegression, fit_daily_demand
-from envs.data.sessions import READERS, read_sessions
 from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.parametric import EvModel, ParametricGenerator, generator_for
-from envs.site import SiteError, SiteParams
+from envs.site import SiteParams
 
 _US_PER_MINUTE = 60_000_000
-_REPLAY_FIELDS = ("days", "shuffle", "carry_over", "min_sessions", "special_days")
 _REQUIRED = ("arrival", "departure", "announced_departure", "requested_kwh")
 
 
@@ -74,6 +70,9 @@ class ReplayGenerator:
         min_sessions: with ``days=None``, days with fewer arrivals in their window are left out.
         special_days: local dates (holidays, events) the demand regression treats apart.
 
+    A site selects it with ``scenario: {generator: replay, sessions: {path: ...}, ...}``
+    (``envs.data.replay_config.replay_from_config``).
+
     >>> import numpy as np, pandas as pd
     >>> from envs.site import load_site
     >>> params = load_site("caltech")
@@ -108,100 +107,14 @@ class ReplayGenerator:
             ("_battery_kwh", _optional(table, "battery_kwh")),
             ("_max_charge_kw", _optional(table, "max_charge_kw")),
             ("_day_range", _day_range(arrival)),
-            ("_day_list", None if self.days is None else _as_days(self.days)),
-            ("_special_days", _as_days(self.special_days)),
+            ("_day_list", None if self.days is None else as_days(self.days)),
+            ("_special_days", as_days(self.special_days)),
         ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_max_stay_us", int(np.max(self._departure_us - arrival)))
         object.__setattr__(self, "_demand_models", {})
         if self._day_list is not None and not len(self._day_list):
             raise ValueError("days must list at least one date")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], params: SiteParams) -> ReplayGenerator:
-        """The replay a site's ``scenario`` block describes (``generator: replay``).
-
-        ``sessions`` names the file: ``path`` (a file or a list of files), ``format``
-        (``acn_csv``, the default, ``acn_json`` or ``csv``), ``reader`` (keyword arguments of the
-        reader: tz, skip_invalid; for csv columns, sep, decimal, date_format) and ``data_dir``
-        (base of relative paths). ``days`` lists the dates to replay, or ``date_range`` [first,
-        last] keeps the replayable days in that range (a train/test split); ``shuffle``,
-        ``carry_over``, ``min_sessions`` and ``special_days`` are the constructor's. The other
-        fields are the parametric scenario's (prices, loads, PV, fleet, SoC range, consent).
-        Errors raise SiteError naming the field.
-        """
-        config = dict(config or {})
-        config.pop("generator", None)
-
-        def fail(field, problem):
-            raise SiteError(f"site {params.name!r}: scenario.{field} {problem}")
-
-        spec = config.pop("sessions", None)
-        if not isinstance(spec, Mapping) or "path" not in spec:
-            fail("sessions", "must be a mapping with a path (the session file) for generator: replay")
-        unknown = sorted(set(spec) - {"path", "format", "reader", "data_dir"})
-        if unknown:
-            fail(f"sessions.{unknown[0]}", "is not a known field (known: data_dir, format, path, reader)")
-        fmt = spec.get("format", "acn_csv")
-        if fmt not in READERS:
-            fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
-        base_dir = Path(str(spec.get("data_dir", "."))).expanduser()
-        paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
-        files = [base_dir / Path(str(path)).expanduser() for path in paths]
-        missing = [file for file in files if not file.is_file()]
-        if missing or not files:
-            fail("sessions.path", f"names no session file: {missing[0]}" if missing else "lists no file")
-        reader = spec.get("reader") or {}
-        if not isinstance(reader, Mapping):
-            fail("sessions.reader", f"must be a mapping of the reader's options, got {reader!r}")
-        try:
-            sessions = read_sessions(files, fmt, **reader)
-        except DataError:
-            raise
-        except (TypeError, ValueError) as err:  # options the reader does not take, or bad values
-            fail("sessions.reader", f"does not fit the {fmt} reader: {err}")
-        options = {key: config.pop(key) for key in _REPLAY_FIELDS if key in config}
-        for key in ("shuffle", "carry_over"):
-            if not isinstance(options.get(key, True), bool):
-                fail(key, f"must be true or false, got {options[key]!r}")
-        minimum = options.get("min_sessions", 1)
-        if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)) or minimum < 0:
-            fail("min_sessions", f"must be a whole number >= 0, got {minimum!r}")
-        for key in ("days", "special_days"):
-            if options.get(key) is None:
-                continue
-            try:
-                dates = _as_days(options[key])
-            except (TypeError, ValueError):
-                fail(key, f"must be a list of dates, got {options[key]!r}")
-            if key == "days" and not len(dates):
-                fail(key, "must list at least one date")
-        date_range = config.pop("date_range", None)
-        base = ParametricGenerator.from_config(config, params.name)
-        if date_range is not None:
-            if "days" in options:
-                fail("date_range", "and days exclude each other")
-            try:
-                first, last = (np.datetime64(pd.Timestamp(day).date(), "D") for day in date_range)
-            except (TypeError, ValueError):
-                fail("date_range", f"must be [first, last] dates, got {date_range!r}")
-            try:
-                days = replay_days(sessions, params, minimum)
-            except ValueError as err:
-                fail("sessions", str(err))
-            days = np.asarray(days, dtype="datetime64[D]")
-            options["days"] = [str(day) for day in days[(days >= first) & (days <= last)]]
-            if not options["days"]:
-                fail("date_range", f"leaves no replayable day between {first} and {last}")
-        try:
-            generator = cls(sessions, base=base, **options)
-        except (TypeError, ValueError) as err:
-            fail("sessions", str(err))
-        try:
-            generator.days_for(params)
-        except ValueError as err:
-            fail("days", str(err))
-        return generator
 
     def days_for(self, params: SiteParams) -> np.ndarray:
         """The local dates (datetime64[D]) this generator replays for ``params``."""
@@ -358,7 +271,7 @@ def _available(arrival_us: np.ndarray, day_range: tuple[int, int], params: SiteP
     return days[(end <= last) & (counts >= min_sessions)]
 
 
-def _as_days(days: Sequence[Any]) -> np.ndarray:
+def as_days(days: Sequence[Any]) -> np.ndarray:
     if isinstance(days, (str, bytes)):
         raise ValueError(f"dates must be a list of dates, got the string {days!r}")
     return np.array([np.datetime64(pd.Timestamp(day).date(), "D") for day in days], dtype="datetime64[D]")

@@ -1,0 +1,104 @@
+"""The ``generator: replay`` block of a site's scenario, read and checked into a ``ReplayGenerator``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from envs.data.errors import DataError
+from envs.data.replay import ReplayGenerator, as_days, replay_days
+from envs.data.sessions import READERS, read_sessions
+from envs.parametric import ParametricGenerator
+from envs.site import SiteError, SiteParams
+
+REPLAY_FIELDS = ("days", "shuffle", "carry_over", "min_sessions", "special_days")
+
+
+def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayGenerator:
+    """The replay a site's ``scenario`` block describes (``generator: replay``).
+
+    ``sessions`` names the file: ``path`` (a file or a list of files), ``format``
+    (``acn_csv``, the default, ``acn_json`` or ``csv``), ``reader`` (keyword arguments of the
+    reader: tz, skip_invalid; for csv columns, sep, decimal, date_format) and ``data_dir``
+    (base of relative paths). ``days`` lists the dates to replay, or ``date_range`` [first,
+    last] keeps the replayable days in that range (a train/test split); ``shuffle``,
+    ``carry_over``, ``min_sessions`` and ``special_days`` are the constructor's. The other
+    fields are the parametric scenario's (prices, loads, PV, fleet, SoC range, consent).
+    Errors raise SiteError naming the field.
+    """
+    config = dict(config or {})
+    config.pop("generator", None)
+
+    def fail(field, problem):
+        raise SiteError(f"site {params.name!r}: scenario.{field} {problem}")
+
+    spec = config.pop("sessions", None)
+    if not isinstance(spec, Mapping) or "path" not in spec:
+        fail("sessions", "must be a mapping with a path (the session file) for generator: replay")
+    unknown = sorted(set(spec) - {"path", "format", "reader", "data_dir"})
+    if unknown:
+        fail(f"sessions.{unknown[0]}", "is not a known field (known: data_dir, format, path, reader)")
+    fmt = spec.get("format", "acn_csv")
+    if fmt not in READERS:
+        fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
+    base_dir = Path(str(spec.get("data_dir", "."))).expanduser()
+    paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
+    files = [base_dir / Path(str(path)).expanduser() for path in paths]
+    missing = [file for file in files if not file.is_file()]
+    if missing or not files:
+        fail("sessions.path", f"names no session file: {missing[0]}" if missing else "lists no file")
+    reader = spec.get("reader") or {}
+    if not isinstance(reader, Mapping):
+        fail("sessions.reader", f"must be a mapping of the reader's options, got {reader!r}")
+    try:
+        sessions = read_sessions(files, fmt, **reader)
+    except DataError:
+        raise
+    except (TypeError, ValueError) as err:  # options the reader does not take, or bad values
+        fail("sessions.reader", f"does not fit the {fmt} reader: {err}")
+    options = {key: config.pop(key) for key in REPLAY_FIELDS if key in config}
+    for key in ("shuffle", "carry_over"):
+        if not isinstance(options.get(key, True), bool):
+            fail(key, f"must be true or false, got {options[key]!r}")
+    minimum = options.get("min_sessions", 1)
+    if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)) or minimum < 0:
+        fail("min_sessions", f"must be a whole number >= 0, got {minimum!r}")
+    for key in ("days", "special_days"):
+        if options.get(key) is None:
+            continue
+        try:
+            dates = as_days(options[key])
+        except (TypeError, ValueError):
+            fail(key, f"must be a list of dates, got {options[key]!r}")
+        if key == "days" and not len(dates):
+            fail(key, "must list at least one date")
+    date_range = config.pop("date_range", None)
+    base = ParametricGenerator.from_config(config, params.name)
+    if date_range is not None:
+        if "days" in options:
+            fail("date_range", "and days exclude each other")
+        try:
+            first, last = (np.datetime64(pd.Timestamp(day).date(), "D") for day in date_range)
+        except (TypeError, ValueError):
+            fail("date_range", f"must be [first, last] dates, got {date_range!r}")
+        try:
+            days = replay_days(sessions, params, minimum)
+        except ValueError as err:
+            fail("sessions", str(err))
+        days = np.asarray(days, dtype="datetime64[D]")
+        options["days"] = [str(day) for day in days[(days >= first) & (days <= last)]]
+        if not options["days"]:
+            fail("date_range", f"leaves no replayable day between {first} and {last}")
+    try:
+        generator = ReplayGenerator(sessions, base=base, **options)
+    except (TypeError, ValueError) as err:
+        fail("sessions", str(err))
+    try:
+        generator.days_for(params)
+    except ValueError as err:
+        fail("days", str(err))
+    return generator
