@@ -175,3 +175,22 @@ def test_the_forecast_changes_neither_episodes_nor_baselines(name):
               for params in (plain, asked)]
     columns = [c for c in tables[0].columns if c != "wall_s"]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+
+
+def test_a_long_run_of_empty_days_is_a_gap_in_the_data_not_zero_demand():
+    days = np.concatenate([np.arange(np.datetime64("2019-05-06"), np.datetime64("2019-06-03")),
+                           np.arange(np.datetime64("2019-08-05"), np.datetime64("2019-08-19"))])
+    weekdays = days[(days.astype(np.int64) + 3) % 7 < 5]
+    arrivals = np.repeat(weekdays.astype("datetime64[m]") + np.timedelta64(8 * 60, "m"), 3)
+    model = fit_daily_demand(arrivals, np.full(len(arrivals), 10.0), 60, ridge=1e-6)
+    counts, _ = model.predict_days(np.array(["2019-08-19"], dtype="datetime64[D]"))
+    assert counts[0, 8] == pytest.approx(3.0, rel=1e-5)
+    assert counts[0, 8] == pytest.approx(model.predict_days(np.array(["2019-08-19"], dtype="datetime64[D]"),
+                                                            as_of="2019-08-19")[0][0, 8], rel=1e-5)
+    blind = fit_daily_demand(arrivals, np.full(len(arrivals), 10.0), 60, ridge=1e-6, gap_days=None)
+    assert blind.predict_days(np.array(["2019-08-19"], dtype="datetime64[D]"))[0][0, 8] < 1.5
+    from envs.data.forecasts import _gap_days
+
+    empty = np.array([0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=bool)
+    assert _gap_days(empty, 3).tolist() == [False] * 4 + [True] * 3 + [False] + [True] * 3
+    assert not _gap_days(empty, None).any() and not _gap_days(empty, 4).any()

@@ -257,11 +257,12 @@ class DemandRegression:
 
 
 def fit_daily_demand(arrival_local, requested_kwh, dt_minutes: int = 15, special_days: Iterable = (),
-                     ridge: float = 1.0) -> DemandRegression:
+                     ridge: float = 1.0, gap_days: int | None = 7) -> DemandRegression:
     """``DemandRegression`` from arrivals as local wall-clock times (naive datetime64) and their kWh.
 
-    Every local date from the first arrival to the last is a sample day; days without
-    sessions count as zero demand.
+    Every local date from the first arrival to the last is a sample day, and a day without
+    sessions counts as zero demand, except in a run of at least ``gap_days`` such days (None:
+    never), which is taken for a gap in the data (files of separate periods joined) and left out.
     """
     if 1440 % dt_minutes:
         raise ValueError(f"dt_minutes must divide the day (1440), got {dt_minutes}")
@@ -281,6 +282,7 @@ def fit_daily_demand(arrival_local, requested_kwh, dt_minutes: int = 15, special
     model = DemandRegression(dt_minutes, np.datetime64(first, "D"), special, counts, energy)
     kind, is_special = model._features(np.datetime64(first, "D") + np.arange(num_days))
     design = np.column_stack([kind == 0, kind == 1, kind == 2, is_special]).astype(np.float64)
+    design[_gap_days(counts.sum(axis=1) == 0, gap_days)] = 0.0
     gram = np.zeros((num_days + 1, 4, 4))
     np.cumsum(design[:, :, None] * design[:, None, :], axis=0, out=gram[1:])
     gram += ridge * np.diag([1e-6, 1e-6, 1e-6, 1.0])
@@ -292,8 +294,21 @@ def fit_daily_demand(arrival_local, requested_kwh, dt_minutes: int = 15, special
     return dataclasses.replace(model, arrival_coef=coef[0], energy_coef=coef[1])
 
 
+def _gap_days(empty: np.ndarray, gap_days: int | None) -> np.ndarray:
+    """Mask of the days in runs of at least ``gap_days`` consecutive ``empty`` days."""
+    if gap_days is None:
+        return np.zeros_like(empty)
+    edges = np.diff(np.concatenate([[0], empty.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    long = ends - starts >= gap_days
+    run = np.cumsum(np.bincount(starts[long], minlength=len(empty) + 1)[:-1]
+                    - np.bincount(ends[long], minlength=len(empty) + 1)[:-1])
+    return run > 0
+
+
 def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str | None = None,
-                          special_days: Iterable = (), ridge: float = 1.0) -> DemandRegression:
+                          special_days: Iterable = (), ridge: float = 1.0, gap_days: int | None = 7
+                          ) -> DemandRegression:
     """``fit_daily_demand`` on a session table (columns ``arrival``, tz-aware, and ``requested_kwh``).
 
     ``tz`` (default: the arrivals' own zone) sets the local calendar.
@@ -308,7 +323,7 @@ def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str 
         arrival = arrival.tz_convert(tz)
     special = [pd.Timestamp(d).date() for d in special_days]
     return fit_daily_demand(arrival.tz_localize(None).to_numpy(), sessions["requested_kwh"].to_numpy(),
-                            dt_minutes, special, ridge)
+                            dt_minutes, special, ridge, gap_days)
 
 
 @dataclasses.dataclass(frozen=True)
