@@ -278,3 +278,25 @@ def test_replay_block_expands_the_home_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     params = replay_site(sessions={"path": "~/sessions_acn.csv.gz"}, days=["2019-05-06"])
     assert generator_for(params).sample(params, np.random.default_rng(0), 1).ev_valid.sum() == 6
+
+
+def test_series_over_a_replay_are_cut_from_the_replayed_days(tmp_path):
+    from envs.data.overlay import with_series
+    from envs.parametric import generator_for
+    from envs.site import SiteError
+
+    hours = pd.date_range("2019-05-01", "2019-05-31 23:00", freq="h")
+    pd.DataFrame({"time": hours.strftime("%Y-%m-%d %H:%M"), "price": hours.day + hours.hour / 100}).to_csv(
+        tmp_path / "prices.csv", index=False)
+    series = {"data_dir": str(tmp_path), "price_buy": {"path": "prices.csv", "column": "price", "file_tz": TZ}}
+    params = replay_site(days=["2019-05-06", "2019-05-07"], shuffle=False, series=series)
+    generator = generator_for(params)
+    assert generator.tz == TZ
+    episode, days = generator.sample_with_dates(params, np.random.default_rng(0), 2)
+    assert [str(day) for day in days] == ["2019-05-06", "2019-05-07"]
+    step_hour = np.arange(params.horizon_steps) // 4
+    np.testing.assert_allclose(episode.price_buy_eur_kwh[:, :params.horizon_steps],
+                               np.array([[6.0], [7.0]]) + step_hour / 100)
+    late = replay_site(days=["2019-05-06"], series={**series, "dates": ["2019-05-10", "2019-05-20"]})
+    with pytest.raises(SiteError, match=r"series\.dates leave out the replayed day 2019-05-06"):
+        generator_for(late).sample(late, np.random.default_rng(0), 1)

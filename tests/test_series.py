@@ -617,3 +617,11 @@ def test_real_carbon_forecasts_beat_nothing_and_keep_their_truth():
     np.testing.assert_allclose(carbon[..., 0], truth[:, :steps], rtol=1e-6)
     error = np.abs(carbon[..., 1] - truth[:, 1:steps + 1]).mean()
     assert 0 < error < np.abs(truth[:, 1:steps + 1] - truth[:, :steps].mean()).mean()
+
+
+def test_naive_csv_times_become_utc_aware_in_the_file_zone(tmp_path):
+    (tmp_path / "s.csv").write_text("time,x\n2019-05-01 00:00,1\n2019-05-01 01:00,2\n")
+    frame = read_series_csv(tmp_path / "s.csv", columns=["x"], tz="America/Los_Angeles")
+    assert str(frame.index.tz) == "UTC"
+    assert frame.index[0] == pd.Timestamp("2019-05-01 07:00", tz="UTC")
+    assert read_series_csv(tmp_path / "s.csv", columns=["x"]).index[0] == pd.Timestamp("2019-05-01", tz="UTC")

@@ -47,7 +47,9 @@ class SeriesOverlay:
         ``interpolate`` reads straight lines through the interval midpoints). With
         ``shared_calendar`` (default true) every series is cut from the same date; otherwise each
         draws its own (use it when the files cover different years) and TOU tariffs follow the
-        first dated series.
+        first dated series. Over a base that replays real days (``sample_with_dates``, as
+        ``ReplayGenerator``), every series is cut from each episode's replayed day instead, in the
+        sessions' time zone unless ``tz`` is given, and must cover it.
 
     Arguments (the scenario's ``series:`` block):
         ``tz`` (site time zone, default UTC), ``match_weekday``, ``shared_calendar``, ``dates``
@@ -87,7 +89,7 @@ class SeriesOverlay:
         unknown = sorted(set(spec) - _TOP)
         if unknown:
             self._fail(unknown[0], f"is not a known field (known: {', '.join(sorted(_TOP))})")
-        self.tz = spec.get("tz")
+        self.tz = spec.get("tz", getattr(base_generator, "tz", None))
         if self.tz is not None:
             try:
                 pd.Timestamp("2000-01-01", tz=self.tz)
@@ -258,17 +260,33 @@ class SeriesOverlay:
         first = next(iter(out.values()))
         return {name: out.get(name, first) for name in self.sources}
 
+    def _replayed_calendar(self, params: SiteParams, days: np.ndarray) -> dict:
+        """Every source cut from the days the base replays, which its series must cover."""
+        for name, span in self.ranges().items():
+            outside = ~np.isin(days, self._candidates(params, [span]))
+            if outside.any():
+                self._fail("dates", f"leave out the replayed day {days[np.argmax(outside)]}: {name} covers "
+                           f"{span[0]} .. {span[1]}")
+        return dict.fromkeys(self.sources, days)
+
     def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
         return self.sample_with_dates(params, rng, num_envs)[0]
 
     def sample_with_dates(self, params: SiteParams, rng: np.random.Generator, num_envs: int):
         """The episode and the local start dates (B,) of its series (those of ``price_buy`` or the
         first source when calendars are not shared)."""
-        episode = self.base.sample(params, rng, num_envs)
+        replayed = getattr(self.base, "sample_with_dates", None)
+        if replayed is not None:
+            episode, days = replayed(params, rng, num_envs)
+        else:
+            episode, days = self.base.sample(params, rng, num_envs), None
         if not self.sources:
             return episode, np.full(num_envs, np.datetime64("NaT"), dtype="datetime64[D]")
         dt_minutes = round(params.dt_hours * 60)
-        calendar = self.calendar(params, rng, np.asarray(episode.weekday))
+        if days is None:
+            calendar = self.calendar(params, rng, np.asarray(episode.weekday))
+        else:
+            calendar = self._replayed_calendar(params, days)
         grids: dict = {}
 
         def grid(name):

@@ -135,7 +135,17 @@ class ReplayGenerator:
                              f"{np.datetime64(last, 'us').astype('datetime64[D]') - 1}")
         return self._day_list
 
+    @property
+    def tz(self) -> str:
+        """The sessions' time zone, in which days and steps are wall-clock ones."""
+        return str(self.sessions["arrival"].dt.tz)
+
     def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
+        return self.sample_with_dates(params, rng, num_envs)[0]
+
+    def sample_with_dates(self, params: SiteParams, rng: np.random.Generator, num_envs: int
+                          ) -> tuple[Episode, np.ndarray]:
+        """The episodes and the local date (B,) datetime64[D] each replays."""
         days = self.days_for(params)
         if self.shuffle:
             chosen = days[rng.choice(len(days), size=num_envs, replace=num_envs > len(days))]
@@ -150,7 +160,7 @@ class ReplayGenerator:
         if params.demand_forecast:
             arrivals, energy = self.demand_model(round(params.dt_hours * 60)).episode_rates(params, chosen)
             demand = demand_windows(arrivals, energy, params.forecast_steps)
-        return dataclasses.replace(episode, weekday=weekday, demand_forecast=demand, **evs)
+        return dataclasses.replace(episode, weekday=weekday, demand_forecast=demand, **evs), chosen
 
     def demand_model(self, dt_minutes: int) -> DemandRegression:
         """The demand regression on this table's sessions at ``dt_minutes`` (fitted once, then cached)."""

@@ -156,7 +156,7 @@ def read_series_csv(path, columns: Sequence[str] | None = None, time_column: str
                 raise DataError(f"{file}: without a time column, give start and freq")
             index = pd.date_range(pd.Timestamp(start), periods=len(raw), freq=pd.Timedelta(freq))
         if index.tz is None:
-            index = _localize(index.to_numpy(), tz)
+            index = pd.DatetimeIndex(_localize(index.to_numpy(), tz)).tz_localize("UTC")
         data = {c: parse_numbers(raw[c], file, c) for c in wanted}
         frames.append(pd.DataFrame(data, index=pd.DatetimeIndex(index).as_unit("ns")))
     files = _paths(path)
