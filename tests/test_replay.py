@@ -281,14 +281,14 @@ def test_replay_block_expands_the_home_directory(tmp_path, monkeypatch):
 
 
 def test_series_over_a_replay_are_cut_from_the_replayed_days(tmp_path):
-    from envs.data.overlay import with_series
     from envs.parametric import generator_for
     from envs.site import SiteError
 
     hours = pd.date_range("2019-05-01", "2019-05-31 23:00", freq="h")
     pd.DataFrame({"time": hours.strftime("%Y-%m-%d %H:%M"), "price": hours.day + hours.hour / 100}).to_csv(
         tmp_path / "prices.csv", index=False)
-    series = {"data_dir": str(tmp_path), "price_buy": {"path": "prices.csv", "column": "price", "file_tz": TZ}}
+    price = {"path": "prices.csv", "column": "price", "file_tz": TZ}
+    series = {"data_dir": str(tmp_path), "price_buy": price}
     params = replay_site(days=["2019-05-06", "2019-05-07"], shuffle=False, series=series)
     generator = generator_for(params)
     assert generator.tz == TZ
