@@ -312,3 +312,14 @@ def test_files_without_sessions_give_empty_tables(tmp_path):
                   read_acn_csv(write(tmp_path, "empty.csv", ACN_HEADER + "\n\n"))):
         assert tuple(table.columns) == SESSION_COLUMNS and len(table) == 0
         assert str(table["arrival"].dt.tz) == "America/Los_Angeles"
+
+
+def test_sessions_repeated_across_files_are_kept_once_and_counted():
+    from envs.data.sessions import read_sessions
+
+    path = FIXTURES / "sessions_acn.csv.gz"
+    once = read_sessions(path)
+    with pytest.warns(UserWarning, match=f"{len(once)} sessions appear more than once in the files"):
+        twice = read_sessions([path, path])
+    assert len(twice) == len(once) and twice.attrs["repeated_across_files"] == len(once)
+    pd.testing.assert_frame_equal(twice, once, check_like=True)

@@ -39,6 +39,7 @@ The readers here know the formats; ``envs.data.session_files`` reads a file's ra
 from __future__ import annotations
 
 import email.utils
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -171,12 +172,25 @@ READERS = ("acn_csv", "acn_json", "csv")
 
 def read_sessions(path, format: str = "acn_csv", **options):
     """The sessions of one file or a list of files (concatenated) read by the named reader:
-    "acn_csv", "acn_json" or "csv" (``read_sessions_csv``); ``options`` go to the reader."""
+    "acn_csv", "acn_json" or "csv" (``read_sessions_csv``); ``options`` go to the reader.
+
+    A session that several files hold (the same ``SESSION_COLUMNS`` values: overlapping
+    exports) is kept once, with a warning that counts them (``attrs["repeated_across_files"]``).
+    """
     if format not in READERS:
         raise ValueError(f"format must be one of {', '.join(READERS)}, got {format!r}")
     read = {"acn_csv": read_acn_csv, "acn_json": read_acn_json, "csv": read_sessions_csv}[format]
     paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
-    return pd.concat([read(p, **options) for p in paths], ignore_index=True)
+    table = pd.concat([read(p, **options) for p in paths], ignore_index=True)
+    if len(paths) > 1:
+        repeated = table.duplicated(subset=[c for c in SESSION_COLUMNS if c in table.columns])
+        if repeated.any():
+            files = ", ".join(map(str, paths))
+            warnings.warn(f"{int(repeated.sum())} sessions appear more than once in the files {files} "
+                          "(same times and energies); each is kept once", stacklevel=2)
+            table = table[~repeated].reset_index(drop=True)
+        table.attrs["repeated_across_files"] = int(repeated.sum())
+    return table
 
 
 def _latest_input(entries):
