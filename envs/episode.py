@@ -24,10 +24,9 @@ class Episode:
     ``forecast_windows`` holds the forecasts the observation shows (lead 0 is the value now);
     None means perfect forecasts, read from the series themselves. ``demand_forecast`` holds
     the expected arrivals and requested kWh of each of the next H steps, as known at each step
-    (``demand_windows``); sites with ``demand_forecast: true`` show it and need it.
-    Steps are indices of the
-    episode's time grid; an EV with arrival ``a`` and departure ``d``
-    is present during the intervals ``a .. d-1``.
+    (``demand_windows``); sites with ``demand_forecast: true`` show it and need it. Steps are
+    indices of the episode's time grid; an EV with arrival ``a`` and departure ``d`` is present
+    during the intervals ``a .. d-1``.
     """
 
     weekday: np.ndarray  # (B,) int, 0 = Monday, of the episode's first step

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import DEMAND_BLOCK, Episode, Generator, demand_windows, pack_evs
+from envs.episode import Episode, Generator, demand_windows, pack_evs
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -177,9 +177,6 @@ class ParametricGenerator:
     def _demand_forecast(self, params: SiteParams, rates: np.ndarray) -> np.ndarray | None:
         if not params.demand_forecast:
             return None
-        if self.sessions_per_day == 0:
-            shape = (len(rates), params.horizon_steps + 1, len(DEMAND_BLOCK), params.forecast_steps)
-            return np.zeros(shape, dtype=np.float32)
         return demand_windows(rates, rates * self.mean_request_kwh(), params.forecast_steps)
 
     def mean_request_kwh(self) -> float:
