@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from envs.data.errors import DataError
 from envs.data.replay import ReplayGenerator, as_days, replay_days
@@ -82,7 +81,7 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayG
         if "days" in options:
             fail("date_range", "and days exclude each other")
         try:
-            first, last = (np.datetime64(pd.Timestamp(day).date(), "D") for day in date_range)
+            first, last = as_days(date_range)
         except (TypeError, ValueError):
             fail("date_range", f"must be [first, last] dates, got {date_range!r}")
         try:
