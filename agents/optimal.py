@@ -175,7 +175,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     top_soc = soc + w.ev_room_kwh[ev] / battery
     tapered = ~first & (charge_ub > 0) & (car_kw * (params.taper_intercept - params.taper_slope * top_soc)
                                           < charge_cap)
-    floor = (w.ev_min_soc - w.ev_soc) * w.ev_battery_kwh
+    floor = (np.maximum(w.ev_min_soc, 0.0) - w.ev_soc) * w.ev_battery_kwh
     discharge_ub = np.minimum(w.ev_max_discharge_kw[ev], params.port_max_discharge_kw[port])
     discharge_ub[discharge_blocked | (first & (floor[ev] > 0))] = 0.0
     v2g = np.flatnonzero(discharge_ub > 0)

@@ -17,7 +17,8 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
 
     Charge: the port limit, the car's limit tapered linearly from 1 at ``taper_knee_soc`` to
     ``taper_floor`` at full, the room left in the battery, and the energy still requested.
-    Discharge: the consented limit and the energy above ``min_soc``.
+    Discharge: the consented limit and the energy above ``min_soc`` (never below SoC 0, whatever
+    ``min_soc`` says).
     """
     taper = np.minimum(params.taper_intercept - params.taper_slope * soc, 1.0)
     taper *= ev_max_charge_kw
@@ -28,7 +29,7 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     np.maximum(charge, 0.0, out=charge)
     if not params.bidirectional:
         return charge, np.zeros(charge.shape)
-    above_min_kwh = soc - min_soc
+    above_min_kwh = soc - np.maximum(min_soc, 0.0)
     above_min_kwh *= battery_kwh
     above_min_kwh *= params.discharge_kw_per_kwh_step
     discharge = np.minimum(ev_max_discharge_kw, above_min_kwh)

@@ -188,6 +188,21 @@ def test_discharge_stops_at_min_soc():
     assert s2.soc[0, 0] == approx(0.3)
 
 
+@pytest.mark.parametrize("min_soc", [-5.0, -0.1])
+def test_a_negative_min_soc_never_discharges_below_an_empty_battery(min_soc):
+    params = tiny_site(horizon_steps=24)
+    episode = make_episode(params, [v2g_ev(soc=0.2, min_soc=min_soc, max_discharge_kw=11.0)])
+    state = reset(params, episode)
+    assert state.max_discharge_kw[0, 0] == approx(min(11.0, 0.2 * 40 / DISCHARGE_KWH_PER_KW))
+    discharged_kwh = 0.0
+    for _ in range(params.horizon_steps):
+        state, _, info = step(params, state, np.full((1, 1), -1.0))
+        discharged_kwh += info["discharged_kwh"][0]
+    assert discharged_kwh == pytest.approx(0.2 * 40, rel=1e-12)
+    assert state.soc[0, 0] == approx(0.0)
+    assert state.max_discharge_kw[0, 0] == 0
+
+
 def test_no_discharge_below_min_soc_on_arrival():
     params = tiny_site()
     episode = make_episode(params, [v2g_ev(soc=0.2)])

@@ -138,6 +138,16 @@ def test_export_dearer_than_import_uses_an_import_export_mode():
     assert policy.charge_kw[0, 3, 0] == 0  # export all PV at the dear step
 
 
+def test_a_negative_min_soc_never_plans_below_an_empty_battery():
+    params = tiny_site()
+    v2g = ev(soc=0.2, requested_kwh=0.0, max_discharge_kw=11.0, consent=True, min_soc=-5.0)
+    episode = make_episode(params, [v2g], tariff=0.0, price_buy=1.0, price_sell=0.9)
+    policy, state = assert_replay_exact(params, episode)
+    discharged_kwh = policy.discharge_kw[0, :, 0].sum() * DT / ETA_D
+    assert discharged_kwh == pytest.approx(0.2 * 40, rel=1e-9)
+    assert state.soc[0, 0] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_unexpected_solver_outcome_raises():
     params = tiny_site()
     n = params.horizon_steps
