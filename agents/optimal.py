@@ -36,7 +36,7 @@ class Window:
     and in step order, over one or several plug intervals (an outage moves it between ports).
     ``ev_room_kwh`` bounds the energy the EV may take over the window (its remaining request
     and its battery room); ``ev_unmet_base_kwh`` minus that energy is counted unmet where
-    ``ev_counted``.
+    ``ev_counted``, and unmet at the horizon where ``ev_at_horizon``.
     """
 
     exo_kw: np.ndarray  # (S, N) inflexible load minus PV of each node's subtree
@@ -57,6 +57,7 @@ class Window:
     ev_room_kwh: np.ndarray  # (E,)
     ev_unmet_base_kwh: np.ndarray  # (E,)
     ev_counted: np.ndarray  # (E,) bool
+    ev_at_horizon: np.ndarray | None = None  # (E,) bool, still plugged in at the episode's horizon
     ev_id: np.ndarray | None = None  # (E,) int identity across windows (episode EV index), for warm starts
     start_step: int = 0  # episode step of the window's first step
 
@@ -145,7 +146,8 @@ def build_model(params: SiteParams, window: Window) -> Model:
 
     Columns: per entry charge ``c`` and battery energy ``x`` (cumulative since the window start);
     per entry that may discharge, discharge ``d`` and a mode ``z`` (continuous unless made
-    integer); per counted EV unmet kWh; per step site import, export and an export mode; slacks
+    integer); per counted EV unmet kWh, per EV at the horizon its unmet kWh there (when
+    weighted); per step site import, export and an export mode; slacks
     for nodes whose inflexible load (PV) alone breaks a limit, under which no port charges
     (discharges), as the env would cut it; the peak; the setpoint error.
     """
@@ -182,6 +184,8 @@ def build_model(params: SiteParams, window: Window) -> Model:
     charge_kwh = params.port_charge_efficiency[port] * dt
     discharge_kwh = dt / params.port_discharge_efficiency[port]
     counted = np.flatnonzero(w.ev_counted)
+    at_horizon = (np.flatnonzero(w.ev_at_horizon) if w.ev_at_horizon is not None
+                  and weights.unmet_at_horizon_eur_per_kwh > 0 else counted[:0])
     last_entry = np.flatnonzero(last)
 
     ev_id = np.arange(len(w.ev_soc)) if w.ev_id is None else w.ev_id
@@ -189,6 +193,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     step_key = w.start_step + np.arange(s_len)
     node_step_key = np.arange(n_nodes) * _STEP + step_key[:, None]
     keys = {"c": entry_key, "d": entry_key[v2g], "z": entry_key[v2g], "x": entry_key, "u": ev_id[counted],
+            "h": ev_id[at_horizon],
             "i": step_key, "e": step_key, "w": step_key, "s_imp": node_step_key[over_import],
             "s_exp": node_step_key[over_export], "peak": np.zeros(int(weights.demand_charge_eur_per_kw > 0)),
             "a": step_key if weights.setpoint_eur_per_kwh > 0 else step_key[:0]}
@@ -220,6 +225,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     cost[col["peak"]] = -weights.demand_charge_eur_per_kw
     cost[col["a"]] = -weights.setpoint_eur_per_kwh * dt
     cost[col["u"]] = -weights.unmet_eur_per_kwh
+    cost[col["h"]] = -weights.unmet_at_horizon_eur_per_kwh
     offset = weights.demand_charge_eur_per_kw * w.peak_import_kw if len(col["peak"]) else 0.0
 
     m = _Triplets()
@@ -299,6 +305,9 @@ def build_model(params: SiteParams, window: Window) -> Model:
     rows = m.rows(ev_id[counted], w.ev_unmet_base_kwh[counted], _INF)
     m.add(rows, x_col[ev_last[counted]], 1.0)
     m.add(rows, col["u"], 1.0)
+    rows = m.rows(ev_id[at_horizon], w.ev_unmet_base_kwh[at_horizon], _INF)
+    m.add(rows, x_col[ev_last[at_horizon]], 1.0)
+    m.add(rows, col["h"], 1.0)
 
     r_idx, c_idx, values = (np.concatenate(part) for part in zip(*m.parts, strict=True))
     matrix = sp.csc_matrix((values, (r_idx, c_idx)), shape=(m.num_rows, num_cols))
@@ -451,7 +460,8 @@ def _rank_within(key: np.ndarray) -> np.ndarray:
 def offline_windows(params: SiteParams, state: State) -> list[Window]:
     """One window per env of a freshly reset ``state``: the whole episode, every plug interval
     of its plug schedule, real departures; the unmet energy of EVs that leave (or give up after
-    an outage) within the horizon is counted."""
+    an outage) within the horizon is counted, and that of EVs plugged in at its end who have
+    not left by then."""
     episode, schedule = state.episode, state.schedule
     horizon, k = params.horizon_steps, episode.max_evs
     counts = np.arange(horizon + 1)
@@ -480,6 +490,10 @@ def offline_windows(params: SiteParams, state: State) -> list[Window]:
     entry_step = plug_step[which] + np.arange(int(length.sum())) - np.repeat(first, length)
     entry_port, entry_key = schedule.plug_port[which], plug_key[which]
     entry_env = entry_key // k
+    at_horizon = np.zeros((episode.num_envs, k), dtype=bool)
+    last_step = entry_step == horizon - 1
+    at_horizon[entry_env[last_step], entry_key[last_step] % k] = True
+    at_horizon &= episode.ev_departure_step > horizon
     bounds = np.searchsorted(entry_env, np.arange(episode.num_envs + 1))
     soc0 = episode.ev_soc_arrival
     room = np.minimum(episode.ev_requested_kwh, (1.0 - soc0) * episode.ev_battery_kwh)
@@ -500,7 +514,8 @@ def offline_windows(params: SiteParams, state: State) -> list[Window]:
             ev_soc=soc0[b, evs], ev_battery_kwh=episode.ev_battery_kwh[b, evs],
             ev_max_charge_kw=episode.ev_max_charge_kw[b, evs], ev_max_discharge_kw=discharge[b, evs],
             ev_min_soc=episode.ev_min_soc[b, evs], ev_room_kwh=room[b, evs],
-            ev_unmet_base_kwh=episode.ev_requested_kwh[b, evs], ev_counted=counted[b, evs]))
+            ev_unmet_base_kwh=episode.ev_requested_kwh[b, evs], ev_counted=counted[b, evs],
+            ev_at_horizon=at_horizon[b, evs]))
     return windows
 
 

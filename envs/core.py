@@ -97,6 +97,8 @@ def step(params: SiteParams, state: State, action: np.ndarray):
 
     changes = {"t": t + 1, "soc": soc, "remaining_kwh": state.remaining_kwh - energy,
                "delivered_kwh": state.delivered_kwh + energy, "peak_import_kw": peak}
+    terms[:, TERM_INDEX["unmet_at_horizon_kwh"]] = (
+        _unmet_at_horizon(params, state, changes["remaining_kwh"]) if t + 1 == params.horizon_steps else 0.0)
     terms[:, TERM_INDEX["unmet_kwh"]] = _plug_events(params, state, t + 1, changes)
     changes["totals"] = state.totals + terms
     schedule = state.schedule
@@ -138,6 +140,14 @@ def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, 
 
 def _row_sum(x: np.ndarray) -> np.ndarray:
     return np.add.reduce(x, axis=1)
+
+
+def _unmet_at_horizon(params: SiteParams, state: State, remaining_kwh: np.ndarray) -> np.ndarray:
+    """kWh (per env) still wanted at the horizon by the EVs on a port in the last step that
+    have not departed by then (those departing at the horizon count in ``unmet_kwh``)."""
+    departure = np.take_along_axis(state.episode.ev_departure_step, np.maximum(state.port_ev, 0), axis=1)
+    staying = state.occupied & (departure > params.horizon_steps)
+    return _row_sum(np.where(staying, np.maximum(remaining_kwh, 0.0), 0.0))
 
 
 def _with_available_power(params: SiteParams, state: State, changes: dict) -> State:

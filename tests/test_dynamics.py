@@ -79,6 +79,7 @@ def test_plain_charging_step_is_exact():
         "export_revenue_eur": 0,
         "degradation_kwh": approx(energy),
         "unmet_kwh": 0,
+        "unmet_at_horizon_kwh": 0,
         "overload_requested_kwh": 0,
         "grid_violation_kwh": 0,
         "peak_increase_kw": approx(power),
@@ -161,6 +162,7 @@ def test_v2g_discharge_step_is_exact():
         "export_revenue_eur": approx(0.1 * 6.0 * DT),
         "degradation_kwh": approx(-energy),
         "unmet_kwh": 0,
+        "unmet_at_horizon_kwh": 0,
         "overload_requested_kwh": 0,
         "grid_violation_kwh": 0,
         "peak_increase_kw": 0,
@@ -408,6 +410,30 @@ def test_unmet_energy_counted_at_the_real_departure_not_the_announced_one():
     unmet = [term(terms, "unmet_kwh")[0] for _, terms, _ in steps]
     assert unmet == [0, 0, approx(10 - 3 * 7.0 * CHARGE_KWH_PER_KW)]
     assert obs_field(params, steps[1][0], "hours_to_departure")[0, 0] == approx(-DT)
+
+
+def test_evs_still_plugged_at_the_horizon_count_what_they_lack_then():
+    # Port 0: stays past the horizon; port 1: leaves exactly at it; port 2: arrives at it.
+    params = tiny_site(ports=[port_group("grid", count=3)])
+    n = params.horizon_steps
+    episode = make_episode(params, [ev(requested_kwh=10), ev(departure=n, requested_kwh=10),
+                                    ev(arrival=n, requested_kwh=10)])
+    steps = rollout(params, episode, [[[0.5, 0.5, 0.5]]] * n)
+    at_horizon = [term(terms, "unmet_at_horizon_kwh")[0] for _, terms, _ in steps]
+    unmet = [term(terms, "unmet_kwh")[0] for _, terms, _ in steps]
+    lack_kwh = 10 - n * 3.5 * CHARGE_KWH_PER_KW
+    assert at_horizon == [0] * (n - 1) + [approx(lack_kwh)]
+    assert unmet == [0] * (n - 1) + [approx(lack_kwh)]
+    assert steps[-1][0].totals[0, TERMS.index("unmet_at_horizon_kwh")] == approx(lack_kwh)
+
+
+def test_unmet_at_the_horizon_is_weighted_in_the_reward():
+    params = tiny_site(reward={"unmet_at_horizon_eur_per_kwh": 0.7})
+    episode = make_episode(params, [ev(requested_kwh=10)])
+    state = rollout(params, episode, [0.0] * params.horizon_steps)[-1][0]
+    unweighted = tiny_site()
+    assert (state.totals @ params.reward.coefficients() - state.totals @ unweighted.reward.coefficients()
+            ) == approx([-0.7 * 10])
 
 
 def one_port_site(capacity=1, patience_minutes=30):

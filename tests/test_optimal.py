@@ -148,6 +148,16 @@ def test_a_negative_min_soc_never_plans_below_an_empty_battery():
     assert state.soc[0, 0] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize(("weight", "charged"), [(0.0, False), (0.5, True)])
+def test_the_optimum_charges_evs_staying_past_the_horizon_only_if_their_lack_is_weighted(weight, charged):
+    params = tiny_site(reward={"unmet_at_horizon_eur_per_kwh": weight})
+    episode = make_episode(params, [ev(requested_kwh=2.0)], tariff=0.0, price_buy=0.3)
+    policy, state = assert_replay_exact(params, episode)
+    assert (policy.charge_kw.sum() > 0) == charged
+    lack_kwh = state.totals[0, TERM_INDEX["unmet_at_horizon_kwh"]]
+    assert lack_kwh == pytest.approx(0.0 if charged else 2.0, abs=1e-9)
+
+
 def test_unexpected_solver_outcome_raises():
     params = tiny_site()
     n = params.horizon_steps
@@ -193,6 +203,8 @@ CASES = {
     "v2g_workplace": ("v2g_workplace", {"horizon_steps": 64, "start_hour": 6}, {"time_limit_s": 1.0}),
     "v2g_workplace_no_tariff": ("v2g_workplace", {"scenario": {"tariff_eur_kwh": 0.0}}, {}),
     "charger_tree": (CHARGER_TREE, {}, {"time_limit_s": 1.0}),
+    "caltech_unmet_at_horizon": ("caltech", {"horizon_steps": 60,
+                                             "reward": {"unmet_at_horizon_eur_per_kwh": 0.4}}, {}),
 }
 
 
@@ -207,6 +219,8 @@ def test_replaying_the_offline_plan_earns_its_objective(case, seed):
         assert state.schedule.displaced.sum() > 0
     if case == "caltech_overloaded":
         assert state.totals[:, TERM_INDEX["grid_violation_kwh"]].max() > 0
+    if case == "caltech_unmet_at_horizon":
+        assert all(window.ev_at_horizon.any() for window in policy.windows)
     if case in ("caltech", "v2g_workplace_no_tariff"):
         assert all(plan.integer_columns == 0 for plan in policy.plans)
         np.testing.assert_array_equal(policy.bound_eur, policy.objective_eur)
