@@ -11,6 +11,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.episode import Generator
+from envs.outcome import episode_outcome
 from envs.reward import TERMS
 from envs.vector_env import SmartChargingVectorEnv
 
@@ -34,8 +35,10 @@ class SmartChargingVecEnv(VecEnv):
     info holds ``terminal_observation`` (the last observation of the finished episode),
     ``TimeLimit.truncated = True``, ``episode = {"r": return, "l": length, "t": seconds since
     the adapter was made}`` as SB3's ``Monitor`` writes it (so rollout logging and
-    ``evaluate_policy`` work, and ``env_is_wrapped(Monitor)`` answers True), and
-    ``episode_totals`` (every reward term summed over the episode, physical units).
+    ``evaluate_policy`` work, and ``env_is_wrapped(Monitor)`` answers True),
+    ``episode_totals`` (every reward term summed over the episode, physical units) and
+    ``episode_outcome`` (that env's entries of ``envs.outcome.episode_outcome``, from which
+    ``agents.kpis`` builds the episode's KPIs).
 
     ## Seeding and attributes
 
@@ -61,6 +64,8 @@ class SmartChargingVecEnv(VecEnv):
         self.step_info = step_info
         self._actions: np.ndarray | None = None
         self._created = time.perf_counter()
+        self._charged_kwh = np.zeros(self.env.num_envs)
+        self._discharged_kwh = np.zeros(self.env.num_envs)
         super().__init__(self.env.num_envs, self.env.single_observation_space, self.env.single_action_space)
 
     def reset(self) -> np.ndarray:
@@ -74,6 +79,8 @@ class SmartChargingVecEnv(VecEnv):
 
     def step_wait(self):
         obs, rewards, terminated, truncated, info = self.env.step(self._actions)
+        self._charged_kwh += info["charged_kwh"]
+        self._discharged_kwh += info["discharged_kwh"]
         if self.step_info:
             keys = [key for key in info if not key.startswith("_") and key != "episode_totals"]
             columns = [info[key].tolist() for key in keys]
@@ -86,16 +93,20 @@ class SmartChargingVecEnv(VecEnv):
             returns = (totals @ self._coefficients).tolist()
             seconds = round(time.perf_counter() - self._created, 6)
             length = self.params.horizon_steps
+            outcome = episode_outcome(self.params, self.env.state, self._charged_kwh, self._discharged_kwh)
             for i, (env_info, env_totals) in enumerate(zip(infos, totals.tolist(), strict=True)):
                 env_info["terminal_observation"] = obs[i]
                 env_info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
                 env_info["episode"] = {"r": returns[i], "l": length, "t": seconds}
                 env_info["episode_totals"] = dict(zip(TERMS, env_totals, strict=True))
+                env_info["episode_outcome"] = {key: value[i] for key, value in outcome.items()}
             obs = self._new_episodes(None, None)
         return obs, rewards.astype(np.float32), dones, infos
 
     def _new_episodes(self, seed: int | None, options: dict | None) -> np.ndarray:
         obs, _ = self.env.reset(seed=seed, options=options)
+        self._charged_kwh[:] = 0.0
+        self._discharged_kwh[:] = 0.0
         self.reset_infos = [{} for _ in range(self.num_envs)]
         return obs
 

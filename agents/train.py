@@ -1,0 +1,216 @@
+"""Train an SB3 agent on a site: batched envs, the model from its config, validation, checkpoints,
+resume, the final policy folder and ``metrics.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agents.callbacks import EpisodeKpiLogger, Periodic, ProgressBar, Stopwatch, log_validation
+from agents.checkpoints import latest_checkpoint, remove_partial, restore_checkpoint, save_checkpoint
+from agents.policy_io import POLICY_DIR, TrainedPolicy, save_policy
+from envs.observation import layout_size
+from envs.reward import RewardWeights
+from envs.site import SiteParams, load_site
+
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = "metrics.json"
+
+
+class TrainConfigError(ValueError):
+    """A training config or run directory that cannot be used; names the key or the folder."""
+
+
+def site_params(cfg: Mapping[str, Any]) -> SiteParams:
+    """The site of a run config: ``site.preset`` with ``site.overrides`` and ``env.overrides``."""
+    overrides = _merged(dict(cfg["site"].get("overrides") or {}), cfg.get("env", {}).get("overrides") or {})
+    return load_site(cfg["site"]["preset"], **overrides)
+
+
+def training_params(params: SiteParams, env_cfg: Mapping[str, Any]) -> SiteParams:
+    """``params`` with the training reward: the site's weights with ``env.reward`` replacing some."""
+    weights = env_cfg.get("reward") or {}
+    known = {field.name for field in dataclasses.fields(RewardWeights)}
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise TrainConfigError(f"env.reward.{unknown[0]} is not a reward weight; "
+                               f"known: {', '.join(sorted(known))}")
+    changed = {name: float(value) for name, value in weights.items()}
+    return params.replace(reward=dataclasses.replace(params.reward, **changed))
+
+
+def build_env(cfg: Mapping[str, Any], params: SiteParams):
+    """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, wrapped in ``VecNormalize`` if asked."""
+    from envs.sb3 import SmartChargingVecEnv
+
+    env_cfg = cfg["env"]
+    venv = SmartChargingVecEnv(_positive_int(cfg, "n_envs"), site=training_params(params, env_cfg),
+                               step_info=False)
+    if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        venv = VecNormalize(venv, norm_obs=bool(env_cfg.get("normalize_obs")),
+                            norm_reward=bool(env_cfg.get("normalize_reward")),
+                            clip_obs=float(env_cfg.get("clip_obs", 10.0)),
+                            gamma=float(cfg["agent"].get("gamma", 0.99)))
+    return venv
+
+
+def build_model(agent_cfg: Mapping[str, Any], env, params: SiteParams, seed: int, device: str = "cpu"):
+    """The SB3 algorithm of ``agent_cfg`` (``_target_`` and its hyperparameters) on ``env``.
+
+    ``policy`` is an SB3 alias (``MlpPolicy``) or a ``hydra.utils.get_class`` spec of a policy
+    class; a policy class with ``needs_site = True`` gets ``site=params`` in its kwargs.
+    """
+    from hydra.utils import instantiate
+
+    from agents.policy_io import resolve_classes
+
+    policy = resolve_classes(agent_cfg["policy"])
+    kwargs = resolve_classes(dict(agent_cfg.get("policy_kwargs") or {}))
+    if getattr(policy, "needs_site", False):
+        kwargs["site"] = params
+    rest = {key: value for key, value in agent_cfg.items() if key not in ("policy", "policy_kwargs")}
+    return instantiate(rest, env=env, policy=policy, policy_kwargs=kwargs, seed=int(seed), device=device,
+                       verbose=0, _convert_="all")
+
+
+def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
+    """Train per ``cfg`` (see ``configs/train.yaml``) into ``run_dir``; returns the metrics written.
+
+    With ``resume`` true, the run continues from the newest checkpoint of ``run_dir`` with the
+    config saved in it (same step counter, target and TensorBoard folder); otherwise
+    ``run_dir`` must hold no checkpoint yet.
+    """
+    import torch
+    from stable_baselines3.common.logger import configure
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / CHECKPOINT_DIR
+    remove_partial(checkpoints)
+    checkpoint = latest_checkpoint(checkpoints)
+    if cfg.get("resume"):
+        if checkpoint is None:
+            raise TrainConfigError(f"resume=true but {checkpoints} holds no checkpoint to resume from")
+        cfg = checkpoint.config()
+    elif checkpoint is not None:
+        raise TrainConfigError(f"{run_dir} already holds checkpoints (newest {checkpoint.path.name}); pass "
+                               "resume=true to continue it or choose a new hydra.run.dir")
+    cfg = dict(cfg)
+    total = _positive_int(cfg, "total_timesteps")
+    torch.set_num_threads(_positive_int(cfg, "torch_threads"))
+    params = site_params(cfg)
+    env = build_env(cfg, params)
+    model = build_model(cfg["agent"], env, params, int(cfg["seed"]), str(cfg.get("device", "cpu")))
+    formats = list(cfg.get("log_formats") or ["tensorboard"])
+    model.set_logger(configure(str(run_dir / TENSORBOARD_DIR), formats))
+    state = restore_checkpoint(checkpoint, model) if checkpoint is not None else {}
+    resumed_from = state.get("num_timesteps")
+    clock = Stopwatch(state.get("wall_s", 0.0))
+
+    from agents.validation import Validation
+
+    validation = Validation(params, _positive_int(cfg, "eval_episodes"), int(cfg["eval_seed"]))
+    latest: dict[str, Any] = {"score": state.get("score")}
+
+    def evaluate(current) -> tuple:
+        start = time.perf_counter()
+        policy = trained_policy(current, cfg, params)
+        table, score = validation.score(policy)
+        figure = validation.figure(policy, int(cfg.get("figure_episode", 0)))
+        log_validation(current.logger, table, score, figure, time.perf_counter() - start)
+        current.logger.dump(current.num_timesteps)
+        latest["score"] = score
+        return table, score
+
+    def checkpoint_now(current) -> None:
+        save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"]},
+                        int(cfg.get("keep_checkpoints", 2)))
+
+    steps = model.num_timesteps
+    eval_freq, checkpoint_freq = int(cfg.get("eval_freq", 0)), int(cfg.get("checkpoint_freq", 0))
+    periodic = Periodic(eval_freq, checkpoint_freq, evaluate, checkpoint_now,
+                        next_eval=steps + (eval_freq if steps else 0) if eval_freq > 0 else 0,
+                        next_checkpoint=steps + checkpoint_freq if checkpoint_freq > 0 else 0)
+    callbacks = [EpisodeKpiLogger(params), periodic]
+    if cfg.get("progress_bar", True):
+        callbacks.append(ProgressBar(total, lambda: latest["score"]))
+    if total > steps:
+        model.learn(total_timesteps=total - steps, callback=callbacks, reset_num_timesteps=checkpoint is None)
+    checkpoint_now(model)
+    table, score = evaluate(model)
+    policy_dir = save_trained_policy(model, cfg, params, run_dir / POLICY_DIR)
+    metrics = {
+        "score": score,
+        "validation": {"episodes": validation.episodes.num_envs, "seed": int(cfg["eval_seed"]),
+                       "kpis": {column: float(table[column].mean()) for column in table.columns
+                                if column not in ("score", "wall_s")}},
+        "timesteps": int(model.num_timesteps),
+        "target_timesteps": total,
+        "wall_s": clock.elapsed(),
+        "site": params.name,
+        "agent": cfg["agent"]["_target_"],
+        "seed": int(cfg["seed"]),
+        "policy": str(policy_dir),
+    }
+    if resumed_from is not None:
+        metrics["resumed_from_timestep"] = int(resumed_from)
+    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    env.close()
+    return metrics
+
+
+def trained_policy(model, cfg: Mapping[str, Any], params: SiteParams) -> TrainedPolicy:
+    """The model's current policy as a ``TrainedPolicy`` with frozen observation statistics."""
+    normalizer = model.get_vec_normalize_env()
+    mean = var = None
+    clip = float(cfg["env"].get("clip_obs", 10.0))
+    if normalizer is not None and normalizer.norm_obs:
+        mean, var = normalizer.obs_rms.mean.copy(), normalizer.obs_rms.var.copy()
+    return TrainedPolicy(model.policy, policy_config(cfg, params), mean, var, clip)
+
+
+def save_trained_policy(model, cfg: Mapping[str, Any], params: SiteParams, directory: Path) -> Path:
+    normalizer = model.get_vec_normalize_env()
+    obs_rms = normalizer.obs_rms if normalizer is not None and normalizer.norm_obs else None
+    return save_policy(directory, model.policy, policy_config(cfg, params), obs_rms,
+                       float(cfg["env"].get("clip_obs", 10.0)))
+
+
+def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
+    """The plain config ``agents.policy_io.build_policy`` rebuilds the policy from."""
+    agent = cfg["agent"]
+    overrides = _merged(dict(cfg["site"].get("overrides") or {}), cfg["env"].get("overrides") or {})
+    return {
+        "algorithm": agent["_target_"],
+        "policy": agent["policy"],
+        "policy_kwargs": agent.get("policy_kwargs") or {},
+        "site": {"preset": cfg["site"]["preset"], "overrides": overrides},
+        "site_name": params.name,
+        "num_ports": params.num_ports,
+        "observation_size": layout_size(params),
+    }
+
+
+def _merged(base: dict, changes: Mapping) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
+    value = cfg.get(key)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise TrainConfigError(f"{key} must be a positive integer, got {str(value)[:50]!r}") from None
+    if number != value and not (isinstance(value, str) and value.strip().isdigit()) or number < 1:
+        raise TrainConfigError(f"{key} must be a positive integer, got {str(value)[:50]!r}")
+    return number
