@@ -108,6 +108,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     env = build_env(cfg, params)
     model = build_model(cfg["agent"], env, params, int(cfg["seed"]), str(cfg.get("device", "cpu")))
     formats = list(cfg.get("log_formats") or ["tensorboard"])
+    if checkpoint is not None:
+        _keep_earlier_csv(run_dir / TENSORBOARD_DIR, checkpoint.timesteps)
     model.set_logger(configure(str(run_dir / TENSORBOARD_DIR), formats))
     state = restore_checkpoint(checkpoint, model) if checkpoint is not None else {}
     resumed_from = state.get("num_timesteps")
@@ -195,6 +197,13 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
     }
+
+
+def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
+    """SB3's CSV output starts its file anew: keep the earlier attempt's rows under another name."""
+    progress = folder / "progress.csv"
+    if progress.is_file():
+        progress.rename(folder / f"progress.until_{timesteps}.csv")
 
 
 def _merged(base: dict, changes: Mapping) -> dict:

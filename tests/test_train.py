@@ -1,0 +1,221 @@
+"""Training: configs that compose and build, the run directory, determinism, resume after kill -9,
+and trained policies loaded without pickle behind the baselines' predictor protocol."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from agents import load_policy
+from agents.baselines import Uncontrolled
+from agents.checkpoints import list_checkpoints, save_checkpoint
+from agents.evaluate import evaluate
+from agents.policy_io import CONFIG_FILE, PolicyFileError
+from agents.train import TrainConfigError, build_env, build_model, site_params, train, trained_policy
+from envs.observation import observe
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+AGENTS = sorted(path.stem for path in (CONFIGS / "agent").glob("*.yaml"))
+ENVS = sorted(path.stem for path in (CONFIGS / "env").glob("*.yaml"))
+EXPERIMENTS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
+LAUNCHERS = sorted(path.stem for path in (CONFIGS / "hydra" / "launcher").glob("*.yaml"))
+SWEEPERS = sorted(path.stem for path in (CONFIGS / "hydra" / "sweeper").glob("*.yaml"))
+TINY = ["+site.overrides.horizon_steps=24", "+site.overrides.start_hour=7", "n_envs=4", "agent.n_steps=24",
+        "agent.batch_size=48", "agent.n_epochs=2", "total_timesteps=480", "eval_episodes=2",
+        "eval_freq=192", "checkpoint_freq=192", "progress_bar=false"]
+
+
+def train_config(*overrides, hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra_config)
+    return cfg if hydra_config else OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_every_agent_config_builds_its_model(agent):
+    cfg = train_config(f"agent={agent}", "+site.overrides.horizon_steps=4", "n_envs=2")
+    params = site_params(cfg)
+    model = build_model(cfg["agent"], build_env(cfg, params), params, seed=0)
+    assert type(model).__name__ == cfg["agent"]["_target_"].rsplit(".", 1)[1]
+    assert model.action_space.shape == (params.num_ports,)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_every_env_config_builds_the_training_env(env):
+    cfg = train_config(f"env={env}", "+site.overrides.horizon_steps=4", "n_envs=2")
+    venv = build_env(cfg, site_params(cfg))
+    assert venv.reset().shape[0] == 2
+    assert (type(venv).__name__ == "VecNormalize") == bool(cfg["env"]["normalize_obs"])
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_overlays_the_run_config(experiment):
+    cfg = train_config(f"experiment={experiment}")
+    assert cfg["total_timesteps"] >= 1 and cfg["agent"]["_target_"]
+    assert site_params(cfg).num_ports >= 1
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_config_composes(launcher):
+    cfg = train_config(f"hydra/launcher={launcher}", hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
+
+
+@pytest.mark.parametrize("sweeper", SWEEPERS)
+def test_every_sweeper_config_composes(sweeper):
+    cfg = train_config(f"hydra/sweeper={sweeper}", hydra_config=True)
+    assert cfg.hydra.sweeper._target_.startswith("hydra_plugins.")
+
+
+def test_training_reward_weights_are_validated():
+    cfg = train_config("+env.reward.unmet_eur_per_kw=2", "+site.overrides.horizon_steps=4", "n_envs=2")
+    with pytest.raises(TrainConfigError, match="env.reward.unmet_eur_per_kw"):
+        build_env(cfg, site_params(cfg))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, train(train_config(*TINY), run_dir)
+
+
+def test_a_run_writes_checkpoints_tensorboard_policy_and_metrics(tiny_run):
+    run_dir, metrics = tiny_run
+    assert metrics["timesteps"] >= 480 and metrics["target_timesteps"] == 480
+    assert np.isfinite(metrics["score"]) and "resumed_from_timestep" not in metrics
+    assert json.loads((run_dir / "metrics.json").read_text())["score"] == pytest.approx(metrics["score"])
+    assert {"unmet_pct", "profit_eur", "grid_violation_kwh"} <= set(metrics["validation"]["kpis"])
+    steps = [checkpoint.timesteps for checkpoint in list_checkpoints(run_dir / "checkpoints")]
+    assert steps[-1] == metrics["timesteps"] and len(steps) == 2
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    with open(run_dir / "tensorboard" / "progress.csv") as handle:
+        columns = set(next(csv.reader(handle)))
+    assert {"kpi/profit_eur", "kpi/unmet_pct", "kpi/overload_kwh", "kpi/peak_kw", "kpi/v2g_kwh",
+            "reward/energy_cost_eur", "eval/score", "eval/unmet_pct", "train/loss"} <= columns
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "eval/day" in events.Tags()["images"]
+
+
+def test_loaded_policy_acts_like_the_trained_one_and_runs_in_evaluate(tiny_run):
+    run_dir, _ = tiny_run
+    policy = load_policy(run_dir)
+    assert load_policy(run_dir / "policy").config == policy.config
+    cfg = train_config(*TINY)
+    params = site_params(cfg)
+    from envs.core import reset
+    from envs.parametric import generator_for
+
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(5), 3))
+    actions, hidden = policy.predict(observe(params, state))
+    assert hidden is None and actions.shape == (3, params.num_ports) and actions.dtype == np.float32
+    assert np.all(np.abs(actions) <= 1.0)
+    single, _ = policy.predict(observe(params, state)[0])
+    np.testing.assert_allclose(single, actions[0], atol=1e-6)
+    table = evaluate({"uncontrolled": Uncontrolled(params), "trained": policy}, params, 2, seed=3)
+    assert list(table.index) == ["uncontrolled", "trained"]
+
+
+def test_a_policy_folder_runs_no_code_it_names(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    for path in (run_dir / "policy").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["algorithm"] = "os.system"
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(PolicyFileError, match="os.system"):
+        load_policy(folder)
+    with pytest.raises(PolicyFileError, match="neither a run directory"):
+        load_policy(tmp_path / "nothing")
+
+
+def test_a_policy_trained_on_one_site_refuses_another_it_cannot_read(tiny_run):
+    from envs.site import load_site
+
+    policy = load_policy(tiny_run[0])
+    other = load_site("v2g_workplace")
+    with pytest.raises(PolicyFileError, match="v2g_workplace"):
+        policy.begin(other, None)
+
+
+def _losses(run_dir: Path) -> list[tuple]:
+    with open(run_dir / "tensorboard" / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = ("train/loss", "train/value_loss", "train/policy_gradient_loss", "eval/score")
+    return [tuple(row[key] for key in keys) for row in rows if row.get("train/loss") or row.get("eval/score")]
+
+
+def test_same_seed_gives_the_same_updates(tmp_path):
+    overrides = [*TINY, "total_timesteps=192", "eval_freq=96", "checkpoint_freq=0"]
+    first = train(train_config(*overrides), tmp_path / "a")
+    second = train(train_config(*overrides), tmp_path / "b")
+    other = train(train_config(*overrides, "seed=1"), tmp_path / "c")
+    assert len(_losses(tmp_path / "a")) >= 3
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    assert first["score"] == second["score"]
+    assert _losses(tmp_path / "a") != _losses(tmp_path / "c") or first["score"] != other["score"]
+
+
+def test_resume_needs_a_checkpoint_and_a_used_run_directory_needs_resume(tmp_path):
+    cfg = train_config(*TINY, "resume=true")
+    with pytest.raises(TrainConfigError, match="no checkpoint"):
+        train(cfg, tmp_path)
+    params = site_params(cfg)
+    model = build_model(cfg["agent"], build_env(cfg, params), params, seed=0)
+    save_checkpoint(tmp_path / "checkpoints", model, cfg, {})
+    with pytest.raises(TrainConfigError, match="resume=true"):
+        train(train_config(*TINY), tmp_path)
+
+
+def test_trained_policy_normalizes_with_frozen_statistics(tmp_path):
+    cfg = train_config(*TINY)
+    params = site_params(cfg)
+    env = build_env(cfg, params)
+    model = build_model(cfg["agent"], env, params, seed=0)
+    env.reset()
+    env.obs_rms.mean[:] = 3.0
+    policy = trained_policy(model, cfg, params)
+    env.obs_rms.mean[:] = 5.0
+    assert np.all(policy.obs_mean == 3.0)
+
+
+def test_kill_minus_9_then_resume_loses_at_most_the_work_since_the_last_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *TINY, "total_timesteps=4800",
+               "checkpoint_freq=96", "eval_freq=0", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while len(list_checkpoints(run_dir / "checkpoints")) < 2:
+            assert process.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    last = list_checkpoints(run_dir / "checkpoints")[-1].timesteps
+    assert 0 < last < 4800
+    subprocess.run([*command, "resume=true", "total_timesteps=1"], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_timestep"] == last
+    assert metrics["target_timesteps"] == 4800 and metrics["timesteps"] >= 4800
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) >= 2
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
