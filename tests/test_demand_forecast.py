@@ -31,7 +31,7 @@ def test_layout_gains_the_demand_block_only_when_asked():
     h = asked.forecast_steps
     layout = observation_layout(asked)
     assert layout_size(asked) == layout_size(plain) + 2 * h
-    assert list(layout)[-2:] == list(DEMAND_BLOCK)
+    assert list(layout)[-3:] == [*DEMAND_BLOCK, "peak_import_kw"]
     assert layout["expected_arrivals"].start == layout[FORECAST_BLOCK[-1]].stop
     assert layout["expected_energy_kwh"].stop - layout["expected_energy_kwh"].start == h
     low, _ = observation_bounds(asked)

@@ -313,9 +313,10 @@ def test_episode_forecasts_perfect_match_the_observation():
     windows = episode_forecasts(params, episode)
     assert windows.shape == (3, params.horizon_steps + 1, len(FORECAST_BLOCK), params.forecast_steps + 1)
     state = reset(params, episode)
-    start = observation_layout(params)[FORECAST_BLOCK[0]].start
+    layout = observation_layout(params)
+    block = slice(layout[FORECAST_BLOCK[0]].start, layout[FORECAST_BLOCK[-1]].stop)
     for t in range(3):
-        np.testing.assert_array_equal(observe(params, state)[:, start:], windows[:, t].reshape(3, -1))
+        np.testing.assert_array_equal(observe(params, state)[:, block], windows[:, t].reshape(3, -1))
         state, _, _ = step(params, state, np.zeros((3, params.num_ports)))
     noisy = episode_forecasts(params, episode, {"site_pv_kw": {"mode": "noisy", "std_at_horizon": 0.5},
                                                 "price_buy_eur_kwh": {"mode": "persistence"}},

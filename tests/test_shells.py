@@ -90,7 +90,7 @@ obs, _ = vec.reset(seed=0)
 vec.step(vec.action_space.sample())
 print(type(env.unwrapped).__name__, type(vec.unwrapped).__name__, obs.shape)
 """
-    expected = ["SmartChargingEnv", "SmartChargingVectorEnv", "(1024,", "490)"]
+    expected = ["SmartChargingEnv", "SmartChargingVectorEnv", "(1024,", "491)"]
     assert run_python(code, tmp_path).split() == expected
 
 
@@ -351,7 +351,7 @@ def test_partial_reset_mask_is_refused():
 def test_make_vec_uses_the_native_vector_env():
     vec = gym.make_vec(envs.ENV_ID, num_envs=8, **SITE)
     assert isinstance(vec.unwrapped, envs.SmartChargingVectorEnv) and vec.num_envs == 8
-    assert vec.single_observation_space.shape == (490,) and vec.observation_space.shape == (8, 490)
+    assert vec.single_observation_space.shape == (491,) and vec.observation_space.shape == (8, 491)
     assert vec.action_space.shape == (8, 54) and vec.action_space.dtype == np.float32
 
 
@@ -426,7 +426,7 @@ def test_sb3_attributes_methods_and_evaluation():
     assert adapter.get_attr("note", 1) == ["x"]
     with pytest.raises(ValueError, match="every env"):
         adapter.set_attr("note", "y", indices=[0])
-    assert adapter.env_method("reset", seed=0, indices=[1])[0][0].shape == (3, 490)
+    assert adapter.env_method("reset", seed=0, indices=[1])[0][0].shape == (3, 491)
     assert adapter.env_is_wrapped(Monitor) == [True] * 3
     assert adapter.env_is_wrapped(gym.Wrapper) == [False] * 3
     adapter.seed(0)
