@@ -219,3 +219,24 @@ def test_kill_minus_9_then_resume_loses_at_most_the_work_since_the_last_checkpoi
     assert metrics["target_timesteps"] == 4800 and metrics["timesteps"] >= 4800
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) >= 2
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def _sweep(tmp_path, *overrides) -> Path:
+    sweep_dir = tmp_path / "sweep"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *TINY, "total_timesteps=96",
+                    "eval_freq=0", "checkpoint_freq=0", f"hydra.sweep.dir={sweep_dir}", *overrides],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    return sweep_dir
+
+
+def test_optuna_sweep_runs_trials_in_parallel_jobs_and_maximizes_the_score(tmp_path):
+    sweep_dir = _sweep(tmp_path, "hydra/sweeper=ppo_search", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    scores = [json.loads((sweep_dir / job / "metrics.json").read_text())["score"] for job in ("0", "1")]
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(max(scores))
+    assert "agent.learning_rate" in results.best_params
+
+
+def test_submitit_local_launcher_runs_a_sweep_job(tmp_path):
+    sweep_dir = _sweep(tmp_path, "hydra/launcher=submitit_local", "seed=3")
+    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["seed"] == 3
