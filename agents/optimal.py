@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from envs.core import reset
+from envs.dynamics import taper_cross_soc, taper_energy_kwh
 from envs.episode import Episode
 from envs.observation import observation_layout
 from envs.site import SiteParams
@@ -171,17 +172,15 @@ def build_model(params: SiteParams, window: Window) -> Model:
     soc, battery = w.ev_soc[ev], w.ev_battery_kwh[ev]
     car_kw = w.ev_max_charge_kw[ev]
     charge_cap = np.minimum(car_kw, params.port_max_charge_kw[port])
-    taper_rhs = car_kw * (params.taper_intercept - params.taper_slope * soc)
-    charge_ub = np.where(first, np.minimum(charge_cap, taper_rhs), charge_cap)
+    charge_kwh = params.port_charge_efficiency[port] * dt
+    first_kw = taper_energy_kwh(params, soc, battery, car_kw, charge_cap, port) / charge_kwh
+    charge_ub = np.where(first, np.minimum(charge_cap, first_kw), charge_cap)
     charge_ub = np.where(charge_blocked, 0.0, np.maximum(charge_ub, 0.0))
     top_soc = soc + w.ev_room_kwh[ev] / battery
-    tapered = ~first & (charge_ub > 0) & (car_kw * (params.taper_intercept - params.taper_slope * top_soc)
-                                          < charge_cap)
     floor = (np.maximum(w.ev_min_soc, 0.0) - w.ev_soc) * w.ev_battery_kwh
     discharge_ub = np.minimum(w.ev_max_discharge_kw[ev], params.port_max_discharge_kw[port])
     discharge_ub[discharge_blocked | (first & (floor[ev] > 0))] = 0.0
     v2g = np.flatnonzero(discharge_ub > 0)
-    charge_kwh = params.port_charge_efficiency[port] * dt
     discharge_kwh = dt / params.port_discharge_efficiency[port]
     counted = np.flatnonzero(w.ev_counted)
     at_horizon = (np.flatnonzero(w.ev_at_horizon) if w.ev_at_horizon is not None
@@ -239,10 +238,13 @@ def build_model(params: SiteParams, window: Window) -> Model:
     m.add(rows, c_col, -charge_kwh)
     m.add(rows[v2g], col["d"], discharge_kwh[v2g])
 
-    taper = np.flatnonzero(tapered)
-    rows = m.rows(entry_key[taper], -_INF, taper_rhs[taper])
-    m.add(rows, c_col[taper], 1.0)
-    m.add(rows, x_col[taper - 1], car_kw[taper] * params.taper_slope / battery[taper])
+    can_taper = ~first & (charge_ub > 0)
+    lines = taper_lines(params, soc, battery, car_kw, charge_cap, port, top_soc)
+    for needed, kwh_at_soc0, kwh_per_soc in lines:
+        taper = np.flatnonzero(can_taper & needed)
+        rows = m.rows(entry_key[taper], -_INF, kwh_at_soc0[taper] / charge_kwh[taper])
+        m.add(rows, c_col[taper], 1.0)
+        m.add(rows, x_col[taper - 1], -kwh_per_soc[taper] / (battery[taper] * charge_kwh[taper]))
 
     rows = m.rows(entry_key[v2g], -_INF, charge_ub[v2g])
     m.add(rows, c_col[v2g], 1.0)
@@ -317,6 +319,40 @@ def build_model(params: SiteParams, window: Window) -> Model:
                  offset=offset, charge=c_col, discharge=col["d"], v2g_entry=v2g, mode=col["z"],
                  energy=x_col, floor_kwh=floor[ev[v2g]], site_import=col["i"], site_export=col["e"],
                  export_mode=col["w"])
+
+
+TAPER_CHORDS = 8
+
+
+def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_soc):
+    """Upper bounds on a step's battery kWh at full power as lines in the SoC at the step's start.
+
+    ``envs.dynamics.taper_energy_kwh`` is a concave function of that SoC: flat at ``cap_kw``, then
+    a curve over one step's worth of SoC below ``taper_cross_soc``, then linear. Its flat part
+    is the charge bound itself; here come ``TAPER_CHORDS`` chords of the curve and the line of the
+    linear part, whose minimum is the function, exact outside the curve and at most a chord's
+    sag below it on it (so a plan never asks more than the env's car takes). Lists, per line,
+    ``(needed, kwh_at_soc, kwh_per_soc)``: where ``top_soc`` (the highest SoC the EV may reach)
+    gets to the line's range, and the line as kWh at ``soc`` plus a slope per unit of SoC.
+    """
+    if params.taper_slope == 0:
+        return []
+    cross = taper_cross_soc(params, car_kw, cap_kw)
+    width = cap_kw * params.charge_kwh_per_kw_step[port] / battery_kwh
+    lines = []
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for j in range(TAPER_CHORDS):
+            low = cross - width * (1 - j / TAPER_CHORDS)
+            high = cross - width * (1 - (j + 1) / TAPER_CHORDS)
+            low_kwh = taper_energy_kwh(params, low, battery_kwh, car_kw, cap_kw, port)
+            high_kwh = taper_energy_kwh(params, high, battery_kwh, car_kw, cap_kw, port)
+            slope = (high_kwh - low_kwh) / (high - low)
+            lines.append((top_soc > low, low_kwh + slope * (soc - low), slope))
+        rate = params.taper_slope * params.port_charge_efficiency[port] * car_kw / battery_kwh
+        share = -np.expm1(-rate * params.dt_hours)
+        at_soc = (params.taper_intercept / params.taper_slope - soc) * battery_kwh * share
+        lines.append((top_soc > cross, at_soc, -battery_kwh * share))
+    return lines
 
 
 def _status_values(statuses) -> np.ndarray:

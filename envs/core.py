@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.dynamics import available_power, battery_energy_kwh, project_to_limits, split_power
+from envs.actions import action_array
+from envs.dynamics import available_power, battery_energy_kwh, plug_limits, project_to_limits, split_power
 from envs.episode import Episode
 from envs.observation import forecast_series, step_observations
 from envs.plugging import plug_schedule
@@ -13,7 +14,6 @@ from envs.site import SiteParams
 from envs.state import EV_FIELDS, State, ev_table
 
 _TINY = 1e-12
-_DISCHARGE = EV_FIELDS.index("ev_max_discharge_kw")
 
 
 def reset(params: SiteParams, episode: Episode) -> State:
@@ -120,14 +120,8 @@ def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, 
     Raises ValueError naming the env and port of a NaN or infinite entry, or naming the expected
     shape. The caller's array is never modified.
     """
-    action = np.asarray(action)
     expected = state.port_ev.shape
-    if action.shape != expected:
-        raise ValueError(f"action has shape {action.shape}, expected {expected} "
-                         f"(envs, ports of site {params.name!r})")
-    if action.dtype.kind not in "fiub":
-        raise ValueError(f"action has dtype {action.dtype}, expected a float array")
-    action = action.astype(np.float64, copy=False)
+    action = action_array(action, expected, f" (envs, ports of site {params.name!r})")
     largest = np.maximum.reduce(np.abs(action), axis=None)
     if largest <= 1.0:
         return action, np.zeros(expected[0], dtype=np.int64)
@@ -153,8 +147,8 @@ def _unmet_at_horizon(params: SiteParams, state: State, remaining_kwh: np.ndarra
 def _with_available_power(params: SiteParams, state: State, changes: dict) -> State:
     ev_on_port = changes.get("ev_on_port", state.ev_on_port)
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
-        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[2],
-        ev_on_port[3])
+        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[5],
+        ev_on_port[6], ev_on_port[2], ev_on_port[3])
     return state.replace(**changes)
 
 
@@ -199,7 +193,7 @@ def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.
         bi, pi, ki = schedule.plug_env[plug], schedule.plug_port[plug], schedule.plug_ev[plug]
         port_ev[bi, pi] = ki
         plugged = state.ev_table[:, bi, ki]
-        plugged[_DISCHARGE] = np.minimum(plugged[_DISCHARGE], params.port_max_discharge_kw[pi])
+        plug_limits(params, plugged, pi)
         ev_on_port[:, bi, pi] = plugged
         soc[bi, pi] = ev_soc[bi, ki]
         delivered[bi, pi] = ev_delivered[bi, ki]

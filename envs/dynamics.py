@@ -11,21 +11,27 @@ import numpy as np
 from envs.site import SiteParams
 
 
-def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_charge_kw,
-                    ev_max_discharge_kw, min_soc):
-    """Grid-side (charge, discharge) kW each port can take this step, both >= 0.
+def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_charge_kw, charge_cap_kw,
+                    taper_start_soc, ev_max_discharge_kw, min_soc):
+    """Grid-side (charge, discharge) kW each port can take this step, both >= 0, as step averages.
 
-    Charge: the port limit, the car's limit tapered linearly from 1 at ``taper_knee_soc`` to
-    ``taper_floor`` at full, the room left in the battery, and the energy still requested.
-    Discharge: the consented limit and the energy above ``min_soc`` (never below SoC 0, whatever
-    ``min_soc`` says).
+    Charge: ``charge_cap_kw`` (the lower of the port's and the car's limit) until the car's
+    taper bites, then the step average of what ``taper_energy_kwh`` integrates; at most the room
+    left in the battery and the energy still requested. The taper is only evaluated above
+    ``taper_start_soc`` (``plug_limits``), where it can bite within the step. Discharge: the
+    consented limit and the energy above ``min_soc`` (never below SoC 0, whatever ``min_soc``
+    says).
     """
-    taper = np.minimum(params.taper_intercept - params.taper_slope * soc, 1.0)
-    taper *= ev_max_charge_kw
-    charge = np.minimum(taper, params.port_max_charge_kw)
     room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
     room_kwh *= params.charge_kw_per_kwh_step
-    np.minimum(charge, room_kwh, out=charge)
+    charge = np.minimum(charge_cap_kw, room_kwh, out=room_kwh)
+    tapered = soc > taper_start_soc
+    if tapered.any():
+        at = np.nonzero(tapered)
+        port = at[1]
+        car_kw, cap_kw = ev_max_charge_kw[at], charge_cap_kw[at]
+        kwh = taper_energy_kwh(params, soc[at], battery_kwh[at], car_kw, cap_kw, port)
+        charge[at] = np.minimum(charge[at], kwh * params.charge_kw_per_kwh_step[port])
     np.maximum(charge, 0.0, out=charge)
     if not params.bidirectional:
         return charge, np.zeros(charge.shape)
@@ -35,6 +41,60 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_
     discharge = np.minimum(ev_max_discharge_kw, above_min_kwh)
     np.maximum(discharge, 0.0, out=discharge)
     return charge, discharge
+
+
+def taper_energy_kwh(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, hours=None):
+    """Energy (kWh into the battery) a car takes at full power within ``hours`` (default: a step).
+
+    Grid-side, the car takes ``cap_kw`` (its limit and the port's, the lower) until its own limit
+    tapered linearly, ``car_kw * min(1, a - b * soc)`` (1 at ``taper_knee_soc``, ``taper_floor``
+    at full), falls to it at ``taper_cross_soc``; from then on the SoC follows the exponential
+    approach of ``dsoc/dt = eta * car_kw * (a - b * soc) / battery_kwh``. The battery's room is
+    not applied here. Arrays broadcast; ``port`` gives each entry's charge efficiency.
+    """
+    hours = params.dt_hours if hours is None else hours
+    eta = params.port_charge_efficiency[port]
+    a, b = params.taper_intercept, params.taper_slope
+    cap_kwh_per_h = eta * cap_kw
+    if b == 0:
+        return cap_kwh_per_h * hours
+    battery = np.maximum(battery_kwh, _TINY)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = taper_cross_soc(params, car_kw, cap_kw)
+        to_cross_h = np.where(soc < cross, (cross - soc) * battery / cap_kwh_per_h, 0.0)
+        flat_h = np.minimum(to_cross_h, hours)
+        start = np.maximum(soc, cross)
+        rate_per_h = b * eta * car_kw / battery
+        tail = (a / b - start) * battery * -np.expm1(-rate_per_h * (hours - flat_h))
+    return np.where(cap_kw > 0, cap_kwh_per_h * flat_h + np.maximum(tail, 0.0), 0.0)
+
+
+def taper_cross_soc(params: SiteParams, car_kw, cap_kw):
+    """SoC at which the car's tapered limit falls to ``cap_kw`` (inf when the taper is flat)."""
+    if params.taper_slope == 0:
+        return np.full(np.shape(cap_kw), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(car_kw > 0, (params.taper_intercept - cap_kw / car_kw) / params.taper_slope, np.inf)
+
+
+def plug_limits(params: SiteParams, ev_fields: np.ndarray, port: np.ndarray) -> None:
+    """Fill the port-dependent fields of EVs being plugged onto ``port``, in place.
+
+    ``ev_fields`` is (len(EV_FIELDS), E) in ``envs.state.EV_FIELDS`` order: the discharge limit
+    becomes the port's where lower, ``charge_cap_kw`` the lower of the car's and the port's
+    charge limits, and ``taper_start_soc`` the SoC from which a step at full power can reach the
+    taper (below it the car takes ``charge_cap_kw`` all step).
+    """
+    battery, car_kw, discharge_kw, cap_kw, start = (ev_fields[i] for i in (0, 1, 2, 5, 6))
+    np.minimum(discharge_kw, params.port_max_discharge_kw[port], out=discharge_kw)
+    np.minimum(car_kw, params.port_max_charge_kw[port], out=cap_kw)
+    step_kwh = cap_kw * params.charge_kwh_per_kw_step[port]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        start[:] = taper_cross_soc(params, car_kw, cap_kw) - step_kwh / np.maximum(battery, _TINY)
+    start[np.isnan(start)] = np.inf
+
+
+_TINY = 1e-12
 
 
 ROUND_OFF_KW = 1e-9

@@ -10,7 +10,7 @@ from envs.episode import Episode
 from envs.plugging import PlugSchedule
 
 EV_FIELDS = ("battery_kwh", "ev_max_charge_kw", "ev_max_discharge_kw", "min_soc",
-             "announced_departure_step")
+             "announced_departure_step", "charge_cap_kw", "taper_start_soc")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -21,7 +21,8 @@ class State:
     fields describe the EV on the port and are 0 where the port is empty. The EV's fixed data
     (``EV_FIELDS``) are stacked in ``ev_on_port`` so that plugging copies them in one go; they
     read as ``state.battery_kwh`` and so on. ``ev_max_discharge_kw`` is already limited by the
-    port and is 0 without V2G consent. ``max_charge_kw`` and ``max_discharge_kw`` are the
+    port and is 0 without V2G consent; ``charge_cap_kw`` and ``taper_start_soc`` are set when
+    the EV plugs (``envs.dynamics.plug_limits``). ``max_charge_kw`` and ``max_discharge_kw`` are the
     grid-side powers the port can take right now (taper, SoC bounds, remaining request,
     consent); the step and the observation both read them.
     """
@@ -73,6 +74,14 @@ class State:
     def announced_departure_step(self) -> np.ndarray:
         return self.ev_on_port[4]
 
+    @property
+    def charge_cap_kw(self) -> np.ndarray:
+        return self.ev_on_port[5]
+
+    @property
+    def taper_start_soc(self) -> np.ndarray:
+        return self.ev_on_port[6]
+
     def replace(self, **changes) -> State:
         unknown = changes.keys() - _FIELDS
         if unknown:
@@ -87,11 +96,14 @@ _FIELDS = frozenset(field.name for field in dataclasses.fields(State))
 
 
 def ev_table(episode: Episode) -> np.ndarray:
-    """Stack the episode's EV data in ``EV_FIELDS`` order; discharge is 0 without consent."""
+    """Stack the episode's EV data in ``EV_FIELDS`` order; discharge is 0 without consent, and the
+    port-dependent fields are left for ``plug_limits``."""
     return np.stack([
         episode.ev_battery_kwh,
         episode.ev_max_charge_kw,
         episode.ev_max_discharge_kw * episode.ev_v2g_consent,
         episode.ev_min_soc,
         episode.ev_announced_departure_step,
+        episode.ev_max_charge_kw,
+        np.zeros(episode.ev_valid.shape),
     ]).astype(np.float64)

@@ -178,3 +178,23 @@ def assert_same(actual, expected, path: str = "", atol: float = 0.0) -> None:
             np.testing.assert_array_equal(actual, expected, err_msg=path)
     else:
         assert actual == expected, path
+
+
+def fine_step_energy_kwh(params: SiteParams, soc: float, battery_kwh: float, car_kw: float, port_kw: float,
+                         eta: float, steps: int = 1, substeps: int = 1000) -> float:
+    """Battery kWh a car takes at full power over ``steps`` steps, integrated in ``substeps`` midpoint
+    sub-steps per step: grid-side ``min(port, car * min(1, taper))`` with the taper linear from
+    1 at the knee to the floor at full, and never past a full battery."""
+    knee, floor = params.taper_knee_soc, params.taper_floor
+    h = params.dt_hours / substeps
+
+    def power_kw(s):
+        return min(port_kw, car_kw * min(1.0, 1.0 - (1.0 - floor) * (s - knee) / (1.0 - knee)))
+
+    energy = 0.0
+    for _ in range(steps * substeps):
+        middle = soc + 0.5 * h * eta * power_kw(soc) / battery_kwh
+        gained = min(eta * power_kw(middle) * h, (1.0 - soc) * battery_kwh)
+        soc += gained / battery_kwh
+        energy += gained
+    return energy

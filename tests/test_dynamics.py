@@ -8,7 +8,7 @@ carbon 0.5 kg/kWh, setpoint 0 kW; EVs have 40 kWh, SoC 0.5, want 20 kWh and take
 import numpy as np
 import pytest
 from helpers import DT_HOURS as DT
-from helpers import ETA_C, ETA_D, ev, make_episode, port_group, term, tiny_site
+from helpers import ETA_C, ETA_D, ev, fine_step_energy_kwh, make_episode, port_group, term, tiny_site
 
 from envs.core import reset, step
 from envs.observation import observation_layout, observe
@@ -90,15 +90,27 @@ def test_plain_charging_step_is_exact():
     assert obs_field(params, state, "hours_to_departure")[0, 0] == approx(5 * DT)
 
 
-@pytest.mark.parametrize("soc", [0.5, 0.8, 0.85, 0.9, 0.96])
-def test_taper_above_the_knee(soc):
-    params = tiny_site()
-    episode = make_episode(params, [ev(soc=soc, battery_kwh=100, max_charge_kw=10, requested_kwh=50)])
-    expected_kw = 10 * min(1.0, 1 - 0.9 * (soc - 0.8) / 0.2)
-    assert reset(params, episode).max_charge_kw[0, 0] == approx(expected_kw)
-    state, terms, _ = single_step(params, episode, 1.0)
-    assert state.delivered_kwh[0, 0] == approx(expected_kw * CHARGE_KWH_PER_KW)
-    assert state.soc[0, 0] == approx(soc + expected_kw * CHARGE_KWH_PER_KW / 100)
+@pytest.mark.parametrize("port_kw", [11.0, 5.0, 22.0])
+@pytest.mark.parametrize("soc", [0.5, 0.75, 0.8, 0.82, 0.85, 0.9, 0.96, 0.995])
+def test_taper_is_integrated_over_the_step(soc, port_kw):
+    params = tiny_site(ports=[port_group("grid", max_charge_kw=port_kw)])
+    episode = make_episode(params, [ev(soc=soc, battery_kwh=30, max_charge_kw=11, requested_kwh=50)])
+    expected_kwh = fine_step_energy_kwh(params, soc, 30, 11, port_kw, ETA_C)
+    expected_kw = expected_kwh / CHARGE_KWH_PER_KW
+    assert reset(params, episode).max_charge_kw[0, 0] == pytest.approx(expected_kw, rel=1e-7)
+    state, _, _ = single_step(params, episode, 1.0)
+    assert state.delivered_kwh[0, 0] == pytest.approx(expected_kwh, rel=1e-7)
+    assert state.soc[0, 0] == pytest.approx(soc + expected_kwh / 30, abs=1e-8)
+
+
+def test_taper_over_a_day_of_full_power_steps_matches_the_fine_step_reference():
+    params = tiny_site(horizon_steps=16, dt_minutes=30)
+    episode = make_episode(params, [ev(soc=0.3, battery_kwh=25, max_charge_kw=11, requested_kwh=50)])
+    state = reset(params, episode)
+    for _ in range(params.horizon_steps):
+        state, _, _ = step(params, state, np.ones((1, 1)))
+    expected_kwh = fine_step_energy_kwh(params, 0.3, 25, 11, 11, ETA_C, steps=params.horizon_steps)
+    assert state.delivered_kwh[0, 0] == pytest.approx(expected_kwh, rel=1e-7)
 
 
 def test_port_limit_caps_the_car():
@@ -121,7 +133,7 @@ def test_charge_capped_by_remaining_request():
 
 
 def test_charge_capped_by_battery_room():
-    params = tiny_site()
+    params = tiny_site(battery={"taper_knee_soc": 0.8, "taper_floor": 1.0})  # no taper
     episode = make_episode(params, [ev(battery_kwh=4.0, soc=0.8, requested_kwh=20)])
     room_kw = 0.2 * 4.0 / CHARGE_KWH_PER_KW
     assert room_kw < 7.0

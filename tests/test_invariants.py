@@ -5,6 +5,7 @@ projection) and every consequence is recomputed here independently: node flows f
 matrix built by walking parents, battery energy from the efficiencies, unmet energy at departure.
 """
 
+import math
 from unittest import mock
 
 import numpy as np
@@ -270,18 +271,38 @@ def test_rollout_invariants(spec, seed):
     rollout.check_end(state)
 
 
+def full_power_kwh(params, soc, battery, car_kw, cap_kw, eta):
+    """Battery kWh of one step at full power: ``cap_kw`` until the car's linear taper reaches it,
+    then the exponential approach to where the taper would reach zero; one EV at a time."""
+    knee, floor, hours = params.taper_knee_soc, params.taper_floor, params.dt_hours
+    if cap_kw <= 0:
+        return 0.0
+    if floor == 1.0:
+        return eta * cap_kw * hours
+    q = (1.0 - floor) / (1.0 - knee)  # taper lost per unit of SoC past the knee
+    cross = knee + (1.0 - cap_kw / car_kw) / q
+    flat_h = min(max(cross - soc, 0.0) * battery / (eta * cap_kw), hours)
+    start = max(soc, cross)
+    asymptote = knee + 1.0 / q
+    tail_share = -math.expm1(-eta * car_kw * q * (hours - flat_h) / battery)
+    return eta * cap_kw * flat_h + (asymptote - start) * battery * tail_share
+
+
 def available_power(params, episode, env_i, port_i, ev_i, soc, remaining):
     """(charge, discharge) kW the port can take, from the episode's EV data and the site."""
-    knee, floor, dt = params.taper_knee_soc, params.taper_floor, params.dt_hours
+    dt = params.dt_hours
     eta_c, eta_d = params.port_charge_efficiency[port_i], params.port_discharge_efficiency[port_i]
-    taper = np.minimum(1.0, 1.0 - (1.0 - floor) * (soc - knee) / (1.0 - knee))
     battery = episode.ev_battery_kwh[env_i, ev_i]
-    room_kwh = np.minimum((1 - soc) * battery, remaining)
-    charge = np.minimum.reduce([params.port_max_charge_kw[port_i],
-                                taper * episode.ev_max_charge_kw[env_i, ev_i], room_kwh / (eta_c * dt)])
+    car_kw = episode.ev_max_charge_kw[env_i, ev_i]
+    cap_kw = np.minimum(params.port_max_charge_kw[port_i], car_kw)
+    taper_kwh = np.array([full_power_kwh(params, *args)
+                          for args in zip(soc, battery, car_kw, cap_kw, eta_c, strict=True)])
+    room_kwh = np.minimum.reduce([(1 - soc) * battery, remaining, taper_kwh.reshape(soc.shape)])
+    charge = room_kwh / (eta_c * dt)
     car_discharge = episode.ev_max_discharge_kw[env_i, ev_i] * episode.ev_v2g_consent[env_i, ev_i]
+    min_soc = np.maximum(episode.ev_min_soc[env_i, ev_i], 0.0)
     discharge = np.minimum.reduce([params.port_max_discharge_kw[port_i], car_discharge,
-                                   (soc - episode.ev_min_soc[env_i, ev_i]) * battery * eta_d / dt])
+                                   (soc - min_soc) * battery * eta_d / dt])
     return np.maximum(charge, 0), np.maximum(discharge, 0)
 
 

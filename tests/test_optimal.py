@@ -7,7 +7,7 @@ available kW), earns exactly the reward the LP promised, to 1e-6 relative.
 import numpy as np
 import pytest
 from helpers import DT_HOURS as DT
-from helpers import ETA_C, ETA_D, ev, make_episode, port_group, tiny_site
+from helpers import ETA_C, ETA_D, ev, fine_step_energy_kwh, make_episode, port_group, tiny_site
 
 from agents.mpc import ModelPredictiveControl
 from agents.optimal import OfflineOptimal, OptimizationError, Window, plan_window, power_to_action
@@ -156,6 +156,18 @@ def test_the_optimum_charges_evs_staying_past_the_horizon_only_if_their_lack_is_
     assert (policy.charge_kw.sum() > 0) == charged
     lack_kwh = state.totals[0, TERM_INDEX["unmet_at_horizon_kwh"]]
     assert lack_kwh == pytest.approx(0.0 if charged else 2.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(("soc", "port_kw"), [(0.6, 11.0), (0.75, 7.0), (0.9, 22.0)])
+def test_the_plan_follows_the_integrated_taper(soc, port_kw):
+    params = tiny_site(ports=[port_group("grid", max_charge_kw=port_kw)], horizon_steps=3)
+    episode = make_episode(params, [ev(soc=soc, battery_kwh=20, max_charge_kw=11, requested_kwh=50)],
+                           tariff=1.0)
+    policy, state = assert_replay_exact(params, episode)
+    planned_kwh = policy.charge_kw[0, :, 0].sum() * ETA_C * DT
+    full_kwh = fine_step_energy_kwh(params, soc, 20, 11, port_kw, ETA_C, steps=params.horizon_steps)
+    assert full_kwh * (1 - 2e-3) <= planned_kwh <= full_kwh * (1 + 1e-7)
+    assert state.delivered_kwh[0, 0] == pytest.approx(planned_kwh, rel=1e-9)
 
 
 def test_unexpected_solver_outcome_raises():
