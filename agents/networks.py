@@ -1,0 +1,266 @@
+"""Per-port actor-critic for Stable-Baselines3: one small network shared by every port (torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from envs.observation import declared_layout, observation_bounds, observation_scale
+from envs.site import SiteParams
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
+POOLINGS = ("mean", "max")
+NODE_CONTEXT = 2  # per port: tightest headroom / node limit, tightest headroom / wanted kW below
+
+
+def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class PerPortNetwork(nn.Module):
+    """Scores every port with one shared MLP; pools the ports into a site summary and a value.
+
+    Each occupied port is embedded from its scaled ``PORT_FIELDS`` and a node context (over the
+    nodes from its own up to the root, the least headroom relative to the node's limit and to
+    the power the ports below it could take now). The pooled embeddings (mean and/or max over
+    occupied ports, and the occupied share) with the scaled site-wide fields give a site
+    context; each occupied port's action mean comes from its embedding plus that context (an
+    empty port's is 0: the env ignores it), and the value (B, 1) from the pooled embeddings and
+    site-wide fields. Only occupied ports are computed, so the cost follows the EVs plugged in.
+    Site-derived index arrays and scales are non-persistent buffers, rebound by ``set_site``.
+    """
+
+    def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
+                 activation: str):
+        super().__init__()
+        layout = declared_layout(site)
+        self.port_width = len(layout.port_fields) + NODE_CONTEXT
+        self.site_width = len(layout.site_columns)
+        self.pooling = tuple(pooling)
+        summary = len(self.pooling) * embed_dim + 1 + self.site_width
+        self.encoder = _mlp([self.port_width, hidden_dim, embed_dim], activation)
+        self.site_encoder = _mlp([summary, hidden_dim], activation)
+        self.port_head = nn.Linear(embed_dim, hidden_dim)
+        self.context_head = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.action_head = nn.Linear(hidden_dim, 1)
+        self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
+        self.activation = ACTIVATIONS[activation]()
+        self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
+        self.set_site(site)
+
+    def set_site(self, site: SiteParams) -> None:
+        layout = declared_layout(site)
+        if len(layout.site_columns) != self.site_width:
+            raise ValueError(f"site {site.name!r} has {len(layout.site_columns)} site-wide observation "
+                             f"columns, this network reads {self.site_width} (forecast_steps and "
+                             "demand_forecast must match the site it was built for)")
+        ancestors = np.empty((site.num_ports, int(site.node_depth.max()) + 1), dtype=np.int64)
+        node = site.port_node.copy()
+        for level in range(ancestors.shape[1]):
+            ancestors[:, level] = node
+            node = np.where(site.node_parent[node] >= 0, site.node_parent[node], node)
+        cols = layout.slices
+        device = next(self.parameters()).device
+        buffers = {
+            "inv_scale": 1.0 / observation_scale(site),
+            "port_columns": layout.port_columns,
+            "node_columns": layout.node_columns[:, 0],
+            "site_columns": layout.site_columns,
+            "ancestors": ancestors,
+            "node_port_lo": site.node_port_lo,
+            "node_port_hi": site.node_port_hi,
+            "max_charge_columns": np.arange(cols["max_charge_kw"].start, cols["max_charge_kw"].stop),
+            "node_limit_kw": site.node_import_limit_kw,
+        }
+        for name, value in buffers.items():
+            tensor = torch.as_tensor(np.array(value), device=device)
+            self.register_buffer(name, tensor.float() if tensor.is_floating_point() else tensor,
+                                 persistent=False)
+        self.occupied_field = layout.port_fields.index("occupied")
+        self.latent_dim_pi = site.num_ports
+        self.site = site
+
+    def _inputs(self, obs: torch.Tensor):
+        scaled = obs * self.inv_scale
+        ports = scaled[:, self.port_columns]
+        headroom_kw = obs[:, self.node_columns]
+        wanted = torch.cumsum(obs[:, self.max_charge_columns].clamp(min=0.0), dim=1)
+        wanted = torch.nn.functional.pad(wanted, (1, 0))
+        wanted_kw = wanted[:, self.node_port_hi] - wanted[:, self.node_port_lo]
+        relative = (headroom_kw / self.node_limit_kw)[:, self.ancestors].amin(dim=2)
+        served = (headroom_kw / wanted_kw.clamp(min=1e-3)).clamp(-1.0, 1.0)[:, self.ancestors].amin(dim=2)
+        ports = torch.cat([ports, relative.unsqueeze(2), served.unsqueeze(2)], dim=2)
+        occupied = ports[:, :, self.occupied_field] > 0.5
+        return ports, occupied, scaled[:, self.site_columns]
+
+    def _summary(self, obs: torch.Tensor):
+        """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
+        site summary (B, S): pooled embeddings, occupied share and site-wide fields."""
+        ports, occupied, site = self._inputs(obs)
+        b, p = occupied.shape
+        rows = occupied.reshape(-1).nonzero().squeeze(1)
+        env = torch.div(rows, p, rounding_mode="floor")
+        embedded = self.activation(self.encoder(ports.reshape(b * p, -1)[rows]))
+        count = occupied.sum(dim=1, keepdim=True).to(embedded.dtype)
+        zeros = embedded.new_zeros((b, embedded.shape[1]))
+        pooled = []
+        if "mean" in self.pooling:
+            pooled.append(zeros.index_add(0, env, embedded) / count.clamp(min=1.0))
+        if "max" in self.pooling:
+            index = env.unsqueeze(1).expand(-1, embedded.shape[1])
+            pooled.append(zeros.scatter_reduce(0, index, embedded, "amax", include_self=False))
+        return (embedded, rows, env), torch.cat([*pooled, count / p, site], dim=1)
+
+    def _actor(self, ports, summary: torch.Tensor) -> torch.Tensor:
+        embedded, rows, env = ports
+        context = self.context_head(self.activation(self.site_encoder(summary)))
+        hidden = self.activation(self.port_head(embedded) + context[env])
+        mean = summary.new_zeros(summary.shape[0] * self.latent_dim_pi)
+        return mean.scatter(0, rows, self.action_head(hidden).squeeze(1)).reshape(summary.shape[0], -1)
+
+    def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._actor(*self._summary(obs))
+
+    def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self._summary(obs)[1])
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ports, summary = self._summary(obs)
+        return self._actor(ports, summary), self.critic(summary)
+
+
+def _site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
+    low, high = observation_bounds(site)
+    action = spaces.Box(-1.0, 1.0, (site.num_ports,), dtype=np.float32)
+    return spaces.Box(low, high, dtype=np.float32), action
+
+
+class PerPortPolicy(ActorCriticPolicy):
+    """SB3 actor-critic policy whose actor is one network shared by every port of a site.
+
+    ## Description
+
+    ``PerPortNetwork`` maps the flat observation (read through ``envs.observation``'s declared
+    layout and fixed physical scale, no running normalization) to a Gaussian mean per port,
+    with one learned log-std shared by all ports, and to a value pooled over the ports. The
+    policy is permutation-equivariant in the ports of a node, and its weights do not depend on
+    the number of ports or nodes: ``state_dict()`` holds no site-sized tensor, and
+    ``set_site(params)`` rebinds a trained policy to another site with the same forecast
+    window (a caltech policy runs on jpl and city). Works with PPO and A2C; gSDE is not
+    supported.
+
+    ## Arguments
+
+    * ``site``: the ``SiteParams`` the observations come from (``needs_site``: a training
+      pipeline passes it in ``policy_kwargs``).
+    * ``embed_dim`` (32), ``hidden_dim`` (64): port embedding and hidden layer widths.
+    * ``pooling`` (``["mean", "max"]``): poolings over the occupied ports.
+    * ``activation`` (``"tanh"``): one of ``ACTIVATIONS``.
+    * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
+    ``config()`` returns these arguments but the site, JSON-able, so that weights plus config
+    rebuild the policy without pickle. Other keyword arguments go to ``ActorCriticPolicy``.
+
+    >>> from stable_baselines3 import PPO
+    >>> from envs.sb3 import SmartChargingVecEnv
+    >>> env = SmartChargingVecEnv(num_envs=4, site="caltech", horizon_steps=8)
+    >>> model = PPO(PerPortPolicy, env, n_steps=8, batch_size=32, policy_kwargs={"site": env.params})
+    >>> model.policy.predict(env.reset(), deterministic=True)[0].shape
+    (4, 54)
+    >>> from envs.site import load_site
+    >>> model.policy.set_site(load_site("jpl"))
+    >>> obs = np.zeros((2, model.policy.observation_space.shape[0]), dtype=np.float32)
+    >>> model.policy.predict(obs, deterministic=True)[0].shape
+    (2, 52)
+    """
+
+    needs_site = True
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
+                 site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
+                 pooling: Sequence[str] = POOLINGS, activation: str = "tanh", log_std_init: float = 0.0,
+                 ortho_init: bool = True, use_sde: bool = False, **kwargs: Any):
+        if use_sde:
+            raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not pooling or set(pooling) - set(POOLINGS):
+            raise ValueError(f"pooling must be a non-empty subset of {POOLINGS}, got {pooling!r}")
+        expected = declared_layout(site).size
+        if observation_space.shape != (expected,) or action_space.shape != (site.num_ports,):
+            raise ValueError(f"spaces {observation_space.shape}, {action_space.shape} do not fit site "
+                             f"{site.name!r}: expected ({expected},) and ({site.num_ports},)")
+        self.site = site
+        self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
+                               "pooling": [str(p) for p in pooling], "activation": activation}
+        super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
+                         log_std_init=log_std_init, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        self.mlp_extractor = PerPortNetwork(self.site, **self.network_kwargs)
+        self.action_net = nn.Identity()
+        self.value_net = nn.Identity()
+        self.log_std = nn.Parameter(torch.full((1,), float(self.log_std_init)))
+        if self.ortho_init:
+            network = self.mlp_extractor
+            network.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))
+            self.init_weights(network.action_head, gain=0.01)
+            self.init_weights(network.critic[-1], gain=1.0)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def set_site(self, site: SiteParams) -> None:
+        """Rebind the policy to another site's layout, scales and spaces; the weights stay."""
+        self.mlp_extractor.set_site(site)
+        self.observation_space, self.action_space = _site_spaces(site)
+        self.site = site
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments other than the site, as plain JSON-able values."""
+        return {**self.network_kwargs, "log_std_init": float(self.log_std_init),
+                "ortho_init": bool(self.ortho_init)}
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        for name in ("net_arch", "activation_fn", "squash_output", "full_std", "use_expln"):
+            data.pop(name, None)
+        data.update(self.config(), site=self.site)
+        return data
+
+
+class DeterministicActor(nn.Module):
+    """Flat observations (B, D) float32 -> the policy's mean actions (B, P) clipped to [-1, 1].
+
+    Shares the modules of an SB3 ``ActorCriticPolicy`` with a Gaussian action distribution
+    (``PerPortPolicy`` or ``MlpPolicy``) and equals its ``predict(obs, deterministic=True)``;
+    a plain module, ready for tracing and ONNX export.
+    """
+
+    def __init__(self, policy: ActorCriticPolicy):
+        super().__init__()
+        if not isinstance(policy.action_space, spaces.Box) or policy.use_sde or policy.squash_output:
+            raise ValueError("a deterministic actor needs a Box action space and a plain Gaussian policy")
+        self.features_extractor = policy.pi_features_extractor
+        self.mlp_extractor = policy.mlp_extractor
+        self.action_net = policy.action_net
+        low, high = policy.action_space.low, policy.action_space.high
+        if not (np.all(low == -1.0) and np.all(high == 1.0)):
+            raise ValueError("a deterministic actor needs actions in [-1, 1]")
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        latent = self.mlp_extractor.forward_actor(self.features_extractor(obs.float()))
+        return self.action_net(latent).clamp(-1.0, 1.0)
+
+
+def deterministic_actor(policy: ActorCriticPolicy) -> DeterministicActor:
+    """The deterministic actor of a ``PerPortPolicy`` or an SB3 ``MlpPolicy`` (same export path)."""
+    return DeterministicActor(policy)

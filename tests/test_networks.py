@@ -1,0 +1,193 @@
+"""The per-port policy: equivariance, one set of weights for every site, SB3 training, export."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import A2C, PPO
+
+from agents.networks import PerPortPolicy, deterministic_actor
+from envs import SmartChargingVectorEnv
+from envs.observation import declared_layout
+from envs.sb3 import SmartChargingVecEnv
+from envs.site import load_site
+
+torch.set_num_threads(1)
+
+
+def _policy(site, seed=0, **kwargs):
+    env = SmartChargingVecEnv(num_envs=2, site=site, step_info=False)
+    torch.manual_seed(seed)
+    return PPO(PerPortPolicy, env, n_steps=8, batch_size=16, seed=seed,
+               policy_kwargs={"site": env.params, **kwargs}).policy
+
+
+def _observations(params, steps=40, num_envs=3, seed=0):
+    """Observations after ``steps`` steps of full charging (EVs on the ports, nodes loaded)."""
+    env = SmartChargingVectorEnv(num_envs, params)
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        obs, *_ = env.step(np.ones((num_envs, params.num_ports)))
+    return obs
+
+
+def _permute_ports(params, obs, order):
+    out = obs.copy()
+    columns = declared_layout(params).port_columns
+    out[:, columns] = obs[:, columns[order]]
+    return out
+
+
+def _mean_actions(policy, obs):
+    with torch.no_grad():
+        return policy.mlp_extractor.forward_actor(torch.as_tensor(obs)).numpy()
+
+
+@pytest.fixture(scope="module")
+def caltech_policy():
+    return _policy(load_site("caltech"), ortho_init=False)
+
+
+def test_actions_follow_a_permutation_of_the_ports(caltech_policy):
+    params = load_site("caltech")
+    obs = _observations(params)
+    order = np.random.default_rng(1).permutation(params.num_ports)
+    actions = _mean_actions(caltech_policy, obs)
+    assert actions[:, obs[0, :params.num_ports] > 0].std() > 1e-3, "ports should get different actions"
+    np.testing.assert_allclose(_mean_actions(caltech_policy, _permute_ports(params, obs, order)),
+                               actions[:, order], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        values = caltech_policy.predict_values(torch.as_tensor(obs))
+        permuted = caltech_policy.predict_values(torch.as_tensor(_permute_ports(params, obs, order)))
+    np.testing.assert_allclose(permuted.numpy(), values.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_permutation_within_each_node_of_a_tree():
+    params = load_site("jpl")
+    policy = _policy(params, ortho_init=False)
+    obs = _observations(params, steps=36)
+    rng = np.random.default_rng(2)
+    order = np.arange(params.num_ports)
+    for lo, hi in zip(params.node_port_lo, params.node_port_hi, strict=True):
+        if hi > lo and np.all(params.port_node[lo:hi] == params.port_node[lo]):
+            order[lo:hi] = lo + rng.permutation(hi - lo)
+    assert not np.array_equal(order, np.arange(params.num_ports))
+    np.testing.assert_allclose(_mean_actions(policy, _permute_ports(params, obs, order)),
+                               _mean_actions(policy, obs)[:, order], rtol=1e-5, atol=1e-6)
+
+
+def test_one_set_of_weights_runs_on_jpl_and_city(caltech_policy):
+    weights = {name: t.clone() for name, t in caltech_policy.state_dict().items()}
+    for name in ("jpl", "city"):
+        params = load_site(name)
+        obs = _observations(params, steps=36, num_envs=2)
+        caltech_policy.set_site(params)
+        actions, _ = caltech_policy.predict(obs, deterministic=True)
+        assert actions.shape == (2, params.num_ports) and np.all(np.isfinite(actions))
+        fresh = _policy(params, seed=5, ortho_init=False)
+        assert not np.allclose(_mean_actions(fresh, obs), _mean_actions(caltech_policy, obs))
+        fresh.load_state_dict(weights)
+        np.testing.assert_allclose(fresh.predict(obs, deterministic=True)[0], actions, rtol=1e-5, atol=1e-6)
+    caltech_policy.set_site(load_site("caltech"))
+    assert caltech_policy.predict(_observations(load_site("caltech")), deterministic=True)[0].shape == (3, 54)
+    for name, tensor in caltech_policy.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+
+
+def test_state_dict_does_not_depend_on_the_site(caltech_policy):
+    city = _policy(load_site("city", horizon_steps=8))
+    shapes = {name: tuple(t.shape) for name, t in caltech_policy.state_dict().items()}
+    assert shapes == {name: tuple(t.shape) for name, t in city.state_dict().items()}
+    assert "log_std" in shapes and shapes["log_std"] == (1,)
+    assert not any(name.endswith(("columns", "scale", "ancestors")) for name in shapes)
+
+
+def test_a_site_with_another_forecast_window_is_refused(caltech_policy):
+    with pytest.raises(ValueError, match="site-wide observation columns"):
+        caltech_policy.set_site(load_site("caltech", forecast_steps=4))
+    with pytest.raises(ValueError, match="pooling"):
+        _policy(load_site("nl_home"), pooling=["sum"])
+
+
+def test_config_is_json_and_rebuilds_the_policy(caltech_policy):
+    config = json.loads(json.dumps(caltech_policy.config()))
+    assert config["embed_dim"] == 32 and config["pooling"] == ["mean", "max"]
+    params = load_site("caltech")
+    rebuilt = _policy(params, seed=3, **config)
+    rebuilt.load_state_dict(caltech_policy.state_dict())
+    obs = _observations(params)
+    np.testing.assert_array_equal(rebuilt.predict(obs, deterministic=True)[0],
+                                  caltech_policy.predict(obs, deterministic=True)[0])
+
+
+@pytest.mark.parametrize("algo", [PPO, A2C])
+def test_sb3_learns_a_few_hundred_steps(algo, tmp_path):
+    env = SmartChargingVecEnv(num_envs=8, site=load_site("caltech", horizon_steps=8, start_hour=8),
+                              step_info=False)
+    kwargs = {"batch_size": 32, "n_epochs": 2} if algo is PPO else {}
+    model = algo(PerPortPolicy, env, n_steps=8, seed=0, policy_kwargs={"site": env.params}, **kwargs)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(320)
+    assert model.num_timesteps >= 320
+    after = list(model.policy.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert sum(not torch.equal(a, b) for a, b in zip(after, before, strict=True)) == len(before)
+    model.save(tmp_path / "model")
+    loaded = algo.load(tmp_path / "model", env=env)
+    obs = env.reset()
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0],
+                                  model.predict(obs, deterministic=True)[0])
+
+
+@pytest.mark.parametrize("kind", ["per_port", "mlp"])
+def test_deterministic_actor_equals_predict(kind, caltech_policy):
+    params = load_site("caltech")
+    if kind == "per_port":
+        policy = caltech_policy
+    else:
+        env = SmartChargingVecEnv(num_envs=2, site=params)
+        policy = PPO("MlpPolicy", env, n_steps=8, batch_size=16, seed=0).policy
+    obs = _observations(params)
+    actor = deterministic_actor(policy)
+    head = policy.mlp_extractor.action_head if kind == "per_port" else policy.action_net
+    with torch.no_grad():
+        features = actor.features_extractor(torch.as_tensor(obs))
+        mean = actor.action_net(actor.mlp_extractor.forward_actor(features))
+        saved = head.weight.clone(), head.bias.clone()
+        gain = 3.0 / (mean - mean.median()).abs().max()
+        head.weight.mul_(gain)
+        head.bias.sub_(mean.median()).mul_(gain)
+        try:
+            actions = actor(torch.as_tensor(obs)).numpy()
+            expected, _ = policy.predict(obs, deterministic=True)
+        finally:
+            head.weight.copy_(saved[0])
+            head.bias.copy_(saved[1])
+    assert actions.shape == (3, 54) and actions.dtype == np.float32
+    assert np.abs(actions).max() == 1.0 and (np.abs(actions) < 1).any(), "some actions clipped, some not"
+    np.testing.assert_allclose(actions, expected, rtol=1e-6, atol=1e-7)
+
+
+TOY_SITE = {"name": "toy", "dt_minutes": 15, "horizon_steps": 8, "start_hour": 8, "forecast_steps": 2,
+            "nodes": [{"name": "grid", "limit_kw": 200}],
+            "ports": [{"name": "p", "node": "grid", "count": 4, "max_charge_kw": 11}],
+            "scenario": {"sessions_per_day": 200, "energy_mean_kwh": 30, "peak_hours": [7.0],
+                         "peak_widths_hours": [1.0], "peak_weights": [1.0]}}
+
+
+@pytest.mark.parametrize(("tariff", "direction"), [(0.8, 1), (0.0, -1)])
+def test_ppo_learns_whether_charging_pays(tariff, direction):
+    params = load_site(TOY_SITE, scenario={"tariff_eur_kwh": tariff})
+    env = SmartChargingVecEnv(num_envs=16, site=params, step_info=False)
+    probe = SmartChargingVecEnv(num_envs=32, site=params, step_info=False)
+    probe.seed(100)
+    obs = probe.reset()
+    occupied = obs[:, :params.num_ports] > 0
+    assert occupied.mean() > 0.5
+    model = PPO(PerPortPolicy, env, n_steps=8, batch_size=64, n_epochs=4, learning_rate=1e-3, seed=0,
+                policy_kwargs={"site": params, "embed_dim": 16, "hidden_dim": 16})
+    before = model.predict(obs, deterministic=True)[0][occupied].mean()
+    model.learn(2048)
+    after = model.predict(obs, deterministic=True)[0][occupied].mean()
+    assert abs(before) < 0.05 and direction * after > 0.5, (before, after)
