@@ -14,8 +14,8 @@ from agents.baselines import Uncontrolled
 from agents.kpis import KPI_COLUMNS, add_score, episode_kpis, summarize, write_tables
 from envs.core import reset, step
 from envs.episode import Episode, Generator
+from envs.generators import generator_for
 from envs.observation import observe
-from envs.parametric import generator_for
 from envs.plugging import DEPARTED
 from envs.site import SiteParams, load_site
 

@@ -45,7 +45,7 @@ class ModelPredictiveControl:
 
     >>> import numpy as np
     >>> from envs.site import load_site
-    >>> from envs.parametric import generator_for
+    >>> from envs.generators import generator_for
     >>> from envs.core import reset, step
     >>> from envs.observation import observe
     >>> params = load_site("caltech", horizon_steps=12)

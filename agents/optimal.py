@@ -595,7 +595,7 @@ class OfflineOptimal:
 
     >>> import numpy as np
     >>> from envs.site import load_site
-    >>> from envs.parametric import generator_for
+    >>> from envs.generators import generator_for
     >>> params = load_site("caltech", horizon_steps=16)
     >>> episode = generator_for(params).sample(params, np.random.default_rng(0), 2)
     >>> policy = OfflineOptimal(params)

@@ -28,7 +28,8 @@ class TrainedPolicy:
     ``envs.observation.observe`` builds it and returns ``(actions, None)``, actions float32 in
     [-1, 1], so ``agents.evaluate`` and every tool that runs baselines runs it too. The
     observation is scaled with the frozen statistics saved with the policy (SB3's
-    ``VecNormalize``), if any. A recurrent policy keeps its hidden state between calls;
+    ``VecNormalize``), if any; a policy trained behind the deadline guard
+    (``agents.guards``) acts behind it too. A recurrent policy keeps its hidden state between calls;
     ``begin(params, episode)`` (called by ``agents.evaluate.rollout`` before each batch)
     resets it, checks that the site's observation has the size the policy was trained on, and
     rebinds a site-aware policy (one with ``set_site``) to the new site's layout.
@@ -44,6 +45,7 @@ class TrainedPolicy:
         self.clip_obs, self.epsilon = float(clip_obs), float(epsilon)
         self._hidden = None
         self._episode_start: np.ndarray | None = None
+        self.guard = None
 
     @property
     def recurrent(self) -> bool:
@@ -51,6 +53,10 @@ class TrainedPolicy:
 
     def begin(self, params, episode) -> None:
         self._hidden, self._episode_start = None, None
+        if self.config.get("deadline_guard"):
+            from agents.guards import DeadlineGuard
+
+            self.guard = DeadlineGuard(params)
         set_site = getattr(self.policy, "set_site", None)
         if callable(set_site):
             set_site(params)
@@ -85,6 +91,11 @@ class TrainedPolicy:
         else:
             actions, _ = self.policy.predict(scaled, deterministic=deterministic)
         actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
+        if self.config.get("deadline_guard"):
+            if self.guard is None:
+                raise PolicyFileError("this policy acts behind the deadline guard: call "
+                                      "begin(params, episode) with the site before predict")
+            actions = self.guard.apply(batch, actions)
         return (actions[0] if obs.ndim == 1 else actions), None
 
 

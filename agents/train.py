@@ -45,12 +45,17 @@ def training_params(params: SiteParams, env_cfg: Mapping[str, Any]) -> SiteParam
 
 
 def build_env(cfg: Mapping[str, Any], params: SiteParams):
-    """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, wrapped in ``VecNormalize`` if asked."""
+    """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, behind the deadline guard and
+    ``VecNormalize`` where ``env`` asks for them."""
     from envs.sb3 import SmartChargingVecEnv
 
     env_cfg = cfg["env"]
     venv = SmartChargingVecEnv(_positive_int(cfg, "n_envs"), site=training_params(params, env_cfg),
                                step_info=False)
+    if env_cfg.get("deadline_guard"):
+        from agents.guards import GuardedVecEnv
+
+        venv = GuardedVecEnv(venv, params)
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -102,7 +107,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         raise TrainConfigError(f"{run_dir} already holds checkpoints (newest {checkpoint.path.name}); pass "
                                "resume=true to continue it or choose a new hydra.run.dir")
     cfg = dict(cfg)
-    total = _positive_int(cfg, "total_timesteps")
+    total = _count(cfg, "total_timesteps", low=0)
     torch.set_num_threads(_positive_int(cfg, "torch_threads"))
     params = site_params(cfg)
     env = build_env(cfg, params)
@@ -134,6 +139,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"]},
                         int(cfg.get("keep_checkpoints", 2)))
 
+    if checkpoint is None and cfg.get("imitation"):
+        from agents.imitation import pretrain
+
+        coefficients = training_params(params, cfg["env"]).reward.coefficients()
+        for key, value in pretrain(model, cfg["imitation"], params, coefficients, int(cfg["seed"])).items():
+            model.logger.record(key, value)
     steps = model.num_timesteps
     eval_freq, checkpoint_freq = int(cfg.get("eval_freq", 0)), int(cfg.get("checkpoint_freq", 0))
     periodic = Periodic(eval_freq, checkpoint_freq, evaluate, checkpoint_now,
@@ -196,6 +207,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "site_name": params.name,
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
+        "deadline_guard": bool(cfg["env"].get("deadline_guard", False)),
     }
 
 
@@ -215,11 +227,11 @@ def _merged(base: dict, changes: Mapping) -> dict:
 
 
 def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
+    return _count(cfg, key, low=1)
+
+
+def _count(cfg: Mapping[str, Any], key: str, low: int) -> int:
     value = cfg.get(key)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise TrainConfigError(f"{key} must be a positive integer, got {str(value)[:50]!r}") from None
-    if number != value and not (isinstance(value, str) and value.strip().isdigit()) or number < 1:
-        raise TrainConfigError(f"{key} must be a positive integer, got {str(value)[:50]!r}")
-    return number
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise TrainConfigError(f"{key} must be an integer >= {low}, got {str(value)[:50]!r}")
+    return value

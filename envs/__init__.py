@@ -12,9 +12,10 @@ import gymnasium
 
 from envs.core import reset, step
 from envs.episode import Episode, Generator
+from envs.generators import generator_for
 from envs.gym_env import SmartChargingEnv
 from envs.observation import observation_bounds, observation_layout, observe
-from envs.parametric import ParametricGenerator, generator_for
+from envs.parametric import ParametricGenerator
 from envs.reward import TERMS, RewardWeights
 from envs.site import SiteError, SiteParams, builtin_sites, load_site
 from envs.state import State

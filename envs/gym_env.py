@@ -10,8 +10,8 @@ from gymnasium import spaces
 
 from envs import core
 from envs.episode import Generator
+from envs.generators import generator_for
 from envs.observation import observation_bounds, observation_layout, observe
-from envs.parametric import generator_for
 from envs.reward import TERMS
 from envs.site import load_site
 from envs.state import State

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.episode import Episode, Generator, demand_windows, pack_evs
+from envs.episode import Episode, demand_windows, pack_evs
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -262,41 +262,3 @@ class ParametricGenerator:
         shifted[:, repair:] = count[:, :-repair]
         return (count - shifted) > 0
 
-
-def generator_for(params: SiteParams) -> Generator:
-    """The generator described by the site's ``scenario`` block.
-
-    Its ``generator`` key picks "parametric" (the default, ``ParametricGenerator``), "fitted"
-    (``envs.data.fit.FittedGenerator``) or "replay" (real sessions from a file, day by day:
-    ``envs.data.replay_config.replay_from_config``); a ``series`` key wraps the result in
-    ``envs.data.overlay.SeriesOverlay`` to cut prices, loads, PV and carbon from real data; a
-    ``forecasts`` key (per series: ``mode`` perfect, persistence or noisy, and its options)
-    makes the observation show issued forecasts (``envs.data.forecasts.IssuedForecasts``).
-    The data modules are imported only when asked for.
-    """
-    scenario = dict(params.scenario)
-    kind = scenario.get("generator", "parametric")
-    series = scenario.pop("series", None)
-    forecasts = scenario.pop("forecasts", None)
-    if kind == "parametric":
-        generator = ParametricGenerator.from_config(scenario, params.name)
-    elif kind == "fitted":
-        from envs.data.fit import FittedGenerator
-
-        generator = FittedGenerator.from_config(scenario, params.name)
-    elif kind == "replay":
-        from envs.data.replay_config import replay_from_config
-
-        generator = replay_from_config(scenario, params)
-    else:
-        raise SiteError(f"site {params.name!r}: scenario.generator must be 'parametric', 'fitted' or "
-                        f"'replay', got {kind!r}")
-    if series is not None:
-        from envs.data.overlay import with_series
-
-        generator = with_series(generator, {"series": series}, params)
-    if forecasts is not None:
-        from envs.data.forecasts import IssuedForecasts
-
-        generator = IssuedForecasts(generator, forecasts)
-    return generator

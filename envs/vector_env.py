@@ -11,8 +11,8 @@ from gymnasium.vector.utils import batch_space
 
 from envs import core
 from envs.episode import Generator
+from envs.generators import generator_for
 from envs.observation import observation_bounds, observation_layout, observe
-from envs.parametric import generator_for
 from envs.reward import TERMS
 from envs.site import load_site
 from envs.state import State

@@ -25,8 +25,8 @@ import numpy as np
 from agents.mpc import ModelPredictiveControl
 from agents.optimal import offline_windows, plan_window
 from envs.core import reset, step
+from envs.generators import generator_for
 from envs.observation import observe
-from envs.parametric import generator_for
 from envs.site import load_site
 
 FULL_GARAGE = {"sessions_per_day": 300, "peak_hours": [1.0], "peak_widths_hours": [0.5],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.parametric import generator_for
+from envs.generators import generator_for
 from envs.site import builtin_sites, load_site
 
 ACN_FILES = ("caltech_2019-05-01_2019-08-31.csv.gz", "caltech_2019-09-01_2019-12-31.csv.gz")

@@ -22,8 +22,8 @@ from agents.baselines import (
 )
 from agents.evaluate import KPI_COLUMNS, evaluate
 from envs.core import reset, step
+from envs.generators import generator_for
 from envs.observation import layout_size, observe
-from envs.parametric import generator_for
 from envs.site import load_site
 
 LIMITED = (EarliestDeadlineFirst, LeastLaxityFirst, EqualShare, RoundRobin, AsLateAsPossible,

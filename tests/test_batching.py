@@ -7,8 +7,8 @@ import pytest
 from helpers import assert_same, snapshot, term
 
 from envs.core import reset, step
+from envs.generators import generator_for
 from envs.observation import observe
-from envs.parametric import generator_for
 from envs.site import load_site
 
 NUM_ENVS = 4

@@ -13,8 +13,9 @@ from envs.core import reset, step
 from envs.data.forecasts import fit_daily_demand
 from envs.data.replay import ReplayGenerator
 from envs.episode import DEMAND_BLOCK, FORECAST_BLOCK, demand_windows
+from envs.generators import generator_for
 from envs.observation import layout_size, observation_bounds, observation_layout, observe
-from envs.parametric import ParametricGenerator, generator_for
+from envs.parametric import ParametricGenerator
 from envs.site import SiteError, load_site
 
 

@@ -25,7 +25,8 @@ from envs.data.fitting import (
     pooled_quantiles,
 )
 from envs.data.sessions import read_sessions
-from envs.parametric import ParametricGenerator, generator_for
+from envs.generators import generator_for
+from envs.parametric import ParametricGenerator
 from envs.site import SiteError, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -508,7 +509,7 @@ def test_fit_scenario_script_writes_a_preset_and_its_fidelity(tmp_path):
 
 
 def test_fitted_presets_do_not_load_pandas_or_scipy():
-    code = ("import sys; from envs.site import load_site; from envs.parametric import generator_for; "
+    code = ("import sys; from envs.site import load_site; from envs.generators import generator_for; "
             "generator_for(load_site('caltech_fitted')); "
             "print(sorted(m for m in ('pandas', 'scipy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import envs.core
 from envs.core import reset, step
 from envs.dynamics import project_to_limits
+from envs.generators import generator_for
 from envs.observation import observation_bounds, observe
-from envs.parametric import generator_for
 from envs.reward import TERM_INDEX, TERMS
 from envs.site import load_site
 

@@ -12,8 +12,8 @@ from helpers import ETA_C, ETA_D, ev, fine_step_energy_kwh, make_episode, port_g
 from agents.mpc import ModelPredictiveControl
 from agents.optimal import OfflineOptimal, OptimizationError, Window, plan_window, power_to_action
 from envs.core import reset, step
+from envs.generators import generator_for
 from envs.observation import observe
-from envs.parametric import generator_for
 from envs.reward import TERM_INDEX
 from envs.site import load_site
 

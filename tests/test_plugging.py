@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from envs.parametric import generator_for
+from envs.generators import generator_for
 from envs.plugging import ABANDONED, DEPARTED, PLUGGED, QUEUED, TURNED_AWAY, plug_schedule
 from envs.site import load_site
 

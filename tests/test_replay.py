@@ -139,7 +139,7 @@ def test_car_data_from_the_table_or_from_a_fleet_that_holds_the_request():
         "max_charge_kw": [np.nan, np.nan, np.nan, 22.0, np.nan],
     })
     fleet = [EvModel(40.0, 7.4, 0.0, 0.999), EvModel(75.0, 11.0, 11.0, 0.001)]
-    generator = ReplayGenerator(sessions, fleet=fleet, shuffle=False)
+    generator = ReplayGenerator(sessions, fleet=fleet, shuffle=False, cap_request_to_stay=False)
     episode = generator.sample(site(), np.random.default_rng(0), 1)
     episode.check(site())
     battery, requested = episode.ev_battery_kwh[0], episode.ev_requested_kwh[0]
@@ -148,6 +148,38 @@ def test_car_data_from_the_table_or_from_a_fleet_that_holds_the_request():
     assert episode.ev_max_charge_kw[0].tolist() == [11.0, 11.0, 7.4, 22.0, 7.4]
     assert np.all(episode.ev_soc_arrival[0] <= 1 - requested / battery + 1e-12)
     assert episode.ev_soc_arrival[0, 1] == 0.0
+
+
+def test_requests_are_capped_at_what_the_stay_delivers_and_the_table_keeps_them():
+    arrival = pd.to_datetime(["2021-06-01 08:00", "2021-06-01 09:00", "2021-06-01 10:00", "2021-05-31 22:00",
+                              "2021-06-01 12:00"]).tz_localize("Europe/Oslo")
+    stay_h = np.array([9.0, 0.5, 2.0, 4.0, 0.0])
+    sessions = pd.DataFrame({
+        "arrival": arrival, "departure": arrival + pd.to_timedelta(stay_h, unit="h"),
+        "announced_departure": arrival + pd.to_timedelta(stay_h, unit="h"),
+        "requested_kwh": [70.0, 20.0, 10.0, 24.0, 5.0], "delivered_kwh": [50.0, 4.0, 9.0, 20.0, 0.0],
+        "max_charge_kw": [11.0, 11.0, 3.7, 11.0, 11.0],
+    })
+    params = site()  # 7 kW ports
+    efficiency = float(params.port_charge_efficiency.max())
+    generator = ReplayGenerator(sessions, days=["2021-06-01"], shuffle=False)
+    episode = generator.sample(params, np.random.default_rng(0), 1)
+    valid = episode.ev_valid[0]
+    # the overnight session is inside the window for 2 of its 4 hours: half its request, capped to 2 h
+    np.testing.assert_allclose(episode.ev_requested_kwh[0][valid],
+                               [min(12.0, 2 * 7 * efficiency), min(70.0, 9 * 7 * efficiency),
+                                0.5 * 7 * efficiency, min(10.0, 2 * 3.7 * efficiency), 0.0])
+    assert sessions["requested_kwh"].tolist() == [70.0, 20.0, 10.0, 24.0, 5.0]
+    uncapped = ReplayGenerator(sessions, days=["2021-06-01"], shuffle=False, cap_request_to_stay=False)
+    raw = uncapped.sample(params, np.random.default_rng(0), 1)
+    np.testing.assert_allclose(raw.ev_requested_kwh[0][valid], [12.0, 60.0, 20.0, 10.0, 5.0])  # battery 60
+    report = generator.report(params)
+    assert report.site == "replay" and report.zero_stays == 1
+    assert report.capped == 4  # 70 > 59.85, 20 > 3.3, 10 > 7.03, 5 > 0; the 24 kWh in 4 h fit
+    assert report.capped_kwh == pytest.approx((70 - 9 * 7 * efficiency) + (20 - 0.5 * 7 * efficiency)
+                                              + (10 - 2 * 3.7 * efficiency) + 5.0, abs=1e-3)
+    assert report.above_port_power == 1  # 4 kWh in half an hour on a 7 kW port
+    assert "4 requests above what the stay delivers" in report.summary()
 
 
 def test_wall_clock_steps_in_the_sessions_zone():
@@ -197,8 +229,17 @@ def test_real_day_replays_its_sessions():
     left = schedule.turned_away.sum() + schedule.abandoned.sum() + (schedule.ev_status == QUEUED).sum()
     assert plugged + left == schedule.arrived.sum()
     requested = sessions.loc[arriving, "requested_kwh"].to_numpy()
-    np.testing.assert_allclose(np.sort(episode.ev_requested_kwh[0, carried.sum():episode.ev_valid.sum()]),
-                               np.sort(np.minimum(requested, 75.0)))
+    raw = ReplayGenerator(sessions, days=[day.date()], shuffle=False, cap_request_to_stay=False).sample(
+        params, np.random.default_rng(0), 1)
+    own = slice(carried.sum(), episode.ev_valid.sum())
+    np.testing.assert_allclose(np.sort(raw.ev_requested_kwh[0, own]), np.sort(np.minimum(requested, 75.0)))
+    wall = sessions.loc[arriving, ["arrival", "departure"]].apply(lambda t: t.dt.tz_localize(None))
+    stay_h = ((wall["departure"] - wall["arrival"]).dt.total_seconds() / 3600).to_numpy()
+    power = np.minimum(episode.ev_max_charge_kw[0, own], params.port_max_charge_kw.max())
+    deliverable = stay_h * power * params.port_charge_efficiency.max()
+    np.testing.assert_allclose(episode.ev_requested_kwh[0, own],
+                               np.minimum(np.minimum(requested, episode.ev_battery_kwh[0, own]), deliverable))
+    assert (requested > deliverable).sum() >= 5  # real requests the stay cannot deliver
 
 
 # --- replay from a site's scenario block (generator: replay) ---------------------------------
@@ -213,7 +254,7 @@ def test_scenario_block_replays_the_file_like_the_constructor(sessions):
     import gymnasium
 
     import envs
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
 
     params = replay_site(days=["2019-05-06"], shuffle=False)
     generator = generator_for(params)
@@ -228,7 +269,7 @@ def test_scenario_block_replays_the_file_like_the_constructor(sessions):
 
 
 def test_date_range_keeps_the_replayable_days_inside_it(sessions):
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
 
     params = replay_site(date_range=["2019-05-06", "2019-05-07"])
     days = generator_for(params).days_for(params)
@@ -261,7 +302,7 @@ def test_date_range_keeps_the_replayable_days_inside_it(sessions):
     ({"shuffle": "no"}, "scenario.shuffle must be true or false"),
 ])
 def test_bad_replay_block_names_the_field(scenario, field):
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
     from envs.site import SiteError
 
     params = replay_site(**scenario)
@@ -272,7 +313,7 @@ def test_bad_replay_block_names_the_field(scenario, field):
 def test_replay_block_expands_the_home_directory(tmp_path, monkeypatch):
     import shutil
 
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
 
     shutil.copy(FIXTURES / "sessions_acn.csv.gz", tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -281,7 +322,7 @@ def test_replay_block_expands_the_home_directory(tmp_path, monkeypatch):
 
 
 def test_series_over_a_replay_are_cut_from_the_replayed_days(tmp_path):
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
     from envs.site import SiteError
 
     hours = pd.date_range("2019-05-01", "2019-05-31 23:00", freq="h")
@@ -300,3 +341,29 @@ def test_series_over_a_replay_are_cut_from_the_replayed_days(tmp_path):
     late = replay_site(days=["2019-05-06"], series={**series, "dates": ["2019-05-10", "2019-05-20"]})
     with pytest.raises(SiteError, match=r"series\.dates leave out the replayed day 2019-05-06"):
         generator_for(late).sample(late, np.random.default_rng(0), 1)
+
+
+def test_replay_block_filters_stations_writes_and_logs_the_report(tmp_path, caplog):
+    import json
+    import logging
+
+    from envs.generators import generator_for
+
+    path = tmp_path / "report" / "caltech.json"
+    params = replay_site(sessions={"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES),
+                                   "stations": ["CA-1", "CA-2"], "report": str(path)})
+    with caplog.at_level(logging.INFO, logger="envs.data.replay_config"):
+        generator = generator_for(params)
+    assert set(generator.sessions["station_id"]) == {"CA-1", "CA-2"}
+    written = json.loads(path.read_text())
+    assert written["site"] == "replay" and written["dropped"]["other station"] == written["rows_read"] - len(
+        generator.sessions)
+    assert "sessions read" in caplog.text and "requests above what the stay delivers" in caplog.text
+    from envs.site import SiteError
+
+    with pytest.raises(SiteError, match=r"scenario\.sessions\.stations must be a list"):
+        generator_for(replay_site(sessions={"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES),
+                                            "stations": "CA-1"}))
+    with pytest.raises(SiteError, match=r"scenario\.sessions leaves no session to replay"):
+        generator_for(replay_site(sessions={"path": "sessions_acn.csv.gz", "data_dir": str(FIXTURES),
+                                            "stations": ["nowhere"]}))

@@ -35,8 +35,9 @@ from envs.data.series import (
     site_step_times,
     step_times,
 )
+from envs.generators import generator_for
 from envs.observation import FORECAST_BLOCK, observation_layout, observe
-from envs.parametric import ParametricGenerator, generator_for
+from envs.parametric import ParametricGenerator
 from envs.site import SiteError, load_site
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -473,8 +474,8 @@ def test_issued_forecasts_reach_the_observation_and_leave_rewards_alone():
 
     from envs import core
     from envs.data.forecasts import episode_forecasts
+    from envs.generators import generator_for
     from envs.observation import observation_layout, observe
-    from envs.parametric import generator_for
     from envs.site import load_site
 
     params = load_site("v2g_workplace", horizon_steps=12)
@@ -498,7 +499,7 @@ def test_issued_forecasts_reach_the_observation_and_leave_rewards_alone():
 
 
 def test_a_series_block_in_the_site_wraps_its_generator():
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
 
     params = overlay_site().replace(scenario={**overlay_site().scenario,
                                               "series": {**SPEC, "data_dir": str(FIXTURES)}})
@@ -511,7 +512,7 @@ def test_a_series_block_in_the_site_wraps_its_generator():
 
 def test_a_forecasts_block_in_the_site_issues_noisy_forecasts():
     from envs.data.forecasts import IssuedForecasts
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
     from envs.site import load_site
 
     noisy = {"price_buy_eur_kwh": {"mode": "noisy", "std_at_horizon": 0.05}}

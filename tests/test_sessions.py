@@ -1,6 +1,7 @@
 """Session readers: the canonical table from each format, and bad input named by file, line and field."""
 
 import gzip
+import json
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from envs.data.sessions import (
     SESSION_COLUMNS,
     read_acn_csv,
     read_acn_json,
+    read_sessions,
     read_sessions_csv,
 )
 
@@ -323,3 +325,56 @@ def test_sessions_repeated_across_files_are_kept_once_and_counted():
         twice = read_sessions([path, path])
     assert len(twice) == len(once) and twice.attrs["repeated_across_files"] == len(once)
     pd.testing.assert_frame_equal(twice, once, check_like=True)
+
+
+# --- the data-quality report ----------------------------------------------------------------
+
+def test_report_counts_what_was_read_dropped_and_odd(tmp_path):
+    rows = [acn_row("s1"), acn_row("s2", departure="2019-05-06 07:00:00-07:00"), acn_row("s1"),
+            acn_row("s3", departure="2019-05-06 08:00:00-07:00"), acn_row("s4", requested="x"),
+            acn_row("s5", claimed="False")]
+    path = write(tmp_path, "log.csv", "\n".join([ACN_HEADER, *rows, ""]))
+    with pytest.warns(UserWarning, match="skipped 3 invalid rows"):
+        table = read_acn_csv(path, skip_invalid=True)
+    report = table.attrs["report"]
+    assert (report.rows_read, report.sessions_kept) == (6, 3)
+    assert report.dropped == {"invalid departure": 1, "invalid requested_kwh": 1, "repeated session id": 1}
+    assert (report.negative_stays, report.zero_stays, report.requested_from_delivered) == (1, 1, 1)
+    assert report.requested_kwh == pytest.approx(10.0 + 10.0 + 8.0)
+    assert report.summary().startswith(f"{path}: 6 sessions read, 3 kept; dropped 3 (invalid departure 1")
+    written = report.write(tmp_path / "out" / "report.json")
+    assert json.loads(written.read_text())["dropped"]["repeated session id"] == 1
+
+
+def test_acn_json_meta_range_leaves_out_sessions_outside_it(tmp_path):
+    items = ",\n".join([json_item("a", "Wed, 25 Apr 2018 11:08:04 GMT"),
+                        json_item("b", "Thu, 26 Apr 2018 09:00:00 GMT",
+                                  disconnectTime='"Thu, 26 Apr 2018 10:00:00 GMT"')])
+    meta = ('{"end": "Thu, 26 Apr 2018 00:00:00 GMT", "site": "caltech", '
+            '"start": "Wed, 25 Apr 2018 00:00:00 GMT"}')
+    path = write(tmp_path, "s.json", '{"_meta": ' + meta + ', "_items": [\n' + items + "\n]}\n")
+    with pytest.warns(UserWarning, match="left out 1 sessions arriving outside the file's date range"):
+        table = read_acn_json(path)
+    assert table["session_id"].tolist() == ["a"]
+    report = table.attrs["report"]
+    assert report.dropped == {"outside the file's date range": 1} and report.sessions_kept == 1
+    assert report.date_range == ("2018-04-24T17:00:00-07:00", "2018-04-25T17:00:00-07:00")
+    assert read_acn_json(write_json(tmp_path, items)).attrs["report"].dropped == {}  # no range: all kept
+    bad = write(tmp_path, "bad.json", '{"_meta": {"start": "yesterday"}, "_items": [\n' + items + "\n]}\n")
+    with pytest.raises(DataError, match=r"bad.json, field '_meta.start': cannot be read as a date"):
+        read_acn_json(bad)
+
+
+def test_read_sessions_filters_stations_and_reports_each_file(tmp_path):
+    other = acn_row("s2").replace("CA-1", "CA-9")
+    first = write(tmp_path, "a.csv", "\n".join([ACN_HEADER, acn_row("s1"), other]))
+    second = write(tmp_path, "b.csv", "\n".join([ACN_HEADER, acn_row("s1"), acn_row("s3")]))
+    with pytest.warns(UserWarning, match="1 sessions appear more than once"):
+        table = read_sessions([first, second], stations=["CA-1"])
+    assert table["session_id"].tolist() == ["s1", "s3"]
+    report = table.attrs["report"]
+    assert report.files == (str(first), str(second)) and report.rows_read == 4
+    assert report.dropped == {"repeated across files": 1, "other station": 1}
+    assert [part.sessions_kept for part in report.per_file] == [2, 2]
+    with pytest.raises(ValueError, match="stations must be a list"):
+        read_sessions(first, stations="CA-1")

@@ -18,8 +18,8 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import envs
 from envs import core
+from envs.generators import generator_for
 from envs.observation import observe
-from envs.parametric import generator_for
 from envs.reward import TERMS
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site

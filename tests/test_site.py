@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs.core import reset, step
-from envs.parametric import generator_for
+from envs.generators import generator_for
 from envs.site import SiteError, SiteParams, builtin_sites, load_site
 
 BASE = {

@@ -115,7 +115,7 @@ def test_loaded_policy_acts_like_the_trained_one_and_runs_in_evaluate(tiny_run):
     cfg = train_config(*TINY)
     params = site_params(cfg)
     from envs.core import reset
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
 
     state = reset(params, generator_for(params).sample(params, np.random.default_rng(5), 3))
     actions, hidden = policy.predict(observe(params, state))
@@ -230,7 +230,8 @@ def _sweep(tmp_path, *overrides) -> Path:
 
 
 def test_optuna_sweep_runs_trials_in_parallel_jobs_and_maximizes_the_score(tmp_path):
-    sweep_dir = _sweep(tmp_path, "hydra/sweeper=ppo_search", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
+    sweep_dir = _sweep(tmp_path, "hydra/sweeper=ppo_search", "hydra.sweeper.n_trials=2",
+                       "hydra.sweeper.n_jobs=2")
     scores = [json.loads((sweep_dir / job / "metrics.json").read_text())["score"] for job in ("0", "1")]
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert results.best_value == pytest.approx(max(scores))

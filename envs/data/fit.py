@@ -22,6 +22,7 @@ FITTED_FIELDS = ("arrivals_weekday", "arrivals_weekend", "day_of_week_factors", 
                  "energy_quantiles_kwh_weekend", "dwell_energy_copula", "dwell_energy_copula_weekend",
                  "departure_error_quantiles_hours", "departure_error_quantiles_hours_weekend",
                  "departure_error_dwell_hours", "port_current", "fleet", "cap_request_to_stay")
+FITTED_TABLES = tuple(field for field in FITTED_FIELDS if field not in ("fleet", "cap_request_to_stay"))
 PARAMETRIC_EV_FIELDS = ("sessions_per_day", "weekend_factor", "peak_hours", "peak_widths_hours",
                         "peak_weights", "dwell_mean_hours", "dwell_sigma", "energy_mean_kwh", "energy_sigma",
                         "departure_error_minutes")

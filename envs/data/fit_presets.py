@@ -57,7 +57,7 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from envs.parametric import generator_for
+    from envs.generators import generator_for
     from envs.site import load_site
 
     source, options = dict(cfg["sessions"]), dict(cfg.get("fit") or {})

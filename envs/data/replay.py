@@ -11,11 +11,15 @@ import numpy as np
 import pandas as pd
 
 from envs.data.forecasts import DemandRegression, fit_daily_demand
+from envs.data.session_report import SessionReport, table_report
 from envs.episode import Episode, Generator, demand_windows, pack_evs
-from envs.parametric import EvModel, ParametricGenerator, generator_for
+from envs.parametric import EvModel, ParametricGenerator
 from envs.site import SiteParams
 
 _US_PER_MINUTE = 60_000_000
+_US_PER_HOUR = 60 * _US_PER_MINUTE
+REPLAY_FIELDS = ("days", "shuffle", "carry_over", "min_sessions", "special_days", "cap_request_to_stay")
+REPLAY_KEYS = ("sessions", "date_range", *REPLAY_FIELDS)  # a replay's own fields of a site's scenario
 _REQUIRED = ("arrival", "departure", "announced_departure", "requested_kwh")
 
 
@@ -41,8 +45,13 @@ class ReplayGenerator:
         are the table's ``battery_kwh`` and ``max_charge_kw`` where known; otherwise a car
         model is drawn from ``fleet`` by share among the models whose battery holds the
         request (the largest model when none does), which also gives the discharge limit. A
-        request larger than the battery is capped at the battery; the arrival SoC, uniform in
-        the scenario's ``soc_arrival_range``, is lowered where needed so the request fits.
+        request larger than the battery is capped at the battery, and with
+        ``cap_request_to_stay`` (default) at what the stay can deliver: its real hours in the
+        window (wall-clock) times the smaller of the car's and the site's fastest port's kW times
+        the site's best charge efficiency (drivers' requests often exceed that: 14-19 % of the
+        requested kWh of the ACN files). The table keeps the raw request; ``report(params)``
+        counts the sessions the cap binds. The arrival SoC, uniform in the scenario's
+        ``soc_arrival_range``, is lowered where needed so the request fits.
         V2G consent (``v2g_consent_share``) and ``min_soc`` come from the scenario too. EVs
         that find the site full queue or are turned away in the env (``envs.plugging``), which
         counts them in its plug schedule; the generator drops nothing.
@@ -63,12 +72,16 @@ class ReplayGenerator:
         shuffle: True draws each env's day with the sampling rng (distinct days while the
             batch is no larger than the list); False gives env ``i`` day ``i % len(days)``, the
             same at every call, so a batch of ``len(days)`` envs replays each day once.
-        base: generator of the exogenous series; None: ``generator_for(params)``.
+        base: generator of the exogenous series (and of the fleet, when it has ``fleet_*``
+            arrays, as a fitted generator does); None: the site's parametric scenario
+            (``ParametricGenerator.from_config``; its ``series`` and ``forecasts`` left out). For
+            a site with another generator pass it: ``envs.generators.generator_for(params)``.
         fleet: car models (``EvModel`` or mappings); None: the fleet of ``base`` (a fitted
             generator's ``fleet_*`` arrays, else the parametric scenario's ``fleet``).
         carry_over: include the sessions already plugged in when the window opens.
         min_sessions: with ``days=None``, days with fewer arrivals in their window are left out.
         special_days: local dates (holidays, events) the demand regression treats apart.
+        cap_request_to_stay: cap each request at what its stay can deliver (above).
 
     A site selects it with ``scenario: {generator: replay, sessions: {path: ...}, ...}``
     (``envs.data.replay_config.replay_from_config``).
@@ -95,6 +108,7 @@ class ReplayGenerator:
     carry_over: bool = True
     min_sessions: int = 1
     special_days: Sequence[Any] = ()
+    cap_request_to_stay: bool = True
 
     def __post_init__(self):
         table = _checked(self.sessions)
@@ -104,6 +118,7 @@ class ReplayGenerator:
             ("_departure_us", _wall_us(table["departure"])),
             ("_announced_us", _wall_us(table["announced_departure"])),
             ("_requested_kwh", table["requested_kwh"].to_numpy(dtype=np.float64)),
+            ("_delivered_kwh", _optional(table, "delivered_kwh", positive=False)),
             ("_battery_kwh", _optional(table, "battery_kwh")),
             ("_max_charge_kw", _optional(table, "max_charge_kw")),
             ("_day_range", _day_range(arrival)),
@@ -152,7 +167,7 @@ class ReplayGenerator:
         else:
             chosen = days[np.arange(num_envs) % len(days)]
         weekday = (chosen.astype(np.int64) + 3) % 7
-        base = generator_for(params) if self.base is None else self.base
+        base = _site_base(params) if self.base is None else self.base
         scenario = _scenario(base, params)
         episode = _with_weekday(base, weekday).sample(params, rng, num_envs)
         evs = self._evs(params, rng, self._window_start_us(chosen, params), base, scenario)
@@ -161,6 +176,25 @@ class ReplayGenerator:
             arrivals, energy = self.demand_model(round(params.dt_hours * 60)).episode_rates(params, chosen)
             demand = demand_windows(arrivals, energy, params.forecast_steps)
         return dataclasses.replace(episode, weekday=weekday, demand_forecast=demand, **evs), chosen
+
+    def report(self, params: SiteParams | None = None) -> SessionReport:
+        """The data-quality report of the table (``envs.data.session_report``), with ``params``
+        also what the site makes of the sessions: how many requests (and kWh) exceed what the
+        whole stay delivers at the site's fastest port (the car's kW where the table has it) and
+        best charge efficiency, and how many sessions delivered more than that port could."""
+        report = table_report(self.sessions)
+        if params is None:
+            return report
+        stay_h = (self._departure_us - self._arrival_us) / _US_PER_HOUR
+        port_kw = float(params.port_max_charge_kw.max())
+        car_kw = np.where(np.isnan(self._max_charge_kw), port_kw, np.minimum(self._max_charge_kw, port_kw))
+        most = stay_h * car_kw * float(params.port_charge_efficiency.max())
+        over = self._requested_kwh > most * (1 + 1e-9)
+        above = self._delivered_kwh > stay_h * port_kw * (1 + 1e-9)
+        return dataclasses.replace(
+            report, site=params.name, capped=int(over.sum()),
+            capped_kwh=round(float((self._requested_kwh - most)[over].sum()), 3),
+            above_port_power=int(np.count_nonzero(above)))
 
     def demand_model(self, dt_minutes: int) -> DemandRegression:
         """The demand regression on this table's sessions at ``dt_minutes`` (fitted once, then cached)."""
@@ -202,10 +236,14 @@ class ReplayGenerator:
         model = np.minimum((u[:, None] >= weights).sum(axis=1), len(fleet) - 1)
         battery = np.where(np.isnan(table_battery), model_battery[model], table_battery)
         requested = np.minimum(requested, battery)
-        low, high = scenario.soc_arrival_range
-        soc = np.clip(np.minimum(rng.uniform(low, high, len(idx)), 1 - requested / battery), 0.0, 1.0)
         max_charge = np.where(np.isnan(table_charge), np.array([m.max_charge_kw for m in fleet])[model],
                               table_charge)
+        if self.cap_request_to_stay:
+            stay_h = (self._departure_us[idx] - np.maximum(arrival_us[idx], start[env])) / _US_PER_HOUR
+            power = np.minimum(max_charge, params.port_max_charge_kw.max())
+            requested = np.minimum(requested, stay_h * power * params.port_charge_efficiency.max())
+        low, high = scenario.soc_arrival_range
+        soc = np.clip(np.minimum(rng.uniform(low, high, len(idx)), 1 - requested / battery), 0.0, 1.0)
         consent = rng.random(len(idx)) < scenario.v2g_consent_share
 
         return pack_evs(
@@ -251,11 +289,11 @@ def _wall_us(times: pd.Series) -> np.ndarray:
     return times.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
 
 
-def _optional(table: pd.DataFrame, name: str) -> np.ndarray:
+def _optional(table: pd.DataFrame, name: str, positive: bool = True) -> np.ndarray:
     if name not in table.columns:
         return np.full(len(table), np.nan)
     values = table[name].to_numpy(dtype=np.float64, na_value=np.nan)
-    if np.any(values <= 0):
+    if positive and np.any(values <= 0):
         raise ValueError(f"session table column {name!r} must be > 0 where known")
     return values
 
@@ -287,12 +325,27 @@ def as_days(days: Sequence[Any]) -> np.ndarray:
     return np.array([np.datetime64(pd.Timestamp(day).date(), "D") for day in days], dtype="datetime64[D]")
 
 
+def _site_base(params: SiteParams) -> ParametricGenerator:
+    """The site's parametric scenario (less a replay's own fields), the default base of a replay."""
+    scenario = {key: value for key, value in params.scenario.items()
+                if key not in ("series", "forecasts", "generator", *REPLAY_KEYS)}
+    kind = params.scenario.get("generator", "parametric")
+    if kind not in ("parametric", "replay") or any(key.startswith("arrivals_") for key in scenario):
+        raise ValueError(f"ReplayGenerator(base=None) draws the series and the fleet from a parametric "
+                         f"scenario, but site {params.name!r} has generator: {kind}; pass "
+                         "base=envs.generators.generator_for(params) (or its scenario's generator)")
+    return ParametricGenerator.from_config(scenario, params.name)
+
+
 def _scenario(base: Generator, params: SiteParams) -> ParametricGenerator:
-    """The parametric scenario whose EV fields (fleet, SoC range, consent) fill in the table's gaps."""
-    for candidate in (base, getattr(base, "base", None)):
+    """The parametric scenario whose EV fields (fleet, SoC range, consent) fill in the table's gaps:
+    ``base`` or the first one down its chain of ``base`` generators, else the site's."""
+    candidate = base
+    for _ in range(8):
         if isinstance(candidate, ParametricGenerator):
             return candidate
-    return generator_for(params)
+        candidate = getattr(candidate, "base", None)
+    return _site_base(params)
 
 
 def _fleet(fleet, base: Generator, scenario: ParametricGenerator) -> list[EvModel]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,24 +10,28 @@ from typing import Any
 import numpy as np
 
 from envs.data.errors import DataError
-from envs.data.replay import ReplayGenerator, as_days, replay_days
+from envs.data.replay import REPLAY_FIELDS, REPLAY_KEYS, ReplayGenerator, as_days, replay_days
 from envs.data.sessions import READERS, read_sessions
-from envs.parametric import ParametricGenerator
+from envs.episode import Generator
 from envs.site import SiteError, SiteParams
 
-REPLAY_FIELDS = ("days", "shuffle", "carry_over", "min_sessions", "special_days")
+SESSIONS_KEYS = ("data_dir", "format", "path", "reader", "report", "stations")
+_LOG = logging.getLogger(__name__)
 
 
-def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayGenerator:
-    """The replay a site's ``scenario`` block describes (``generator: replay``).
+def replay_from_config(config: Mapping[str, Any], params: SiteParams, base: Generator) -> ReplayGenerator:
+    """The replay a site's ``scenario`` block describes (``generator: replay``): its ``REPLAY_KEYS``.
 
     ``sessions`` names the file: ``path`` (a file or a list of files), ``format``
     (``acn_csv``, the default, ``acn_json`` or ``csv``), ``reader`` (keyword arguments of the
-    reader: tz, skip_invalid; for csv columns, sep, decimal, date_format) and ``data_dir``
-    (base of relative paths). ``days`` lists the dates to replay, or ``date_range`` [first,
-    last] keeps the replayable days in that range (a train/test split); ``shuffle``,
-    ``carry_over``, ``min_sessions`` and ``special_days`` are the constructor's. The other
-    fields are the parametric scenario's (prices, loads, PV, fleet, SoC range, consent).
+    reader: tz, skip_invalid; for csv columns, sep, decimal, date_format), ``data_dir``
+    (base of relative paths), ``stations`` (keep only these station ids) and ``report`` (a
+    path: the data-quality report is written there as JSON). ``days`` lists the dates to
+    replay, or ``date_range`` [first, last] keeps the replayable days in that range (a
+    train/test split); ``shuffle``, ``carry_over``, ``min_sessions``, ``special_days`` and
+    ``cap_request_to_stay`` are the constructor's. ``base`` draws the rest (prices, loads, PV,
+    the fleet; ``envs.generators.generator_for`` makes it from the other scenario fields). The
+    report's summary (``ReplayGenerator.report(params)``) is logged at INFO level.
     Errors raise SiteError naming the field.
     """
     config = dict(config or {})
@@ -38,9 +43,12 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayG
     spec = config.pop("sessions", None)
     if not isinstance(spec, Mapping) or "path" not in spec:
         fail("sessions", "must be a mapping with a path (the session file) for generator: replay")
-    unknown = sorted(set(spec) - {"path", "format", "reader", "data_dir"})
+    unknown = sorted(set(spec) - set(SESSIONS_KEYS))
     if unknown:
-        fail(f"sessions.{unknown[0]}", "is not a known field (known: data_dir, format, path, reader)")
+        fail(f"sessions.{unknown[0]}", f"is not a known field (known: {', '.join(SESSIONS_KEYS)})")
+    stations = spec.get("stations")
+    if stations is not None and not isinstance(stations, (list, tuple)):
+        fail("sessions.stations", f"must be a list of station ids, got {stations!r}")
     fmt = spec.get("format", "acn_csv")
     if fmt not in READERS:
         fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
@@ -54,13 +62,15 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayG
     if not isinstance(reader, Mapping):
         fail("sessions.reader", f"must be a mapping of the reader's options, got {reader!r}")
     try:
-        sessions = read_sessions(files, fmt, **reader)
+        sessions = read_sessions(files, fmt, stations=stations, **reader)
     except DataError:
         raise
     except (TypeError, ValueError) as err:  # options the reader does not take, or bad values
         fail("sessions.reader", f"does not fit the {fmt} reader: {err}")
     options = {key: config.pop(key) for key in REPLAY_FIELDS if key in config}
-    for key in ("shuffle", "carry_over"):
+    if not len(sessions):
+        fail("sessions", f"leaves no session to replay ({sessions.attrs['report'].summary()})")
+    for key in ("shuffle", "carry_over", "cap_request_to_stay"):
         if not isinstance(options.get(key, True), bool):
             fail(key, f"must be true or false, got {options[key]!r}")
     minimum = options.get("min_sessions", 1)
@@ -76,7 +86,9 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayG
         if key == "days" and not len(dates):
             fail(key, "must list at least one date")
     date_range = config.pop("date_range", None)
-    base = ParametricGenerator.from_config(config, params.name)
+    unknown = sorted(set(config) - set(REPLAY_KEYS))
+    if unknown:
+        fail(unknown[0], f"is not a field of the replay (known: {', '.join(REPLAY_KEYS)})")
     if date_range is not None:
         if "days" in options:
             fail("date_range", "and days exclude each other")
@@ -100,4 +112,8 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams) -> ReplayG
         generator.days_for(params)
     except ValueError as err:
         fail("days", str(err))
+    report = generator.report(params)
+    _LOG.info("replayed sessions: %s", report.summary())
+    if spec.get("report") is not None:
+        report.write(Path(str(spec["report"])))
     return generator

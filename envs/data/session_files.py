@@ -96,8 +96,9 @@ def parquet_columns(path: Path, columns: Mapping[str, str]):
     return rows, {name: frame[column].reset_index(drop=True) for name, column in columns.items()}
 
 
-def json_items(text: str, path: Path) -> tuple[list[int], list]:
-    """Offsets and values of the sessions of an ACN JSON text (``{"_items": [...]}`` or a list)."""
+def json_items(text: str, path: Path, meta: dict | None = None) -> tuple[list[int], list]:
+    """Offsets and values of the sessions of an ACN JSON text (``{"_items": [...]}`` or a list);
+    a top-level ``_meta`` object is copied into ``meta`` when given."""
     decoder = json.JSONDecoder()
 
     def skip(i):
@@ -145,7 +146,10 @@ def json_items(text: str, path: Path) -> tuple[list[int], list]:
         if key == "_items" and text.startswith("[", i) and not found:
             found.append(key)
             return sequence(i, "]", item)
-        return value(i)[1]
+        member_value, end = value(i)
+        if key == "_meta" and meta is not None and isinstance(member_value, dict):
+            meta.update(member_value)
+        return end
 
     i = skip(0)
     if text.startswith("[", i):

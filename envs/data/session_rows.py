@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from envs.data.errors import DataError
+from envs.data.session_report import file_report
 
 ENERGY_COLUMNS = ("delivered_kwh", "requested_kwh")
 _CAR_COLUMNS = ("battery_kwh", "max_charge_kw")
@@ -73,13 +74,18 @@ class SessionRows:
             warnings.warn(f"{self.path}: skipped {bad.size} invalid rows ({self.unit}s {shown}); "
                           "see attrs['skipped']", stacklevel=3)
         keep = ~self.bad
+        negative = int(np.count_nonzero((table["departure"] < table["arrival"]).to_numpy(dtype=bool)))
         table = table[keep].sort_values("arrival", kind="stable").reset_index(drop=True)
+        from_delivered = int(np.count_nonzero(from_delivered & keep))
         table.attrs = {
             "source": self.path,
-            "requested_from_delivered": int(np.count_nonzero(from_delivered & keep)),
+            "requested_from_delivered": from_delivered,
             "skipped": {"count": int(bad.size), "lines": self.lines[bad].tolist(),
                         "messages": [str(self.error(i)) for i in bad]},
         }
+        problems = [self.problems[i] for i in bad]
+        rows_read = len(self.lines)
+        table.attrs["report"] = file_report(table, self.path, rows_read, problems, negative, from_delivered)
         return table
 
 

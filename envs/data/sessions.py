@@ -46,7 +46,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from envs.data.errors import DataError
 from envs.data.session_files import csv_columns, json_items, line_numbers, parquet_columns, read_text
+from envs.data.session_report import OTHER_STATION, OUTSIDE_RANGE, REPEATED_ACROSS_FILES, combined, dropping
 from envs.data.session_rows import ENERGY_COLUMNS, SessionRows, assemble
 
 SESSION_COLUMNS = ("arrival", "departure", "announced_departure", "requested_kwh", "delivered_kwh",
@@ -77,11 +79,15 @@ def read_acn_json(path, tz: str = "America/Los_Angeles", *, skip_invalid: bool =
     ``kWhDelivered``, ``spaceID`` and ``sessionID``; the request and announced departure are
     ``kWhRequested`` and ``requestedDeparture`` of the latest ``userInputs`` entry (by
     ``modifiedAt``, else the last). Sessions without user inputs request their delivered energy
-    and announce their real departure (counted in ``attrs["requested_from_delivered"]``).
+    and announce their real departure (counted in ``attrs["requested_from_delivered"]``). The
+    ``start`` and ``end`` of a top-level ``_meta`` object (RFC 1123 dates, as the ACN-Data API
+    writes them) are the file's date range: sessions arriving before ``start`` or after ``end`` are
+    left out with a warning and counted in the report (``dropped["outside the file's date range"]``).
     """
     path = Path(path)
     text = read_text(path, "utf-8-sig")
-    starts, items = json_items(text, path)
+    meta: dict = {}
+    starts, items = json_items(text, path, meta)
     names = {name: f"key {key!r}" for name, key in _ACN_JSON_KEYS.items()}
     names.update(requested_kwh="key 'userInputs[-1].kWhRequested'",
                  announced_departure="key 'userInputs[-1].requestedDeparture'",
@@ -106,7 +112,7 @@ def read_acn_json(path, tz: str = "America/Los_Angeles", *, skip_invalid: bool =
     raw["requested_kwh"] = requested.where(given, raw["delivered_kwh"])
     raw["announced_departure"] = announced.where(given, raw["departure"])
     table = assemble(rows, raw, tz)
-    return rows.finish(table, skip_invalid, from_delivered=~given)
+    return _within_meta(rows.finish(table, skip_invalid, from_delivered=~given), meta, path, tz)
 
 
 def read_acn_csv(path, tz: str = "America/Los_Angeles", *, skip_invalid: bool = False) -> pd.DataFrame:
@@ -170,26 +176,70 @@ def read_sessions_csv(path, columns: Mapping[str, str], *, sep: str = ",", decim
 READERS = ("acn_csv", "acn_json", "csv")
 
 
-def read_sessions(path, format: str = "acn_csv", **options):
+def read_sessions(path, format: str = "acn_csv", *, stations: Sequence[str] | None = None, **options):
     """The sessions of one file or a list of files (concatenated) read by the named reader:
     "acn_csv", "acn_json" or "csv" (``read_sessions_csv``); ``options`` go to the reader.
 
     A session that several files hold (the same ``SESSION_COLUMNS`` values: overlapping
     exports) is kept once, with a warning that counts them (``attrs["repeated_across_files"]``).
+    ``stations`` keeps only the sessions of those station ids. ``attrs["report"]`` is the
+    ``SessionReport`` of all files (each file's in its ``per_file``).
     """
     if format not in READERS:
         raise ValueError(f"format must be one of {', '.join(READERS)}, got {format!r}")
+    if isinstance(stations, (str, bytes)):
+        raise ValueError(f"stations must be a list of station ids, got the string {stations!r}")
     read = {"acn_csv": read_acn_csv, "acn_json": read_acn_json, "csv": read_sessions_csv}[format]
     paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
-    table = pd.concat([read(p, **options) for p in paths], ignore_index=True)
+    tables = [read(p, **options) for p in paths]
+    table = pd.concat(tables, ignore_index=True)
+    table.attrs = dict(tables[0].attrs)
+    report = table.attrs["report"]
+    if len(tables) > 1:
+        report = combined([part.attrs["report"] for part in tables])
+        table.attrs = {"report": report}
     if len(paths) > 1:
-        repeated = table.duplicated(subset=[c for c in SESSION_COLUMNS if c in table.columns])
+        repeated = table.duplicated(subset=[c for c in SESSION_COLUMNS if c in table.columns]).to_numpy()
         if repeated.any():
             files = ", ".join(map(str, paths))
             warnings.warn(f"{int(repeated.sum())} sessions appear more than once in the files {files} "
                           "(same times and energies); each is kept once", stacklevel=2)
-            table = table[~repeated].reset_index(drop=True)
+        table, report = dropping(report, table, ~repeated, REPEATED_ACROSS_FILES)
         table.attrs["repeated_across_files"] = int(repeated.sum())
+    if stations is not None:
+        wanted = {str(station) for station in stations}
+        table, report = dropping(report, table, table["station_id"].isin(wanted).to_numpy(), OTHER_STATION)
+    return table
+
+
+def _within_meta(table: pd.DataFrame, meta: dict, path: Path, tz: str) -> pd.DataFrame:
+    """``table`` without the sessions arriving outside the ``_meta`` start .. end of an ACN JSON file."""
+    bounds = []
+    for key in ("start", "end"):
+        value = meta.get(key)
+        if value is None:
+            bounds.append(None)
+            continue
+        try:
+            bound = pd.Timestamp(email.utils.parsedate_to_datetime(str(value)))
+        except (TypeError, ValueError, IndexError):
+            problem = f"cannot be read as a date, got {value!r}"
+            raise DataError.at(path, None, f"'_meta.{key}'", problem) from None
+        bounds.append((bound.tz_localize("UTC") if bound.tzinfo is None else bound).tz_convert(tz))
+    start, end = bounds
+    if start is None and end is None:
+        return table
+    arrival = table["arrival"]
+    keep = np.ones(len(table), dtype=bool)
+    if start is not None:
+        keep &= (arrival >= start).to_numpy()
+    if end is not None:
+        keep &= (arrival <= end).to_numpy()
+    if not keep.all():
+        warnings.warn(f"{path}: left out {int(np.count_nonzero(~keep))} sessions arriving outside the "
+                      f"file's date range {start} .. {end} ('_meta'); see attrs['report']", stacklevel=3)
+    text = tuple("" if bound is None else bound.isoformat() for bound in (start, end))
+    table, _ = dropping(table.attrs["report"], table, keep, OUTSIDE_RANGE, date_range=text)
     return table
 
 

@@ -1,0 +1,55 @@
+"""The deadline guard: no port gets less than what must flow now to meet its announced departure."""
+
+from __future__ import annotations
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnvWrapper
+
+from agents.baselines import AsLateAsPossible
+from envs.site import SiteParams
+
+
+class DeadlineGuard:
+    """Raises each port's action to at least what ``AsLateAsPossible`` gives it.
+
+    ALAP asks, for each EV, the part of its remaining energy that the steps left before its
+    announced departure cannot deliver at full power, shared by least laxity within the node
+    headroom. ``apply(obs, actions)`` returns ``max(action, floor)`` on the ports where that
+    floor is positive and the action unchanged elsewhere (a discharge stays a discharge when
+    nothing is due), so a learned or cloned policy cannot let small shortfalls pile up into
+    unmet energy at departure. Built for one site; ``for_site`` rebinds it.
+    """
+
+    def __init__(self, params: SiteParams):
+        self.params = params
+        self._alap = AsLateAsPossible(params)
+
+    def apply(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        floor, _ = self._alap.predict(obs)
+        actions = np.asarray(actions, dtype=np.float32)
+        return np.where(floor > 0.0, np.maximum(actions, floor), actions)
+
+
+class GuardedVecEnv(VecEnvWrapper):
+    """An SB3 ``VecEnv`` whose actions pass through a ``DeadlineGuard`` on the raw observation.
+
+    Wrap the env before any normalization, so the guard reads physical units; the learner
+    stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
+    """
+
+    def __init__(self, venv, params: SiteParams):
+        super().__init__(venv)
+        self.guard = DeadlineGuard(params)
+        self._obs: np.ndarray | None = None
+
+    def reset(self):
+        self._obs = self.venv.reset()
+        return self._obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.venv.step_async(self.guard.apply(self._obs, actions))
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self._obs = obs
+        return obs, rewards, dones, infos

@@ -1,0 +1,91 @@
+"""Demonstrations from a teacher, behaviour cloning, and the deadline guard."""
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from agents.baselines import AsLateAsPossible, EarliestDeadlineFirst
+from agents.guards import DeadlineGuard, GuardedVecEnv
+from agents.imitation import clone, collect_demonstrations
+from envs.core import reset
+from envs.observation import observe
+from envs.parametric import generator_for
+from envs.sb3 import SmartChargingVecEnv
+from envs.site import load_site
+
+PARAMS = load_site("caltech", horizon_steps=24, start_hour=7)
+
+
+def episodes(count, seed=0):
+    return generator_for(PARAMS).sample(PARAMS, np.random.default_rng(seed), count)
+
+
+def test_demonstrations_record_every_step_and_discounted_returns():
+    coefficients = PARAMS.reward.coefficients()
+    teacher = EarliestDeadlineFirst(PARAMS)
+    demos = collect_demonstrations(teacher, PARAMS, episodes(3), coefficients, gamma=1.0)
+    assert demos.observations.shape == (24 * 3, 490) and demos.actions.shape == (24 * 3, PARAMS.num_ports)
+    first_step = demos.returns.reshape(24, 3)[0]
+    np.testing.assert_allclose(first_step, demos.teacher_reward)
+    state = reset(PARAMS, episodes(3))
+    expected, _ = EarliestDeadlineFirst(PARAMS).predict(observe(PARAMS, state))
+    np.testing.assert_allclose(demos.actions[:3], expected)
+
+
+def test_cloning_fits_the_teacher_better_than_the_fresh_policy():
+    torch.manual_seed(0)
+    teacher = EarliestDeadlineFirst(PARAMS)
+    demos = collect_demonstrations(teacher, PARAMS, episodes(4), PARAMS.reward.coefficients())
+    env = SmartChargingVecEnv(2, site=PARAMS, step_info=False)
+    policy = PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [64]}).policy
+    obs = demos.observations / 10.0
+
+    def error():
+        with torch.no_grad():
+            mean = policy.get_distribution(torch.as_tensor(obs)).distribution.mean.clamp(-1, 1)
+        return float(((mean.numpy() - demos.actions) ** 2).mean())
+
+    before = error()
+    losses = clone(policy, obs, demos.actions, demos.returns / 100.0, epochs=15, batch_size=32, seed=0)
+    assert losses[-1] < losses[0] and error() < 0.5 * before
+
+
+def test_clipped_error_ignores_a_mean_beyond_a_bound_the_target_sits_at():
+    from agents.imitation import _bounded_squared_error
+
+    mean = torch.tensor([[1.5, -2.0, 0.5]])
+    assert float(_bounded_squared_error(mean, torch.tensor([[1.0, -1.0, 0.5]]))) == 0.0
+    assert float(_bounded_squared_error(mean, torch.tensor([[0.5, -1.0, 0.5]]))) == pytest.approx(1.0 / 3)
+
+
+def test_guard_raises_only_ports_whose_deadline_needs_power_now():
+    state = reset(PARAMS, episodes(8, seed=2))
+    guard = DeadlineGuard(PARAMS)
+    for _ in range(20):
+        from envs.core import step
+
+        state, _, _ = step(PARAMS, state, np.zeros((8, PARAMS.num_ports)))
+    obs = observe(PARAMS, state)
+    floor, _ = AsLateAsPossible(PARAMS).predict(obs)
+    assert (floor > 0).any(), "the scenario should have EVs that can no longer wait"
+    actions = np.full(floor.shape, -0.5, dtype=np.float32)
+    guarded = guard.apply(obs, actions)
+    np.testing.assert_array_equal(guarded[floor > 0], floor[floor > 0])
+    np.testing.assert_array_equal(guarded[floor <= 0], -0.5)
+    assert np.all(guard.apply(obs, np.ones_like(actions)) == 1.0)
+
+
+def test_guarded_env_steps_the_guarded_action():
+    plain = SmartChargingVecEnv(4, site=PARAMS, step_info=False)
+    guarded = GuardedVecEnv(SmartChargingVecEnv(4, site=PARAMS, step_info=False), PARAMS)
+    for env in (plain, guarded):
+        env.seed(0)
+    obs = plain.reset()
+    guarded.reset()
+    zeros = np.zeros((4, PARAMS.num_ports), dtype=np.float32)
+    for _ in range(16):
+        expected = DeadlineGuard(PARAMS).apply(obs, zeros)
+        obs, reward_plain, _, _ = plain.step(expected)
+        _, reward_guarded, _, _ = guarded.step(zeros)
+        np.testing.assert_allclose(reward_guarded, reward_plain)
