@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 import highspy
 import numpy as np
 
-from agents.optimal import Model, Window, build_model, checked_batch, new_highs, power_to_action, solve_model
+from agents.baselines import EarliestDeadlineFirst
+from agents.optimal import (
+    Model,
+    OptimizationError,
+    Window,
+    build_model,
+    checked_batch,
+    new_highs,
+    power_to_action,
+    solve_model,
+)
 from envs.core import reset
 from envs.episode import Episode
 from envs.observation import observation_layout
 from envs.site import SiteParams
 
 PRIMAL_SIMPLEX = 4  # HiGHS simplex_strategy; the last window's basis, shifted, is nearly primal feasible
+RETRY_OPTIONS = ({"simplex_strategy": 1}, {"solver": "ipm"}, {"presolve": "off", "simplex_strategy": 1})
 _STATUSES = tuple(highspy.HighsBasisStatus.__members__.values())
 
 
@@ -31,6 +43,11 @@ class ModelPredictiveControl:
     the first step (cycling V2G pays under a tariff on charged energy), the first step's modes
     are made integer. Each solve starts from the last window's basis, shifted by one step.
 
+    When HiGHS ends without a usable plan (status ``Unknown``, say), the window is solved again
+    from scratch with each of ``retry_options`` in turn (HiGHS options: dual simplex, interior
+    point, no presolve); when every try fails, that env's decision is the ``fallback`` policy's.
+    ``solver_retries`` and ``solver_fallbacks`` (B,) count them per env since ``begin``.
+
     ``begin(params, episode)`` must be called before each rollout: it reads the episode's
     series and its plug schedule (the env's assignment of arrivals to ports, applied step by
     step as it happens, never ahead). ``predict(obs)`` follows SB3's protocol, one call per
@@ -42,6 +59,9 @@ class ModelPredictiveControl:
         departure_margin_hours: how much earlier than announced each EV is planned to leave.
         time_limit_s: HiGHS time per decision.
         mip_rel_gap: relative optimality gap at which a MIP stops.
+        fallback: the policy of the decisions no solve could plan: a baseline class (or any
+            callable taking the params) or a policy object; default ``EarliestDeadlineFirst``.
+        retry_options: HiGHS option sets tried, in order, after a failed solve.
 
     >>> import numpy as np
     >>> from envs.site import load_site
@@ -61,10 +81,15 @@ class ModelPredictiveControl:
     """
 
     def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
-                 time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4):
+                 time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4, fallback=EarliestDeadlineFirst,
+                 retry_options: Sequence[Mapping] = RETRY_OPTIONS):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
         self.params = params
+        is_policy = not isinstance(fallback, type) and callable(getattr(fallback, "predict", None))
+        self.make_fallback = None if is_policy else fallback
+        self.fallback = fallback if self.make_fallback is None else self.make_fallback(params)
+        self.retry_options = [dict(options) for options in retry_options]
         self.horizon_steps = int(horizon_steps)
         self.departure_margin_hours = float(departure_margin_hours)
         self.options = {"time_limit_s": float(time_limit_s), "mip_rel_gap": float(mip_rel_gap),
@@ -73,6 +98,8 @@ class ModelPredictiveControl:
         self.decision_s: list[float] = []
 
     def begin(self, params: SiteParams, episode: Episode) -> None:
+        if self.make_fallback is not None and params is not self.params:
+            self.fallback = self.make_fallback(params)
         self.params = params
         self.layout = observation_layout(params)
         state = reset(params, episode)
@@ -83,6 +110,8 @@ class ModelPredictiveControl:
         for highs in self.highs:
             highs.setOptionValue("simplex_strategy", PRIMAL_SIMPLEX)
         self.last = [None] * episode.num_envs
+        self.solver_retries = np.zeros(episode.num_envs, dtype=np.int64)
+        self.solver_fallbacks = np.zeros(episode.num_envs, dtype=np.int64)
         self.charge_kwh_per_kw = params.port_charge_efficiency * params.dt_hours
         self.t = 0
 
@@ -154,7 +183,12 @@ class ModelPredictiveControl:
             self.peak_import_kw[b] = max(self.peak_import_kw[b], window.exo_kw[0, 0])
             return np.zeros(self.params.num_ports)
         model = build_model(self.params, window)
-        plan = solve_model(model, self.highs[b], basis=_carried_basis(model, self.last[b]), **self.options)
+        plan = self._solve(b, model)
+        if plan is None:
+            self.solver_fallbacks[b] += 1
+            self.last[b] = None
+            action, _ = self.fallback.predict(obs.astype(np.float32), deterministic=True)
+            return np.asarray(action, dtype=np.float64)
         self.last[b] = None if plan.basis is None else (model.col_key, model.row_key, *plan.basis)
         self.peak_import_kw[b] = max(self.peak_import_kw[b], plan.site_import_kw[0])
         charge, discharge = np.zeros(self.params.num_ports), np.zeros(self.params.num_ports)
@@ -162,6 +196,25 @@ class ModelPredictiveControl:
         discharge[window.entry_port[now]] = plan.discharge_kw[now]
         return power_to_action(charge, discharge, obs[self.layout["max_charge_kw"]],
                                obs[self.layout["max_discharge_kw"]])
+
+    def _solve(self, b: int, model: Model):
+        """The plan of ``model`` for env ``b``, retried with each of ``retry_options``; None if all fail."""
+        try:
+            basis = _carried_basis(model, self.last[b])
+            return solve_model(model, self.highs[b], basis=basis, **self.options)
+        except OptimizationError:
+            self.highs[b] = new_highs()
+            self.highs[b].setOptionValue("simplex_strategy", PRIMAL_SIMPLEX)
+        for options in self.retry_options:
+            self.solver_retries[b] += 1
+            highs = new_highs()
+            for key, value in options.items():
+                highs.setOptionValue(key, value)
+            try:
+                return solve_model(model, highs, **self.options)
+            except OptimizationError:
+                continue
+        return None
 
 
 def _carried_basis(model: Model, last: tuple | None) -> tuple[list, list] | None:

@@ -1,5 +1,6 @@
 """Run every baseline (and the optimum, with policies=with_optimum) on seeded episodes of a site;
-print the KPI table and write it as CSV, Markdown and JSON lines."""
+print the KPI table and write it as CSV, Markdown and JSON lines. The same function as
+scripts/evaluate.py, with one row per policy in kpis.* (configs/run_baselines.yaml)."""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -278,7 +278,7 @@ def test_evaluate_returns_kpis_and_repeats_for_a_seed():
     assert list(first.index) == ["edf", "uncontrolled"]
     assert first["score"].isna().all()
     assert np.isfinite(first.drop(columns="score").to_numpy()).all()
-    assert (first["energy_delivered_pct"] + first["unmet_pct"]).to_numpy() == pytest.approx(100.0)
+    assert (first["request_met_pct"] + first["unmet_pct"]).to_numpy() == pytest.approx(100.0)
     again = evaluate(policies, params, num_episodes=3, seed=5, num_envs=2)
     columns = [c for c in KPI_COLUMNS if c not in ("wall_s", "score")]
     np.testing.assert_allclose(again[columns].to_numpy(), first[columns].to_numpy(), rtol=1e-12, atol=1e-9)
@@ -320,16 +320,19 @@ def test_evaluate_calls_begin_times_it_and_normalizes_the_score():
     params = load_site("caltech", horizon_steps=32, start_hour=6, scenario={"sessions_per_day": 300})
     best = OfflineOptimal(params)
     policies = {"mine": Uncontrolled(params), "lp": best, "share": EqualShare(params)}
-    table = evaluate(policies, params, num_episodes=3, seed=2, num_envs=2)
+    table = evaluate(policies, params, num_episodes=3, seed=2, num_envs=2, min_gap_eur_per_port_day=0.0)
     assert best.batches == [2, 1]
     assert table.loc["lp", "wall_s"] >= 0.1 / 3
     assert table.loc["mine", "score"] == pytest.approx(0.0)
     assert table.loc["lp", "score"] == pytest.approx(1.0)
-    per_episode = evaluate(policies, params, num_episodes=3, seed=2, per_episode=True)
+    per_episode = evaluate(policies, params, num_episodes=3, seed=2, per_episode=True,
+                           min_gap_eur_per_port_day=0.0)
     reward = per_episode["reward_eur"].unstack("policy")
-    expected = ((reward["share"] - reward["mine"]) / (reward["lp"] - reward["mine"])).mean()
-    assert per_episode.loc["share", "score"].mean() == pytest.approx(expected)
+    gap = reward["lp"] - reward["mine"]
+    assert (gap > 0).all()
+    expected = (reward["share"] - reward["mine"]).sum() / gap.sum()  # a ratio of sums, not a mean of ratios
     assert table.loc["share", "score"] == pytest.approx(expected)
+    np.testing.assert_allclose(per_episode.loc["share", "score"], (reward["share"] - reward["mine"]) / gap)
 
 
 def test_markdown_table_and_written_tables(tmp_path):
