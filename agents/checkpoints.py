@@ -136,19 +136,26 @@ def restore_checkpoint(checkpoint: Checkpoint, model) -> dict:
     return state
 
 
+def _statistics(normalizer) -> tuple:
+    return ("obs", normalizer.norm_obs, "obs_rms"), ("ret", normalizer.norm_reward, "ret_rms")
+
+
 def _normalization_arrays(normalizer) -> dict[str, np.ndarray]:
-    arrays = {"obs_mean": normalizer.obs_rms.mean, "obs_var": normalizer.obs_rms.var,
-              "obs_count": np.float64(normalizer.obs_rms.count)}
-    arrays.update(ret_mean=normalizer.ret_rms.mean, ret_var=normalizer.ret_rms.var,
-                  ret_count=np.float64(normalizer.ret_rms.count))
+    arrays = {}
+    for prefix, enabled, stats in _statistics(normalizer):
+        if enabled:
+            rms = getattr(normalizer, stats)
+            arrays.update({f"{prefix}_mean": rms.mean, f"{prefix}_var": rms.var,
+                           f"{prefix}_count": np.float64(rms.count)})
     return arrays
 
 
 def _load_normalization(normalizer, arrays) -> None:
-    normalizer.obs_rms.mean, normalizer.obs_rms.var = arrays["obs_mean"].copy(), arrays["obs_var"].copy()
-    normalizer.obs_rms.count = float(arrays["obs_count"])
-    normalizer.ret_rms.mean, normalizer.ret_rms.var = arrays["ret_mean"].copy(), arrays["ret_var"].copy()
-    normalizer.ret_rms.count = float(arrays["ret_count"])
+    for prefix, enabled, stats in _statistics(normalizer):
+        if enabled:
+            rms = getattr(normalizer, stats)
+            rms.mean, rms.var = arrays[f"{prefix}_mean"].copy(), arrays[f"{prefix}_var"].copy()
+            rms.count = float(arrays[f"{prefix}_count"])
 
 
 def _attribute(obj, dotted: str):

@@ -81,8 +81,8 @@ def build_model(agent_cfg: Mapping[str, Any], env, params: SiteParams, seed: int
     if getattr(policy, "needs_site", False):
         kwargs["site"] = params
     rest = {key: value for key, value in agent_cfg.items() if key not in ("policy", "policy_kwargs")}
-    return instantiate(rest, env=env, policy=policy, policy_kwargs=kwargs, seed=int(seed), device=device,
-                       verbose=0, _convert_="all")
+    algorithm = instantiate(rest, _partial_=True, _convert_="all")
+    return algorithm(policy=policy, env=env, policy_kwargs=kwargs, seed=int(seed), device=device, verbose=0)
 
 
 def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
