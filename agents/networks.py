@@ -74,10 +74,10 @@ class PerPortNetwork(nn.Module):
         device = next(self.parameters()).device
         buffers = {
             "inv_scale": 1.0 / observation_scale(site),
-            "port_columns": layout.port_columns,
+            "port_columns": layout.port_columns.reshape(-1),
             "node_columns": layout.node_columns[:, 0],
             "site_columns": layout.site_columns,
-            "ancestors": ancestors,
+            "ancestors": ancestors.reshape(-1),
             "node_port_lo": site.node_port_lo,
             "node_port_hi": site.node_port_hi,
             "max_charge_columns": np.arange(cols["max_charge_kw"].start, cols["max_charge_kw"].stop),
@@ -88,21 +88,24 @@ class PerPortNetwork(nn.Module):
             self.register_buffer(name, tensor.float() if tensor.is_floating_point() else tensor,
                                  persistent=False)
         self.occupied_field = layout.port_fields.index("occupied")
+        self.path_length = ancestors.shape[1]
         self.latent_dim_pi = site.num_ports
         self.site = site
 
     def _inputs(self, obs: torch.Tensor):
+        b, p = obs.shape[0], self.latent_dim_pi
         scaled = obs * self.inv_scale
-        ports = scaled[:, self.port_columns]
-        headroom_kw = obs[:, self.node_columns]
-        wanted = torch.cumsum(obs[:, self.max_charge_columns].clamp(min=0.0), dim=1)
+        ports = scaled.index_select(1, self.port_columns).view(b, p, -1)
+        headroom_kw = obs.index_select(1, self.node_columns)
+        wanted = torch.cumsum(obs.index_select(1, self.max_charge_columns).clamp(min=0.0), dim=1)
         wanted = torch.nn.functional.pad(wanted, (1, 0))
-        wanted_kw = wanted[:, self.node_port_hi] - wanted[:, self.node_port_lo]
-        relative = (headroom_kw / self.node_limit_kw)[:, self.ancestors].amin(dim=2)
-        served = (headroom_kw / wanted_kw.clamp(min=1e-3)).clamp(-1.0, 1.0)[:, self.ancestors].amin(dim=2)
-        ports = torch.cat([ports, relative.unsqueeze(2), served.unsqueeze(2)], dim=2)
+        wanted_kw = wanted.index_select(1, self.node_port_hi) - wanted.index_select(1, self.node_port_lo)
+        relative = headroom_kw / self.node_limit_kw
+        served = (headroom_kw / wanted_kw.clamp(min=1e-3)).clamp(-1.0, 1.0)
+        path = torch.stack([relative, served], dim=2).index_select(1, self.ancestors)
+        ports = torch.cat([ports, path.view(b, p, self.path_length, NODE_CONTEXT).amin(dim=2)], dim=2)
         occupied = ports[:, :, self.occupied_field] > 0.5
-        return ports, occupied, scaled[:, self.site_columns]
+        return ports, occupied, scaled.index_select(1, self.site_columns)
 
     def _summary(self, obs: torch.Tensor):
         """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
@@ -111,7 +114,7 @@ class PerPortNetwork(nn.Module):
         b, p = occupied.shape
         rows = occupied.reshape(-1).nonzero().squeeze(1)
         env = torch.div(rows, p, rounding_mode="floor")
-        embedded = self.activation(self.encoder(ports.reshape(b * p, -1)[rows]))
+        embedded = self.activation(self.encoder(ports.reshape(b * p, -1).index_select(0, rows)))
         count = occupied.sum(dim=1, keepdim=True).to(embedded.dtype)
         zeros = embedded.new_zeros((b, embedded.shape[1]))
         pooled = []
@@ -125,7 +128,7 @@ class PerPortNetwork(nn.Module):
     def _actor(self, ports, summary: torch.Tensor) -> torch.Tensor:
         embedded, rows, env = ports
         context = self.context_head(self.activation(self.site_encoder(summary)))
-        hidden = self.activation(self.port_head(embedded) + context[env])
+        hidden = self.activation(self.port_head(embedded) + context.index_select(0, env))
         mean = summary.new_zeros(summary.shape[0] * self.latent_dim_pi)
         return mean.scatter(0, rows, self.action_head(hidden).squeeze(1)).reshape(summary.shape[0], -1)
 
