@@ -191,3 +191,13 @@ def test_ppo_learns_whether_charging_pays(tariff, direction):
     model.learn(2048)
     after = model.predict(obs, deterministic=True)[0][occupied].mean()
     assert abs(before) < 0.05 and direction * after > 0.5, (before, after)
+
+
+def test_deterministic_actor_exports_with_a_dynamic_batch(caltech_policy):
+    params = load_site("caltech")
+    actor = deterministic_actor(caltech_policy)
+    obs = torch.as_tensor(_observations(params, steps=44, num_envs=5))
+    exported = torch.export.export(actor, (obs[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    assert obs[:2, :54].sum() != obs[:, :54].sum(), "another batch, other occupied ports"
+    with torch.no_grad():
+        np.testing.assert_allclose(exported.module()(obs).numpy(), actor(obs).numpy(), rtol=1e-6, atol=1e-7)
