@@ -1,6 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_DIR := runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: setup run test lint bench clean
 
@@ -14,7 +15,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(PY) scripts/simulate.py
+	$(PY) scripts/train.py experiment=quickstart hydra.run.dir=$(RUN_DIR)
+	$(PY) scripts/evaluate.py trained=[$(RUN_DIR)] output_dir=$(RUN_DIR)/evaluation
+	@echo "run directory: $(RUN_DIR) (policy/, checkpoints/, metrics.json)"
+	@echo "tables and plots: $(RUN_DIR)/evaluation (summary.md, plots/)"
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUN_DIR)/tensorboard"
 
 test: $(STAMP)
 	$(PY) -m ruff check .
