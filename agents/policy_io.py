@@ -172,8 +172,12 @@ def build_policy(config: Mapping[str, Any], device: str = "cpu"):
 
     algorithm = _allowed_class(config["algorithm"], "algorithm")
     policy = config["policy"]
-    policy_class = algorithm.policy_aliases[policy] if policy in algorithm.policy_aliases else \
-        _allowed_class(policy, "policy")
+    if isinstance(policy, str) and policy in algorithm.policy_aliases:
+        policy_class = algorithm.policy_aliases[policy]
+    elif isinstance(policy, str):
+        policy_class = _allowed_class(policy, "policy")
+    else:
+        policy_class = resolve_classes(policy)
     kwargs = resolve_classes(config.get("policy_kwargs") or {})
     size, ports = int(config["observation_size"]), int(config["num_ports"])
     observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (size,), np.float32)

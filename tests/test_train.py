@@ -241,3 +241,17 @@ def test_optuna_sweep_runs_trials_in_parallel_jobs_and_maximizes_the_score(tmp_p
 def test_submitit_local_launcher_runs_a_sweep_job(tmp_path):
     sweep_dir = _sweep(tmp_path, "hydra/launcher=submitit_local", "seed=3")
     assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["seed"] == 3
+
+
+def test_a_per_port_policy_reloads_and_runs_on_other_sites(tmp_path):
+    overrides = [*TINY, "agent=ppo_perport", "env=physical", "env.deadline_guard=true", "imitation=optimum",
+                 "imitation.episodes=2", "imitation.epochs=2", "total_timesteps=96", "eval_freq=0"]
+    metrics = train(train_config(*overrides), tmp_path)
+    policy = load_policy(tmp_path)
+    assert policy.config["deadline_guard"] and np.isfinite(metrics["score"])
+    from envs.site import load_site
+
+    for site in ("jpl", "v2g_workplace"):
+        params = load_site(site, horizon_steps=8, start_hour=8)
+        table = evaluate({"uncontrolled": Uncontrolled(params), "per_port": policy}, params, 2, seed=3)
+        assert table.loc["per_port", "grid_violation_kwh"] == pytest.approx(0.0, abs=1e-6)
