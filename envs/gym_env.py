@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs import core
+from envs.actions import action_array
 from envs.episode import Generator
 from envs.generators import generator_for
 from envs.observation import observation_bounds, observation_layout, observe
@@ -140,10 +141,8 @@ class SmartChargingEnv(gymnasium.Env):
     def step(self, action):
         if self.state is None:
             raise RuntimeError("call reset before step")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self._action_shape:
-            raise ValueError(f"action has shape {action.shape}, expected {self._action_shape}: one value "
-                             f"per port of site {self.params.name!r} (env 0)")
+        action = action_array(action, self._action_shape,
+                              f": one value per port of site {self.params.name!r} (env 0)")
         self.state, terms, diagnostics = core.step(self.params, self.state, action[None])
         row = terms[0]
         info = dict(zip(TERMS, row.tolist(), strict=True))

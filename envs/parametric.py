@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 
 from envs.episode import Episode, demand_windows, pack_evs
+from envs.errors import cut, cut_key
+from envs.limits import above
+from envs.scenario_fields import MAX_SIGMA, SEQUENCE_FIELDS, ScenarioFields
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -72,45 +75,74 @@ class ParametricGenerator:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], site_name: str = "") -> ParametricGenerator:
+        where = f"site {cut(site_name)}: scenario"
+        if config is not None and not isinstance(config, Mapping):
+            raise SiteError(f"{where} must be a mapping of fields, got {cut(config)}")
         config = dict(config or {})
         config.pop("generator", None)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - names)
+        unknown = sorted((key for key in config if key not in names), key=str)
         if unknown:
-            raise SiteError(f"site {site_name!r}: scenario.{unknown[0]} is not a known field "
+            raise SiteError(f"{where}.{cut_key(unknown[0])} is not a known field "
                             f"(known: {', '.join(sorted(names))})")
-        if "fleet" in config:
-            try:
-                config["fleet"] = tuple(EvModel(**m) for m in config["fleet"])
-            except TypeError as err:
-                raise SiteError(f"site {site_name!r}: scenario.fleet entry invalid: {err}") from None
+        check = ScenarioFields(where)
+        for key, value in config.items():
+            if key in SEQUENCE_FIELDS:
+                config[key] = check.numbers(key, value)
+            elif key in ("loads", "pv"):
+                config[key] = check.node_specs(key, value)
+            elif key == "fleet":
+                config[key] = tuple(EvModel(**model) for model in check.fleet(value))
+            elif key == "weekday":
+                config[key] = check.weekday(value)
+            else:
+                config[key] = check.number(key, value)
         gen = cls(**config)
         gen._validate(site_name)
         return gen
 
     def _validate(self, site_name: str) -> None:
         def fail(field, problem):
-            raise SiteError(f"site {site_name!r}: scenario.{field} {problem}")
+            raise SiteError(f"site {cut(site_name)}: scenario.{field} {problem}")
 
         for field in ("sessions_per_day", "weekend_factor", "dwell_mean_hours", "energy_mean_kwh",
                       "dwell_sigma", "energy_sigma", "price_noise", "price_weekend_factor", "repair_hours",
-                      "failure_rate_per_day", "departure_error_minutes"):
+                      "failure_rate_per_day", "departure_error_minutes", "export_price_factor"):
             value = getattr(self, field)
             if not np.isfinite(value) or value < 0:
                 fail(field, f"must be a finite number >= 0, got {value!r}")
+        for field in ("tariff_eur_kwh", "setpoint_kw"):
+            if not np.isfinite(getattr(self, field)):
+                fail(field, f"must be a finite number, got {getattr(self, field)!r}")
+        for field in ("min_soc", "v2g_consent_share"):
+            if not 0 <= getattr(self, field) <= 1:
+                fail(field, f"must lie in [0, 1], got {getattr(self, field)!r}")
+        for field in ("dwell_sigma", "energy_sigma"):
+            if getattr(self, field) > MAX_SIGMA:
+                fail(field, f"must be <= {MAX_SIGMA} (wider lognormals overflow), got {getattr(self, field)}")
+        problem = above("sessions_per_day", self.sessions_per_day, "the value")
+        if problem is not None:
+            fail("sessions_per_day", f"is too large: {problem}")
         if not (len(self.peak_hours) == len(self.peak_widths_hours) == len(self.peak_weights) > 0):
             fail("peak_hours", "peak_widths_hours and peak_weights must have the same nonzero length")
+        if min(self.peak_widths_hours) <= 0:
+            fail("peak_widths_hours", f"must all be > 0, got {cut(list(self.peak_widths_hours))}")
+        if min(self.peak_weights) < 0 or sum(self.peak_weights) <= 0:
+            fail("peak_weights", f"must be >= 0 with a positive sum, got {cut(list(self.peak_weights))}")
         for field in ("price_hourly_eur_kwh", "carbon_hourly_kg_kwh"):
             if len(getattr(self, field)) != 24:
                 fail(field, f"must list 24 hourly values, got {len(getattr(self, field))}")
         if self.weekday is not None and not np.all(np.isin(np.atleast_1d(self.weekday), np.arange(7))):
-            fail("weekday", f"must be 0..6 (Monday..Sunday) or a list of them, got {self.weekday!r}")
+            fail("weekday", f"must be 0..6 (Monday..Sunday) or a list of them, got {cut(self.weekday)}")
+        if len(self.soc_arrival_range) != 2:
+            fail("soc_arrival_range", f"must be [low, high], got {cut(list(self.soc_arrival_range))}")
         lo, hi = self.soc_arrival_range
         if not 0 <= lo <= hi <= 1:
             fail("soc_arrival_range", f"must satisfy 0 <= low <= high <= 1, got {lo, hi}")
         if not self.fleet or any(m.battery_kwh <= 0 or m.max_charge_kw <= 0 or m.share <= 0
                                  or m.max_discharge_kw < 0 for m in self.fleet):
-            fail("fleet", "must list models with battery_kwh > 0, max_charge_kw > 0, share > 0")
+            fail("fleet", "must list models with battery_kwh > 0, max_charge_kw > 0, share > 0, "
+                          "max_discharge_kw >= 0")
 
     def sample(self, params: SiteParams, rng: np.random.Generator, num_envs: int) -> Episode:
         b, t_len = num_envs, params.horizon_steps

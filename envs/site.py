@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from envs.errors import ConfigError, SiteError, cut, cut_key, cut_text
+from envs.limits import above
 from envs.reward import RewardWeights
+from envs.yaml_io import load_yaml
 
 MINUTES_PER_DAY = 1440
-
-
-class SiteError(ValueError):
-    """Invalid site description; the message names the site and the offending field."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,7 +108,7 @@ class SiteParams:
         try:
             return self.node_names.index(name)
         except ValueError:
-            raise SiteError(f"site {self.name!r}: unknown node {name!r}") from None
+            raise SiteError(f"site {cut(self.name)}: unknown node {cut(name)}") from None
 
     def replace(self, **changes) -> SiteParams:
         return dataclasses.replace(self, **changes)
@@ -142,17 +140,17 @@ def load_site(site: str | Path | Mapping[str, Any] | SiteParams, **overrides) ->
         path = Path(site)
         if path.suffix in (".yaml", ".yml") or path.exists():
             if not path.exists():
-                raise SiteError(f"site file {str(path)!r} does not exist")
-            origin = str(path)
+                raise SiteError(f"site file {cut(str(path))} does not exist")
+            origin, text = str(path), None
         else:
             preset = resources.files("envs") / "sites" / f"{site}.yaml"
             if not preset.is_file():
-                raise SiteError(f"unknown site {str(site)!r}; presets: {', '.join(builtin_sites())}")
-            path, origin = preset, f"preset {site!r}"
+                raise SiteError(f"unknown site {cut(str(site))}; presets: {', '.join(builtin_sites())}")
+            path, origin, text = preset, f"preset {site!r}", preset.read_text()
         try:
-            spec = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SiteError(f"site {origin}: invalid YAML: {err}") from None
+            spec = load_yaml(path, text=text, origin=origin)
+        except ConfigError as err:
+            raise SiteError(f"site {err}") from None
         if not isinstance(spec, Mapping):
             raise SiteError(f"site {origin}: top level must be a mapping")
     spec = _deep_update(dict(spec), overrides)
@@ -170,47 +168,69 @@ def _deep_update(base: dict, changes: Mapping) -> dict:
 
 class _Reader:
     def __init__(self, origin: str, name: str):
-        self.where = f"site {name!r} ({origin})" if origin != f"preset {name!r}" else f"site {name!r}"
+        preset = origin == f"preset {name!r}"
+        self.where = f"site {name!r}" if preset else f"site {cut(name)} ({cut_text(origin)})"
 
     def fail(self, field: str, problem: str):
         raise SiteError(f"{self.where}: {field} {problem}")
 
-    def number(self, spec, key, field, default=None, low=None, high=None, low_open=False):
+    def limit(self, field: str, name: str, value, what: str):
+        problem = above(name, value, what)
+        if problem is not None:
+            raise SiteError(f"{self.where}: {field}: {problem}")
+
+    def mapping(self, spec, key) -> Mapping:
+        value = spec.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(key, f"must be a mapping of fields, got {cut(value)}")
+        return value
+
+    def number(self, spec, key, field, default=None, low=None, high=None, low_open=False, limit=None):
         value = spec.get(key, default)
         if value is None:
             self.fail(field, "is required")
         try:
             value = float(value)
         except (TypeError, ValueError):
-            self.fail(field, f"must be a number, got {value!r}")
+            self.fail(field, f"must be a number, got {cut(value)}")
         if not np.isfinite(value):
             self.fail(field, f"must be finite, got {value!r}")
+        if limit is not None:
+            self.limit(field, limit, value, "the value")
         if low is not None and (value <= low if low_open else value < low):
             self.fail(field, f"must be {'>' if low_open else '>='} {low}, got {value:g}")
         if high is not None and value > high:
             self.fail(field, f"must be <= {high}, got {value:g}")
         return value
 
-    def integer(self, spec, key, field, default=None, low=None):
-        value = self.number(spec, key, field, default, low)
+    def integer(self, spec, key, field, default=None, low=None, limit=None):
+        value = self.number(spec, key, field, default, low, limit=limit)
         if value != int(value):
             self.fail(field, f"must be an integer, got {value:g}")
         return int(value)
 
 
 def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
-    name = str(spec.get("name", Path(origin).stem if origin != "<mapping>" else "custom"))
+    name = spec.get("name", Path(origin).stem if origin != "<mapping>" else "custom")
+    if not isinstance(name, str | int | float) or isinstance(name, bool) or len(str(name)) > 200:
+        raise SiteError(f"site ({cut_text(origin)}): name must be a text of at most 200 characters, "
+                        f"got {cut(name)}")
+    name = str(name)
     r = _Reader(origin, name)
     known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
              "battery", "queue", "forecast_steps", "demand_forecast", "reward", "scenario"}
     for key in spec:
         if key not in known:
-            r.fail(str(key), f"is not a known field (known: {', '.join(sorted(known))})")
+            r.fail(cut_key(key), f"is not a known field (known: {', '.join(sorted(known))})")
     dt_minutes = r.number(spec, "dt_minutes", "dt_minutes", 15, 1, 60)
     if dt_minutes != int(dt_minutes) or MINUTES_PER_DAY % int(dt_minutes):
         r.fail("dt_minutes", f"must be a whole number of minutes dividing the day (1440), got {dt_minutes:g}")
     dt_minutes = int(dt_minutes)
-    horizon = r.integer(spec, "horizon_steps", "horizon_steps", MINUTES_PER_DAY // dt_minutes, 1)
+    horizon = r.integer(spec, "horizon_steps", "horizon_steps", MINUTES_PER_DAY // dt_minutes, 1,
+                        limit="horizon_steps")
+    forecast_steps = r.integer(spec, "forecast_steps", "forecast_steps", 8, 0, limit="forecast_steps")
     start_hour = r.number(spec, "start_hour", "start_hour", 0, 0, 24)
     start_minute = round(start_hour * 60)
     if start_minute % dt_minutes or start_minute >= MINUTES_PER_DAY:
@@ -221,14 +241,19 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     position = {node["name"]: i for i, node in enumerate(order)}
     ports.sort(key=lambda port: position[port["node"]])
 
-    battery = spec.get("battery", {}) or {}
-    queue = spec.get("queue", {}) or {}
+    cells = (horizon + forecast_steps + 1) * (len(order) + len(ports))
+    r.limit("horizon_steps", "episode_cells", cells,
+            "the episode's size (horizon_steps + forecast_steps + 1) x (nodes + ports)")
+
+    battery, queue = r.mapping(spec, "battery"), r.mapping(spec, "queue")
+    reward_spec = r.mapping(spec, "reward")
+    r.mapping(spec, "scenario")
     patience_minutes = r.number(queue, "patience_minutes", "queue.patience_minutes", 60, 0)
-    reward_spec = spec.get("reward", {}) or {}
-    try:
-        weights = RewardWeights(**reward_spec)
-    except TypeError as err:
-        r.fail("reward", f"has an unknown weight: {err}")
+    names = [field.name for field in dataclasses.fields(RewardWeights)]
+    for key in reward_spec:
+        if key not in names:
+            r.fail(f"reward.{cut_key(key)}", f"is not a known weight (known: {', '.join(names)})")
+    weights = RewardWeights(**reward_spec)
     for field in dataclasses.fields(weights):
         r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0)
     demand_forecast = spec.get("demand_forecast", False)
@@ -258,7 +283,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         taper_floor=r.number(battery, "taper_floor", "battery.taper_floor", 0.1, 0, 1),
         queue_capacity=r.integer(queue, "capacity", "queue.capacity", 10, 0),
         queue_patience_steps=int(patience_minutes // dt_minutes),
-        forecast_steps=r.integer(spec, "forecast_steps", "forecast_steps", 8, 0),
+        forecast_steps=forecast_steps,
         demand_forecast=demand_forecast,
         reward=weights,
         scenario=dict(spec.get("scenario", {}) or {}),
@@ -274,13 +299,13 @@ def _parse_tree(spec, r: _Reader):
         field = f"nodes[{i}]"
         if not isinstance(raw, Mapping) or "name" not in raw:
             r.fail(field, "must be a mapping with a name")
-        node_name = str(raw["name"])
+        node_name = _name(raw["name"], f"{field}.name", r)
         if node_name in names:
             r.fail(f"{field}.name", f"duplicates node {node_name!r}")
         names.add(node_name)
-        limit = r.number(raw, "limit_kw", f"{field}.limit_kw", None, 0, low_open=True)
-        export = r.number(raw, "export_limit_kw", f"{field}.export_limit_kw", limit, 0)
-        parent = None if raw.get("parent") is None else str(raw["parent"])
+        limit = r.number(raw, "limit_kw", f"{field}.limit_kw", None, 0, low_open=True, limit="power_kw")
+        export = r.number(raw, "export_limit_kw", f"{field}.export_limit_kw", limit, 0, limit="power_kw")
+        parent = None if raw.get("parent") is None else _name(raw["parent"], f"{field}.parent", r)
         nodes.append({"name": node_name, "parent": parent, "import_kw": limit, "export_kw": export,
                       "field": field})
     roots = [n for n in nodes if n["parent"] is None]
@@ -289,6 +314,7 @@ def _parse_tree(spec, r: _Reader):
     for node in nodes:
         if node["parent"] is not None and str(node["parent"]) not in names:
             r.fail(f"{node['field']}.parent", f"names unknown node {node['parent']!r}")
+    r.limit("nodes", "nodes", len(nodes), "the site's node count")
     raw_ports = spec.get("ports")
     if not isinstance(raw_ports, list) or not raw_ports:
         r.fail("ports", "must be a non-empty list of port groups")
@@ -297,20 +323,23 @@ def _parse_tree(spec, r: _Reader):
         field = f"ports[{g}]"
         if not isinstance(raw, Mapping):
             r.fail(field, "must be a mapping")
-        node = str(raw.get("node"))
+        node = _name(raw.get("node"), f"{field}.node", r)
         if node not in names:
-            r.fail(f"{field}.node", f"names unknown node {raw.get('node')!r}")
+            r.fail(f"{field}.node", f"names unknown node {cut(raw.get('node'))}")
         count = r.integer(raw, "count", f"{field}.count", 1, 1)
-        group = str(raw.get("name", f"{node}_port"))
-        charge = r.number(raw, "max_charge_kw", f"{field}.max_charge_kw", None, 0, low_open=True)
-        discharge = r.number(raw, "max_discharge_kw", f"{field}.max_discharge_kw", 0, 0)
+        r.limit(f"{field}.count", "ports", len(ports) + count, "the site's port count")
+        group = _name(raw.get("name", f"{node}_port"), f"{field}.name", r)
+        charge = r.number(raw, "max_charge_kw", f"{field}.max_charge_kw", None, 0, low_open=True,
+                          limit="power_kw")
+        discharge = r.number(raw, "max_discharge_kw", f"{field}.max_discharge_kw", 0, 0, limit="power_kw")
         eff_c = r.number(raw, "charge_efficiency", f"{field}.charge_efficiency", 0.95, 0, 1, True)
         eff_d = r.number(raw, "discharge_efficiency", f"{field}.discharge_efficiency", eff_c, 0, 1, True)
         per_charger = r.integer(raw, "ports_per_charger", f"{field}.ports_per_charger", 1, 1)
         charger_kw = raw.get("charger_limit_kw")
         if charger_kw is not None:
             charger_kw = r.number(raw, "charger_limit_kw", f"{field}.charger_limit_kw", None, 0,
-                                  low_open=True)
+                                  low_open=True, limit="power_kw")
+            r.limit(f"{field}.count", "nodes", len(nodes) + -(-count // per_charger), "the site's node count")
         for i in range(count):
             parent = node
             if charger_kw is not None:
@@ -328,6 +357,12 @@ def _parse_tree(spec, r: _Reader):
     if len(set(port_names)) != len(port_names):
         r.fail("ports", "produce duplicate port names; give each group a distinct name")
     return nodes, ports
+
+
+def _name(value, field: str, r: _Reader) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or len(str(value)) > 200:
+        r.fail(field, f"must be a name (a text of at most 200 characters), got {cut(value)}")
+    return str(value)
 
 
 def _preorder(nodes: list[dict], r: _Reader) -> list[dict]:

@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import core
+from envs.actions import action_array
 from envs.episode import Generator
 from envs.generators import generator_for
 from envs.observation import observation_bounds, observation_layout, observe
@@ -60,7 +61,7 @@ class SmartChargingVectorEnv(VectorEnv):
     >>> vec = gym.make_vec("SmartCharging-v0", num_envs=8, site="caltech", horizon_steps=2)
     >>> obs, info = vec.reset(seed=0)
     >>> obs.shape, vec.action_space.shape
-    ((8, 490), (8, 54))
+    ((8, 491), (8, 54))
     >>> for _ in range(2):
     ...     obs, rewards, terminated, truncated, info = vec.step(vec.action_space.sample())
     >>> bool(truncated.all()), bool(terminated.any()), info["episode_totals"]["unmet_kwh"].shape
@@ -108,7 +109,8 @@ class SmartChargingVectorEnv(VectorEnv):
                 return self._new_episodes(), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), {}
             raise RuntimeError(f"every env was truncated at step {horizon}; with autoreset_mode "
                                f"{self.autoreset_mode.name} call reset() before stepping again")
-        actions = np.asarray(actions, dtype=np.float64)
+        actions = action_array(actions, (n, self.params.num_ports),
+                               f" (envs, ports of site {self.params.name!r})")
         self.state, terms, diagnostics = core.step(self.params, self.state, actions)
         rewards = terms @ self._coefficients
         done = self.state.t >= horizon

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from helpers import tiny_site
 
+import envs.limits
 from envs.core import reset, step
 from envs.data.errors import DataError
 from envs.data.forecasts import (
@@ -50,7 +51,7 @@ def ts(*values):
 
 
 def read_fixture_day_ahead():
-    with pytest.warns(UserWarning, match="2 duplicated timestamps .1 with different values.*2 missing steps"):
+    with pytest.warns(UserWarning, match="2 duplicated timestamps .0 with different values.*2 missing steps"):
         return read_day_ahead_csv(FIXTURES / "series_day_ahead.csv")
 
 
@@ -156,14 +157,16 @@ def test_export_prices():
 
 def test_day_ahead_reader_repairs_duplicates_and_gaps_and_reads_both_formats():
     prices = read_fixture_day_ahead()
-    assert prices.attrs["duplicates"] == 2 and prices.attrs["conflicting_duplicates"] == 1
+    assert prices.attrs["duplicates"] == 2 and prices.attrs["conflicting_duplicates"] == 0
+    assert prices.attrs["rows"] == 264
+    assert prices.attrs["skipped"] == {"count": 0, "lines": [], "messages": []}
     assert prices.attrs["gaps"] == 2 and prices.attrs["unit"] == "EUR/kWh"
     index = prices.index
     assert str(index.tz) == "UTC" and len(index) == 11 * 24 and (np.diff(index.asi8) == 3600 * 10**9).all()
     assert index[0] == pd.Timestamp("2019-03-25", tz="UTC")
     assert index[-1] == pd.Timestamp("2019-04-04 23:00", tz="UTC")
     np.testing.assert_allclose(prices.to_numpy(), (100 * index.day.to_numpy() + index.hour.to_numpy()) / 1000)
-    assert prices["2019-03-30 13:00"] == pytest.approx(3.013)  # the first of two different rows wins
+    assert prices["2019-03-30 12:00"] == pytest.approx(3.012)  # repeated with the same price, kept once
     assert prices["2019-04-01 05:00"] == pytest.approx(0.105)  # filled linearly
 
 
@@ -188,6 +191,76 @@ def test_day_ahead_structural_errors(tmp_path):
     path.write_text("Country,When,Price\n")
     with pytest.raises(DataError, match="line 1: no column 'Datetime \\(UTC\\)'"):
         read_day_ahead_csv(path)
+
+
+def day_ahead_file(tmp_path, *rows, local=False):
+    path = tmp_path / "prices.csv"
+    column = "Datetime (Local)" if local else "Datetime (UTC)"
+    path.write_text(f"Country,{column},Price (EUR/MWhe)\n" + "".join(f"Netherlands,{r}\n" for r in rows))
+    return path
+
+
+HOURS = [f"2019-01-01 {h:02d}:00:00,{h}" for h in range(6)]
+
+
+def test_day_ahead_skip_invalid_leaves_out_bad_rows_and_reports_them(tmp_path):
+    path = day_ahead_file(tmp_path, *HOURS[:2], "junk,7", HOURS[2], "2019-01-01 03:00:00,inf", *HOURS[4:],
+                          "2019-01-01 04:00:00,99")
+    with pytest.raises(DataError, match=r"line 4, field 'Datetime \(UTC\)'.*\(2 more invalid rows; "
+                                        r"skip_invalid=True leaves them out"):
+        read_day_ahead_csv(path)
+    with pytest.warns(UserWarning, match=r"skipped 3 invalid rows \(lines 4, 6, 9\)"):
+        prices = read_day_ahead_csv(path, skip_invalid=True)
+    skipped = prices.attrs["skipped"]
+    assert skipped["count"] == 3 and skipped["lines"] == [4, 6, 9] and prices.attrs["rows"] == 8
+    assert "'inf' as a finite number" in skipped["messages"][1]
+    assert "repeats the hour of line 7 with a different price" in skipped["messages"][2]
+    assert prices["2019-01-01 04:00"] == pytest.approx(0.004)  # the first row of the hour, not the conflict
+    assert prices["2019-01-01 03:00"] == pytest.approx(0.003)  # the skipped hour is a gap, filled linearly
+    assert prices.attrs["gaps"] == 1
+
+
+def test_day_ahead_file_that_repeats_a_year_is_read_once(tmp_path):
+    hours = pd.date_range("2019-01-01", periods=48, freq="h")
+    rows = [f"{t:%Y-%m-%d %H:%M:%S},{t.hour}" for t in hours]
+    path = day_ahead_file(tmp_path, *rows, *[f"{t:%d/%m/%Y %H:%M},{t.hour}" for t in hours])
+    with pytest.warns(UserWarning, match="48 duplicated timestamps"):
+        prices = read_day_ahead_csv(path)
+    assert len(prices) == 48 and prices.attrs["duplicates"] == 48 and prices.attrs["rows"] == 96
+
+
+def test_day_ahead_local_times_across_daylight_saving(tmp_path):
+    fall = [f"2019-10-27 0{h}:00:00,{p}" for h, p in ((0, 1), (1, 2), (2, 3), (2, 4), (3, 5))]
+    prices = read_day_ahead_csv(day_ahead_file(tmp_path, *fall, local=True), "Datetime (Local)",
+                                tz="Europe/Amsterdam")
+    assert len(prices) == 5 and prices.index[0] == pd.Timestamp("2019-10-26 22:00", tz="UTC")
+    np.testing.assert_allclose(prices.to_numpy(), [1e-3, 2e-3, 3e-3, 4e-3, 5e-3])  # 02:00 twice, in order
+    spring = ["2019-03-31 01:00:00,1", "2019-03-31 02:00:00,2", "2019-03-31 03:00:00,3"]
+    with pytest.raises(DataError, match=r"line 3.*2019-03-31 02:00:00 does not exist in Europe/Amsterdam"):
+        read_day_ahead_csv(day_ahead_file(tmp_path, *spring, local=True), "Datetime (Local)",
+                           tz="Europe/Amsterdam")
+    once = ["2019-10-27 01:00:00,1", "2019-10-27 02:00:00,2", "2019-10-27 03:00:00,3"]
+    with pytest.raises(DataError, match=r"line 3.*2019-10-27 02:00:00 is ambiguous in Europe/Amsterdam"):
+        read_day_ahead_csv(day_ahead_file(tmp_path, *once, local=True), "Datetime (Local)",
+                           tz="Europe/Amsterdam")
+
+
+def test_series_gaps_and_spans_above_the_limits_fail_before_allocating(tmp_path, monkeypatch):
+    wide = day_ahead_file(tmp_path, *HOURS[:2], "2019-07-20 01:00:00,3")
+    with pytest.raises(DataError, match=r"no data from 2019-01-01 01:00:00\+00:00 to "
+                                        r"2019-07-20 01:00:00\+00:00: "
+                                        r"the gap to fill, in days, is 200, above the limit of 92; "
+                                        r"raise it with envs.limits.LIMITS\['series_gap_days'\]"):
+        read_day_ahead_csv(wide)
+    monkeypatch.setenv("ENVS_MAX_SERIES_GAP_DAYS", "366")
+    with pytest.warns(UserWarning, match="4799 missing steps"):
+        assert len(read_day_ahead_csv(wide)) == 200 * 24 + 2
+    monkeypatch.setattr("envs.limits.LIMITS", {**envs.limits.LIMITS, "series_steps": 4000})
+    with pytest.raises(DataError, match=r"01:00:00 grid is 4,802, above the limit of 4,000; raise it with "
+                                        r"envs.limits.LIMITS\['series_steps'\] = N or the environment "
+                                        r"variable "
+                                        r"ENVS_MAX_SERIES_STEPS=N"):
+        read_day_ahead_csv(wide)
 
 
 @needs_shared

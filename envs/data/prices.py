@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import warnings
 from collections.abc import Iterable
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
-from envs.data.series import parse_numbers, parse_times, regularize
+from envs.data.errors import DataError, file_text
+from envs.data.series import check_tz, number_problem, read_numbers, read_times, regularize, time_problem
+from envs.errors import cut, cut_text
 
 DAY_MASKS = {
     "WEEKDAYS": (True,) * 5 + (False,) * 2,
@@ -131,11 +133,11 @@ def read_tariff(path) -> Tariff:
     """Tariff from a JSON file; DataError names the file and the JSON field of invalid input."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file does not exist") from None
+        doc = json.loads(file_text(path))
     except json.JSONDecodeError as err:
         raise DataError.at(path, err.lineno, None, f"invalid JSON: {err.msg}") from None
+    except RecursionError:
+        raise DataError.at(path, None, None, "invalid JSON: nested too deeply to read") from None
 
     def fail(field, problem):
         raise DataError.at(path, None, repr(field), problem)
@@ -153,26 +155,36 @@ def read_tariff(path) -> Tariff:
                 month, day = (int(part) for part in str(raw[key]).split("-"))
                 pd.Timestamp(year=2000, month=month, day=day)
             except (KeyError, ValueError, TypeError):
-                fail(f"{where}.{key}", f"must be a month-day like '06-01', got {raw.get(key)!r}")
+                fail(f"{where}.{key}", f"must be a month-day like '06-01', got {cut(raw.get(key))}")
             days[key] = (month, day)
         mask = raw.get("dow_mask")
         if mask not in DAY_MASKS:
-            fail(f"{where}.dow_mask", f"must be one of {', '.join(DAY_MASKS)}, got {mask!r}")
-        try:
-            hours = tuple(float(h) for h in raw["times"])
-            prices = tuple(float(p) for p in raw["tariffs"])
-        except (KeyError, TypeError, ValueError):
-            fail(f"{where}.times", "and tariffs must be lists of numbers")
+            fail(f"{where}.dow_mask", f"must be one of {', '.join(DAY_MASKS)}, got {cut(mask)}")
+        hours = _numbers(raw.get("times"), f"{where}.times", fail)
+        prices = _numbers(raw.get("tariffs"), f"{where}.tariffs", fail)
         if not hours or hours[0] != 0 or np.any(np.diff(hours) <= 0) or hours[-1] >= 24:
-            fail(f"{where}.times", f"must start at 0 and increase below 24, got {list(hours)}")
+            fail(f"{where}.times", f"must start at 0 and increase below 24, got {cut(list(hours))}")
         if len(prices) != len(hours) or not np.all(np.isfinite(prices)):
             fail(f"{where}.tariffs", f"must be {len(hours)} finite prices, one per entry of times")
         charge = raw.get("demand_charge", 0)
-        if not isinstance(charge, (int, float)) or not np.isfinite(charge) or charge < 0:
-            fail(f"{where}.demand_charge", f"must be a number >= 0, got {charge!r}")
+        if not _finite(charge) or charge < 0:
+            fail(f"{where}.demand_charge", f"must be a number >= 0, got {cut(charge)}")
         schedules.append(TariffSchedule(str(raw.get("id", where)), days["effective_start"],
                                         days["effective_end"], mask, hours, prices, float(charge)))
     return Tariff(str(doc.get("name", path.stem)), tuple(schedules), str(path))
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _numbers(value, field: str, fail) -> tuple[float, ...]:
+    """A JSON list of finite numbers as floats; ``fail(field, problem)`` otherwise."""
+    if not isinstance(value, list):
+        fail(field, f"must be a list of numbers, got {cut(value)}")
+    if not all(_finite(v) for v in value):
+        fail(field, f"must hold finite numbers only, got {cut(value)}")
+    return tuple(float(v) for v in value)
 
 
 def episode_demand_charge(charge_per_kw_month: np.ndarray, local_times, dt_hours: float) -> np.ndarray:
@@ -214,51 +226,140 @@ DAY_AHEAD_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d/%m/%Y %H:%M", "%
 
 def read_day_ahead_csv(path, time_column: str = "Datetime (UTC)", price_column: str = "Price (EUR/MWhe)",
                        country: str | None = None, tz: str | None = None, per_kwh: float = 1e-3,
-                       formats=DAY_AHEAD_FORMATS) -> pd.Series:
+                       formats=DAY_AHEAD_FORMATS, *, skip_invalid: bool = False) -> pd.Series:
     """Day-ahead prices (ENTSO-E style CSV) as a Series on a regular UTC grid, in EUR/kWh.
 
     Columns ``Country, Datetime (UTC), Datetime (Local), Price (EUR/MWhe)``. Each time is read
     by the first of ``formats`` that fits it (the files switch from ``YYYY-MM-DD HH:MM:SS`` to
     ``DD/MM/YYYY HH:MM`` part way; slashes are always day first). Times in ``time_column`` are
-    UTC unless ``tz`` names their zone. ``country`` keeps only its rows. Repeated hours keep the
-    first row and missing hours are filled linearly, with a warning that counts both (counts in
-    ``attrs``); an unreadable row raises DataError naming the file, line and field. Prices are
+    UTC unless ``tz`` names their zone (a clock hour repeated when summer time ends is read in
+    file order; if that fails it is ambiguous). ``country`` keeps only its rows. Prices are
     multiplied by ``per_kwh`` (EUR/MWh to EUR/kWh).
+
+    An invalid row (a wrong number of fields, a time no format reads or that does not exist or
+    is ambiguous in ``tz``, a price that is not a finite number, an hour repeated with another
+    price) raises DataError naming the file, line and field, as the session readers do; with
+    ``skip_invalid=True`` the invalid rows are left out instead and a warning counts them. An
+    hour repeated with the same price (e.g. a file that repeats a year) is kept once. Empty
+    price cells and missing hours are filled linearly (``envs.data.series.regularize``; a gap
+    wider than the ``series_gap_days`` limit is an error). ``attrs`` reports: ``rows`` (price
+    rows read, of ``country`` when given), ``skipped`` (``count``, ``lines`` and ``messages``
+    of the rows left out), ``duplicates`` (same-price repeats dropped), ``gaps`` (missing hours
+    filled) and ``missing`` (empty cells filled).
     """
+    check_tz(tz)
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+    text = file_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None:
-            raise DataError(f"{path}: file is empty")
+            raise DataError(f"{path}: file is empty", path=path)
         header = [h.strip() for h in header]
         for column in (time_column, price_column) + (("Country",) if country else ()):
             if column not in header:
-                raise DataError.at(path, 1, None, f"no column {column!r} (columns: {', '.join(header)})")
-        rows, lines = [], []
+                raise DataError.at(path, 1, None,
+                                   f"no column {column!r} (columns: {cut_text(', '.join(header))})")
+        width, rows, lines, short = len(header), [], [], []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
-            if len(row) != len(header):
-                raise DataError.at(path, reader.line_num, None, f"{len(row)} fields, "
-                                   f"the header has {len(header)}")
-            rows.append(row)
+            short.append(f"{len(row)} fields, the header has {width}" if len(row) != width else None)
+            rows.append((row + [""] * width)[:width])
             lines.append(reader.line_num)
+    except csv.Error as err:
+        raise DataError.at(path, reader.line_num, None, f"malformed CSV ({err})") from None
     table = pd.DataFrame(rows, columns=header, dtype=object)
-    lines = np.asarray(lines, dtype=np.int64)
+    lines, short = np.asarray(lines, dtype=np.int64), np.asarray(short, dtype=object)
     if country is not None:
-        keep = (table["Country"].str.strip() == country).to_numpy()
-        table, lines = table[keep].reset_index(drop=True), lines[keep]
+        keep = (table["Country"].str.strip() == country).to_numpy() | (short != None)  # noqa: E711
+        table, lines, short = table[keep].reset_index(drop=True), lines[keep], short[keep]
     if table.empty:
-        raise DataError(f"{path}: no price rows" + (f" for country {country!r}" if country else ""))
-    times = parse_times(table[time_column].str.strip(), path, time_column, formats, lines)
-    if times.tz is None:
-        times = times.tz_localize(tz or "UTC", ambiguous="raise", nonexistent="raise")
-    prices = parse_numbers(table[price_column], path, price_column, lines) * per_kwh
-    frame = pd.DataFrame({"price_eur_kwh": prices}, index=times.tz_convert("UTC").as_unit("ns"))
+        raise DataError(f"{path}: no price rows" + (f" for country {cut(country)}" if country else ""),
+                        path=path)
+    rows = _Rows(path, lines)
+    rows.flag(short != None, None, short)  # noqa: E711
+    times = _utc_times(rows, table[time_column].str.strip(), time_column, formats, tz)
+    prices, unreadable = read_numbers(table[price_column])
+    rows.flag(unreadable, repr(price_column), [number_problem(v) for v in table[price_column]])
+    _flag_conflicts(rows, times, prices, price_column)
+    rows.finish(skip_invalid)
+    keep = ~rows.bad
+    frame = pd.DataFrame({"price_eur_kwh": prices[keep] * per_kwh},
+                         index=pd.DatetimeIndex(times[keep]).tz_localize("UTC").as_unit("ns"))
     frame = regularize(frame, str(path))
     series = frame["price_eur_kwh"]
-    series.attrs = dict(frame.attrs, unit="EUR/kWh")
+    series.attrs = dict(frame.attrs, unit="EUR/kWh", rows=len(lines), skipped=rows.report())
     return series
+
+
+class _Rows:
+    """The rows of a price file: their lines and the first problem of each invalid one."""
+
+    def __init__(self, path: Path, lines: np.ndarray):
+        self.path, self.lines = path, lines
+        self.bad = np.zeros(len(lines), dtype=bool)
+        self.messages: dict[int, str] = {}
+
+    def flag(self, mask, field: str | None, problems) -> None:
+        for i in np.flatnonzero(np.asarray(mask, dtype=bool) & ~self.bad):
+            problem = problems if isinstance(problems, str) else problems[i]
+            self.messages[i] = str(DataError.at(self.path, int(self.lines[i]), field, problem))
+            self.bad[i] = True
+
+    def finish(self, skip_invalid: bool) -> None:
+        bad = np.flatnonzero(self.bad)
+        if bad.size and not skip_invalid:
+            more = (f" ({bad.size - 1} more invalid rows; skip_invalid=True leaves them out and reports "
+                    "them)") if bad.size > 1 else ""
+            raise DataError(self.messages[bad[0]] + more, path=self.path, line=int(self.lines[bad[0]]))
+        if bad.size:
+            shown = ", ".join(str(line) for line in self.lines[bad[:10]]) + (", ..." if bad.size > 10 else "")
+            warnings.warn(f"{self.path}: skipped {bad.size} invalid rows (lines {shown}); see "
+                          "attrs['skipped']", stacklevel=3)
+
+    def report(self) -> dict:
+        bad = np.flatnonzero(self.bad)
+        return {"count": int(bad.size), "lines": self.lines[bad].tolist(),
+                "messages": [self.messages[i] for i in bad]}
+
+
+def _utc_times(rows: _Rows, text: pd.Series, column: str, formats, tz: str | None) -> np.ndarray:
+    """Naive UTC datetime64[ns] of each row (NaT where invalid, flagged in ``rows``)."""
+    parsed, aware = read_times(text, formats)
+    unread = parsed.isna().to_numpy()
+    rows.flag(unread, repr(column), [time_problem(value, formats) for value in text])
+    if aware or tz in (None, "UTC"):
+        return parsed.to_numpy(dtype="datetime64[ns]")
+    local = pd.DatetimeIndex(parsed)
+    exists = local.tz_localize(tz, ambiguous=np.ones(len(local), bool), nonexistent="NaT")
+    gone = exists.isna() & ~unread
+    rows.flag(gone, repr(column), [f"{t} does not exist in {tz} (the clock skips it when summer time starts)"
+                                   for t in local])
+    valid = ~(unread | gone)
+    try:
+        utc = local[valid].tz_localize(tz, ambiguous="infer")
+    except (ValueError, TypeError):
+        utc = local[valid].tz_localize(tz, ambiguous="NaT")
+        unsure = np.zeros(len(local), dtype=bool)
+        unsure[np.flatnonzero(valid)[utc.isna()]] = True
+        rows.flag(unsure, repr(column), [f"{t} is ambiguous in {tz} (the clock repeats it when summer time "
+                                         "ends); give UTC times" for t in local])
+    out = np.full(len(local), np.datetime64("NaT"), dtype="datetime64[ns]")
+    out[valid] = utc.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return out
+
+
+def _flag_conflicts(rows: _Rows, times: np.ndarray, prices: np.ndarray, column: str) -> None:
+    """Flag each valid row that repeats an earlier valid row's hour with another price."""
+    valid = np.flatnonzero(~rows.bad)
+    frame = pd.DataFrame({"time": times[valid], "price": prices[valid], "line": rows.lines[valid]})
+    first = frame.groupby("time", sort=False).transform("first")
+    repeat = frame.duplicated("time", keep="first").to_numpy()
+    price, kept = frame["price"].to_numpy(), first["price"].to_numpy()
+    differs = repeat & ~((price == kept) | (np.isnan(price) & np.isnan(kept)))
+    conflict = np.zeros(len(times), dtype=bool)
+    conflict[valid[differs]] = True
+    problems = dict(zip(valid[differs], first["line"].to_numpy()[differs], strict=True))
+    rows.flag(conflict, repr(column), {i: f"repeats the hour of line {line} with a different price (an "
+                                          "identical repeat is kept once)" for i, line in problems.items()})

@@ -18,14 +18,18 @@ Conventions shared by every reader here:
 
 from __future__ import annotations
 
+import io
 import warnings
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
+from envs.data.errors import DataError, file_text
+from envs.errors import ConfigError, cut, cut_text
+from envs.limits import above, limit
 from envs.site import SiteParams
 
 RESAMPLE_METHODS = ("hold", "interpolate")
@@ -35,12 +39,32 @@ def _line(lines, i: int) -> int:
     return int(lines + i) if np.isscalar(lines) else int(lines[i])
 
 
-def parse_times(values: pd.Series, path, field: str, formats: Sequence[str] | None = None,
-                lines=2) -> pd.DatetimeIndex:
-    """Strings to datetimes, each row by the first of ``formats`` that reads it (ISO 8601 if None).
+def check_tz(tz: str | None, field: str = "tz") -> str | None:
+    """``tz`` when it is None or a time zone name pandas knows, else ConfigError naming ``field``."""
+    if tz is None:
+        return None
+    try:
+        pd.Timestamp("2000-01-01", tz=tz)
+    except (zoneinfo.ZoneInfoNotFoundError, KeyError, ValueError, TypeError, AttributeError):
+        raise ConfigError(f"{field} {cut(tz)} is not a time zone name (an IANA name such as "
+                          "'Europe/Amsterdam', or 'UTC')") from None
+    return tz
 
-    Tz-aware strings come back in UTC. Raises DataError naming the line of the first row no
-    format reads: ``lines`` is the line of row 0 (rows on consecutive lines) or one per row.
+
+def read_text_csv(path, **kwargs) -> pd.DataFrame:
+    """A CSV file as text columns; DataError when it is missing, not UTF-8 or not CSV."""
+    text = file_text(path)
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError.at(path, None, None, f"is not a readable CSV file ({cut(str(err), 300)})") from None
+
+
+def read_times(values: pd.Series, formats: Sequence[str] | None = None) -> tuple[pd.Series, bool]:
+    """Strings to naive datetimes (NaT where no format reads them) and whether any was tz-aware.
+
+    Each row is read by the first of ``formats`` that reads it (ISO 8601 if None); tz-aware
+    strings come back as naive UTC times.
     """
     values = values.astype(object)
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
@@ -54,25 +78,50 @@ def parse_times(values: pd.Series, path, field: str, formats: Sequence[str] | No
             aware = True
             got = got.dt.tz_convert("UTC").dt.tz_localize(None)
         parsed[todo] = got.dt.as_unit("ns")
+    return parsed, aware
+
+
+def time_problem(value, formats: Sequence[str] | None) -> str:
+    tried = f"formats tried: {', '.join(formats)}" if formats else "expected ISO 8601"
+    return f"cannot read {cut(value)} as a time ({tried})"
+
+
+def parse_times(values: pd.Series, path, field: str, formats: Sequence[str] | None = None,
+                lines=2) -> pd.DatetimeIndex:
+    """Strings to datetimes, each row by the first of ``formats`` that reads it (ISO 8601 if None).
+
+    Tz-aware strings come back in UTC. Raises DataError naming the line of the first row no
+    format reads: ``lines`` is the line of row 0 (rows on consecutive lines) or one per row.
+    """
+    parsed, aware = read_times(values, formats)
     bad = np.flatnonzero(parsed.isna().to_numpy())
     if len(bad):
         i = bad[0]
-        tried = f"formats tried: {', '.join(formats)}" if formats else "expected ISO 8601"
-        raise DataError.at(path, _line(lines, i), repr(field), f"cannot read {values.iloc[i]!r} as a time "
-                           f"({tried})")
+        raise DataError.at(path, _line(lines, i), repr(field), time_problem(values.iloc[i], formats))
     index = pd.DatetimeIndex(parsed.to_numpy())
     return index.tz_localize("UTC") if aware else index
 
 
-def parse_numbers(values: pd.Series, path, field: str, lines=2) -> np.ndarray:
-    """Numbers from strings; empty cells become NaN (gaps), other unreadable text raises DataError."""
-    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+def read_numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers from strings (NaN for empty cells) and a mask of the cells that are not finite numbers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
     text = values.astype(object)
     filled = text.notna().to_numpy() & (text.astype(str).str.strip() != "").to_numpy()
-    bad = np.flatnonzero(np.isnan(numbers) & filled)
+    return numbers, filled & ~np.isfinite(numbers)
+
+
+def number_problem(value) -> str:
+    return f"cannot read {cut(value)} as a finite number"
+
+
+def parse_numbers(values: pd.Series, path, field: str, lines=2) -> np.ndarray:
+    """Numbers from strings; empty cells become NaN (gaps), other text (or inf) raises DataError."""
+    numbers, bad = read_numbers(values)
+    bad = np.flatnonzero(bad)
     if len(bad):
-        raise DataError.at(path, _line(lines, bad[0]), repr(field),
-                           f"cannot read {text.iloc[bad[0]]!r} as a number")
+        raise DataError.at(path, _line(lines, bad[0]), repr(field), number_problem(values.iloc[bad[0]]))
     return numbers
 
 
@@ -98,6 +147,7 @@ def regularize(frame: pd.DataFrame, source: str, freq: pd.Timedelta | None = Non
         steps = np.diff(frame.index.as_unit("ns").asi8)
         values, counts = np.unique(steps, return_counts=True)
         freq = pd.Timedelta(int(values[np.argmax(counts)]), unit="ns")
+    _check_span(frame.index, freq, source)
     grid = pd.date_range(frame.index[0], frame.index[-1], freq=freq)
     off_grid = ~frame.index.isin(grid)
     if off_grid.any():
@@ -115,6 +165,26 @@ def regularize(frame: pd.DataFrame, source: str, freq: pd.Timedelta | None = Non
     frame.attrs.update(source=source, duplicates=duplicates, conflicting_duplicates=conflicting,
                        gaps=gaps, missing=missing, freq=freq)
     return frame
+
+
+def _check_span(index: pd.DatetimeIndex, freq: pd.Timedelta, source: str) -> None:
+    """DataError when the regular grid would be longer, or a gap to fill wider, than the limits."""
+    steps = (index[-1] - index[0]) / freq + 1
+    problem = above("series_steps", steps, f"the step count of the series from {index[0]} to {index[-1]} "
+                                           f"on its {freq} grid")
+    if problem is not None:
+        raise DataError(f"{source}: {problem}", path=source)
+    gaps = np.diff(index.as_unit("ns").asi8)
+    widest = int(np.argmax(gaps))
+    days = gaps[widest] / 86_400e9
+    if days > limit("series_gap_days"):
+        problem = above("series_gap_days", days, "the gap to fill, in days,")
+        raise DataError(f"{source}: no data from {index[widest]} to {index[widest + 1]}: {problem}",
+                        path=source)
+
+
+def _columns(frame: pd.DataFrame) -> str:
+    return cut_text(", ".join(map(str, frame.columns)))
 
 
 def _paths(path) -> list[Path]:
@@ -139,16 +209,14 @@ def read_series_csv(path, columns: Sequence[str] | None = None, time_column: str
     values (monthly files that overlap by a day) are dropped silently and counted in
     ``attrs["overlap_rows"]``; other repeats are repaired by ``regularize``, with its warning.
     """
+    check_tz(tz)
     frames = []
     for file in _paths(path):
-        if not file.exists():
-            raise DataError(f"{file}: file does not exist")
-        raw = pd.read_csv(file, dtype=str, skip_blank_lines=False, keep_default_na=False,
-                          encoding="utf-8-sig")
+        raw = read_text_csv(file, skip_blank_lines=False)
         wanted = list(columns) if columns is not None else [c for c in raw.columns if c != time_column]
         for column in wanted + ([time_column] if time_column else []):
             if column not in raw.columns:
-                raise DataError(f"{file}: no column {column!r} (columns: {', '.join(raw.columns)})")
+                raise DataError(f"{file}: no column {column!r} (columns: {_columns(raw)})")
         if time_column:
             index = parse_times(raw[time_column], file, time_column)
         else:
@@ -190,12 +258,11 @@ def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int
     them in the scenario spec.
     """
     file = Path(path)
-    if not file.exists():
-        raise DataError(f"{file}: file does not exist")
-    raw = pd.read_csv(file, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    check_tz(tz)
+    raw = read_text_csv(file)
     for column in ("month", "hour", *columns):
         if column not in raw.columns:
-            raise DataError(f"{file}: no column {column!r} (columns: {', '.join(raw.columns)})")
+            raise DataError(f"{file}: no column {column!r} (columns: {_columns(raw)})")
     month = parse_numbers(raw["month"], file, "month")
     hour = parse_numbers(raw["hour"], file, "hour")
     for name, values, low, high in (("month", month, 1, 12), ("hour", hour, 1, 24)):
@@ -223,6 +290,7 @@ def _localize(naive: np.ndarray, tz: str | None) -> np.ndarray:
     """Wall-clock times (datetime64, any shape) to UTC datetime64[ns], with the DST rules above."""
     flat = pd.DatetimeIndex(naive.ravel()).as_unit("ns")
     if tz not in (None, "UTC"):
+        check_tz(tz)
         flat = flat.tz_localize(tz, ambiguous=np.ones(len(flat), dtype=bool),
                                 nonexistent=pd.Timedelta(hours=-1)).tz_convert("UTC").tz_localize(None)
     return flat.to_numpy().reshape(naive.shape)

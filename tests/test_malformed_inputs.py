@@ -1,0 +1,369 @@
+"""Malformed inputs, one per line: each raises the project's named error, fast and in bounded memory.
+
+A case is ``(id, run, error, words)``: ``run(tmp_path)`` feeds one bad input to a public entry
+point; it must raise ``error`` (the exact class or a subclass; never a bare ``KeyError``,
+``TypeError``, ``RecursionError``, ``MemoryError``...) whose message contains every one of
+``words`` and is short (the input is never copied whole into it). Every case runs under a
+500 MB address-space limit on top of what the process already holds, and within 2 seconds.
+"""
+
+import contextlib
+import json
+import resource
+import time
+
+import numpy as np
+import pytest
+
+from envs import SmartChargingEnv, SmartChargingVectorEnv, generator_for
+from envs.core import reset, step
+from envs.data.errors import DataError
+from envs.data.prices import read_day_ahead_csv, read_tariff
+from envs.data.series import read_building_csv, read_series_csv
+from envs.errors import ConfigError, SiteError
+from envs.limits import check_count
+from envs.sb3 import SmartChargingVecEnv
+from envs.site import load_site
+
+MEMORY_BYTES = 500 << 20
+SECONDS = 2.0
+MESSAGE_CHARS = 1000
+
+BASE = {"name": "broken",
+        "nodes": [{"name": "grid", "limit_kw": 100}, {"name": "t", "parent": "grid", "limit_kw": 50}],
+        "ports": [{"node": "t", "max_charge_kw": 7}]}
+BASE_YAML = ("name: broken\nnodes:\n  - {name: grid, limit_kw: 100}\n"
+             "  - {name: t, parent: grid, limit_kw: 50}\nports:\n  - {node: t, max_charge_kw: 7}\n")
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(  # 10**9 values once expanded
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+PRICES = "Country,Datetime (UTC),Price (EUR/MWhe)\n"
+HOURS = "".join(f"NL,2019-01-01 {h:02d}:00:00,{h}\n" for h in range(4))
+TARIFF = {"effective_start": "1-1", "effective_end": "12-31", "dow_mask": "ALL", "times": [0, 8],
+          "tariffs": [1, 2]}
+
+
+def write(tmp, name, content):
+    path = tmp / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
+def site(**changes):
+    return lambda tmp: load_site({**BASE, **changes})
+
+
+def site_yaml(content):
+    return lambda tmp: load_site(write(tmp, "site.yaml", content))
+
+
+def scenario(**fields):
+    def run(tmp):
+        params = load_site({**BASE, "scenario": fields})
+        generator_for(params).sample(params, np.random.default_rng(0), 1)
+    return run
+
+
+def port(**fields):
+    return site(ports=[{"node": "t", "max_charge_kw": 7, **fields}])
+
+
+def day_ahead(content, **options):
+    return lambda tmp: read_day_ahead_csv(write(tmp, "prices.csv", content), **options)
+
+
+def local_prices(*rows):
+    text = "Country,Datetime (Local),Price (EUR/MWhe)\n" + "".join(f"NL,{row}\n" for row in rows)
+    return day_ahead(text, time_column="Datetime (Local)", tz="Europe/Amsterdam")
+
+
+def tariff(content):
+    text = content if isinstance(content, str | bytes) else json.dumps({"schedule": [{**TARIFF, **content}]})
+    return lambda tmp: read_tariff(write(tmp, "tariff.json", text))
+
+
+def series(content, **options):
+    return lambda tmp: read_series_csv(write(tmp, "series.csv", content), **options)
+
+
+def single_action(action):
+    def run(tmp):
+        env = SmartChargingEnv(BASE)
+        env.reset(seed=0)
+        env.step(action)
+    return run
+
+
+def vector_action(action):
+    def run(tmp):
+        env = SmartChargingVectorEnv(1, BASE)
+        env.reset(seed=0)
+        env.step(action)
+    return run
+
+
+def sb3_action(action):
+    def run(tmp):
+        env = SmartChargingVecEnv(1, BASE)
+        env.reset()
+        env.step(action)
+    return run
+
+
+def core_action(action):
+    def run(tmp):
+        params = load_site(BASE)
+        step(params, reset(params, generator_for(params).sample(params, np.random.default_rng(0), 1)), action)
+    return run
+
+
+MISSING = object()
+
+CASES = [
+    # --- site YAML: sizes, aliases, encoding, structure -----------------------------------------
+    ("yaml alias bomb", site_yaml(BOMB), SiteError, ["aliases expanded", "limit", "ENVS_MAX_YAML_NODES"]),
+    ("yaml alias bomb in a field", site_yaml(BASE_YAML + BOMB.replace("a:", "x:", 1) + "description: *i\n"),
+     SiteError, ["yaml_nodes"]),
+    ("yaml recursive alias", site_yaml(BASE_YAML + "description: &r [*r]\n"), SiteError, ["recursive alias"]),
+    ("yaml duplicate key", site_yaml(BASE_YAML + "name: other\n"), SiteError, ["line 7", "'name'", "line 1"]),
+    ("yaml duplicate nested key", site_yaml(BASE_YAML.replace("limit_kw: 50", "limit_kw: 50, limit_kw: 9")),
+     SiteError, ["line 4", "'limit_kw'", "repeats"]),
+    ("yaml not utf-8", site_yaml(b"name: caf\xe9\n"), SiteError, ["site.yaml, line 1", "UTF-8"]),
+    ("yaml directory", lambda tmp: load_site(tmp), SiteError, ["is a directory"]),
+    ("yaml directory named .yaml", lambda tmp: load_site((tmp / "d.yaml").mkdir() or tmp / "d.yaml"),
+     SiteError, ["d.yaml", "is a directory"]),
+    ("yaml missing file", lambda tmp: load_site(tmp / "nowhere.yaml"),
+     SiteError, ["nowhere.yaml", "does not exist"]),
+    ("yaml nested too deeply", site_yaml("a: " + "[" * 500 + "]" * 500 + "\n"),
+     SiteError, ["nested too deeply"]),
+    ("yaml file too large", site_yaml(BASE_YAML + "description: '" + "x" * 1_000_000 + "'\n"), SiteError,
+     ["file size", "1,000,000", "ENVS_MAX_YAML_BYTES"]),
+    ("yaml syntax", site_yaml("nodes: [\n"), SiteError, ["invalid YAML", "line"]),
+    ("yaml top level list", site_yaml("- grid\n"), SiteError, ["top level must be a mapping"]),
+    ("yaml unknown preset", lambda tmp: load_site("no_such_site"), SiteError, ["no_such_site", "caltech"]),
+    # --- site fields: types, ranges, sizes --------------------------------------------------------
+    ("site 1e8 ports", port(count=1e8),
+     SiteError, ["ports[0].count", "100,000,000", "10,000", "ENVS_MAX_PORTS"]),
+    ("site ports as a text count", port(count="many"), SiteError, ["ports[0].count", "must be a number"]),
+    ("site horizon 1e9", site(horizon_steps=1e9),
+     SiteError, ["horizon_steps", "100,000", "LIMITS['horizon_steps']"]),
+    ("site forecast 1e9", site(forecast_steps=1e9), SiteError, ["forecast_steps", "ENVS_MAX_FORECAST_STEPS"]),
+    ("site episode too large", site(horizon_steps=90_000, ports=[{"node": "t", "max_charge_kw": 7,
+                                                                   "count": 9000}]),
+     SiteError, ["episode's size", "episode_cells"]),
+    ("site limit_kw 1e39", site(nodes=[{"name": "grid", "limit_kw": 1e39}, BASE["nodes"][1]]), SiteError,
+     ["nodes[0].limit_kw", "1e+39", "power_kw"]),
+    ("site max_charge_kw inf", port(max_charge_kw=float("inf")),
+     SiteError, ["ports[0].max_charge_kw", "finite"]),
+    ("site export limit nan", site(nodes=[{"name": "grid", "limit_kw": 9, "export_limit_kw": float("nan")},
+                                          BASE["nodes"][1]]),
+     SiteError, ["nodes[0].export_limit_kw", "finite"]),
+    ("site battery not a mapping", site(battery=5), SiteError, ["battery must be a mapping", "got 5"]),
+    ("site queue not a mapping", site(queue=[1]), SiteError, ["queue must be a mapping"]),
+    ("site reward not a mapping", site(reward=[1]), SiteError, ["reward must be a mapping"]),
+    ("site reward unknown weight", site(reward={"bogus": 1}),
+     SiteError, ["reward.bogus", "not a known weight"]),
+    ("site scenario not a mapping", site(scenario=[1]), SiteError, ["scenario must be a mapping"]),
+    ("site name a list", site(name=[1, 2]), SiteError, ["name must be a text"]),
+    ("site node name a mapping", site(nodes=[{"name": {"a": 1}, "limit_kw": 5}]),
+     SiteError, ["nodes[0].name"]),
+    ("site port node missing", site(ports=[{"max_charge_kw": 7}]), SiteError, ["ports[0].node"]),
+    ("site huge unknown key", site(**{"x" * 10_000_000: 1}), SiteError, ["is not a known field", "..."]),
+    ("site huge text value", site(dt_minutes="9" * 10_000_000 + "x"), SiteError, ["dt_minutes", "..."]),
+    ("site taper knee below 0", site(battery={"taper_knee_soc": -0.5}),
+     SiteError, ["battery.taper_knee_soc", ">= 0"]),
+    ("site taper knee at 1", site(battery={"taper_knee_soc": 1.0}),
+     SiteError, ["battery.taper_knee_soc", "< 1"]),
+    ("site taper floor above 1", site(battery={"taper_floor": 2}),
+     SiteError, ["battery.taper_floor", "<= 1"]),
+    ("site queue capacity 2.5", site(queue={"capacity": 2.5}), SiteError, ["queue.capacity", "integer"]),
+    # --- scenario fields ------------------------------------------------------------------------------
+    ("scenario min_soc -1", scenario(min_soc=-1), SiteError, ["scenario.min_soc", "[0, 1]"]),
+    ("scenario min_soc 1.5", scenario(min_soc=1.5), SiteError, ["scenario.min_soc", "[0, 1]"]),
+    ("scenario min_soc text", scenario(min_soc="low"), SiteError, ["scenario.min_soc", "must be a number"]),
+    ("scenario soc range of 3", scenario(soc_arrival_range=[0.1, 0.2, 0.3]), SiteError,
+     ["scenario.soc_arrival_range", "[low, high]"]),
+    ("scenario soc range text", scenario(soc_arrival_range="ab"), SiteError,
+     ["scenario.soc_arrival_range", "list of numbers"]),
+    ("scenario soc range reversed", scenario(soc_arrival_range=[0.8, 0.2]),
+     SiteError, ["soc_arrival_range", "<="]),
+    ("scenario soc range below 0", scenario(soc_arrival_range=[-0.1, 0.5]), SiteError, ["soc_arrival_range"]),
+    ("scenario v2g share 2", scenario(v2g_consent_share=2),
+     SiteError, ["scenario.v2g_consent_share", "[0, 1]"]),
+    ("scenario peak width 0", scenario(peak_widths_hours=[0, 2]),
+     SiteError, ["scenario.peak_widths_hours", "> 0"]),
+    ("scenario peak weights 0", scenario(peak_weights=[0, 0]),
+     SiteError, ["scenario.peak_weights", "positive sum"]),
+    ("scenario peak hours text", scenario(peak_hours="8"),
+     SiteError, ["scenario.peak_hours", "list of numbers"]),
+    ("scenario load without node", scenario(loads=[{"base_kw": 5}]),
+     SiteError, ["scenario.loads[0].node", "required"]),
+    ("scenario load on unknown node", scenario(loads=[{"node": "x", "base_kw": 5}]),
+     SiteError, ["unknown node 'x'"]),
+    ("scenario load negative", scenario(loads=[{"node": "t", "base_kw": -5}]),
+     SiteError, ["loads[0].base_kw", ">= 0"]),
+    ("scenario load unknown field", scenario(loads=[{"node": "t", "colour": 1}]),
+     SiteError, ["loads[0].colour"]),
+    ("scenario loads not a list", scenario(loads={"node": "t"}),
+     SiteError, ["scenario.loads", "list of mappings"]),
+    ("scenario pv without peak", scenario(pv=[{"node": "t"}]),
+     SiteError, ["scenario.pv[0].peak_kw", "required"]),
+    ("scenario pv negative", scenario(pv=[{"node": "t", "peak_kw": -5}]),
+     SiteError, ["scenario.pv[0].peak_kw", ">= 0"]),
+    ("scenario pv 1e39 kW", scenario(pv=[{"node": "t", "peak_kw": 1e39}]),
+     SiteError, ["pv[0].peak_kw", "power_kw"]),
+    ("scenario fleet text", scenario(fleet="abc"), SiteError, ["scenario.fleet", "list of mappings"]),
+    ("scenario fleet wrong type", scenario(fleet=[{"battery_kwh": "x", "max_charge_kw": 7}]), SiteError,
+     ["scenario.fleet[0].battery_kwh", "must be a number"]),
+    ("scenario fleet missing battery", scenario(fleet=[{"max_charge_kw": 7}]), SiteError,
+     ["scenario.fleet[0].battery_kwh", "required"]),
+    ("scenario fleet empty", scenario(fleet=[]), SiteError, ["scenario.fleet", "at least one"]),
+    ("scenario sessions 1e12", scenario(sessions_per_day=1e12), SiteError,
+     ["scenario.sessions_per_day", "100,000", "ENVS_MAX_SESSIONS_PER_DAY"]),
+    ("scenario sessions text", scenario(sessions_per_day="many"),
+     SiteError, ["scenario.sessions_per_day", "number"]),
+    ("scenario sessions nan", scenario(sessions_per_day=float("nan")),
+     SiteError, ["sessions_per_day", "finite"]),
+    ("scenario price inf", scenario(price_hourly_eur_kwh=[float("inf")] * 24), SiteError,
+     ["scenario.price_hourly_eur_kwh[0]", "finite"]),
+    ("scenario 23 prices", scenario(price_hourly_eur_kwh=[0.1] * 23),
+     SiteError, ["price_hourly_eur_kwh", "24"]),
+    ("scenario carbon text", scenario(carbon_hourly_kg_kwh="low"),
+     SiteError, ["scenario.carbon_hourly_kg_kwh"]),
+    ("scenario weekday text", scenario(weekday="mon"), SiteError, ["scenario.weekday", "0..6"]),
+    ("scenario weekday 7", scenario(weekday=[1, 7]), SiteError, ["scenario.weekday", "0..6"]),
+    ("scenario dwell sigma 100", scenario(dwell_sigma=100), SiteError, ["scenario.dwell_sigma", "<= 5"]),
+    ("scenario tariff nan", scenario(tariff_eur_kwh=float("nan")),
+     SiteError, ["scenario.tariff_eur_kwh", "finite"]),
+    ("scenario huge unknown key", scenario(**{"k" * 1_000_000: 1}), SiteError, ["not a known field", "..."]),
+    # --- tariff JSON -----------------------------------------------------------------------------------
+    ("tariff nan times", tariff({"times": [0, float("nan")]}),
+     DataError, ["tariff.json", "schedule[0].times", "finite"]),
+    ("tariff times as text", tariff({"times": "0 8", "tariffs": "12"}),
+     DataError, ["schedule[0].times", "a list"]),
+    ("tariff inf price", tariff({"tariffs": [1, float("inf")]}),
+     DataError, ["schedule[0].tariffs", "finite"]),
+    ("tariff bool demand charge", tariff({"demand_charge": True}), DataError, ["schedule[0].demand_charge"]),
+    ("tariff deeply nested", tariff("[" * 100_000 + "]" * 100_000),
+     DataError, ["tariff.json", "nested too deeply"]),
+    ("tariff missing", lambda tmp: read_tariff(tmp / "none.json"),
+     DataError, ["none.json", "does not exist"]),
+    ("tariff directory", lambda tmp: read_tariff(tmp), DataError, ["is a directory"]),
+    ("tariff not utf-8", tariff(b'{"name": "caf\xe9"}'), DataError, ["tariff.json, line 1", "UTF-8"]),
+    ("tariff invalid json", tariff('{"schedule": [\n'), DataError, ["tariff.json, line", "invalid JSON"]),
+    # --- day-ahead price CSV ---------------------------------------------------------------------------
+    ("prices inf", day_ahead(PRICES + HOURS + "NL,2019-01-01 04:00:00,inf\n"), DataError,
+     ["prices.csv, line 6", "'Price (EUR/MWhe)'", "finite"]),
+    ("prices 200-year gap", day_ahead(PRICES + HOURS + "NL,2219-01-01 00:00:00,3\n"), DataError,
+     ["no data from", "series_gap_days", "ENVS_MAX_SERIES_GAP_DAYS"]),
+    ("prices second grid over 200 years", day_ahead(PRICES + "NL,2019-01-01 00:00:00,1\n"
+                                                    "NL,2019-01-01 00:00:01,2\n"
+                                                    "NL,2219-01-01 00:00:00,3\nNL,2219-01-01 00:00:01,3\n"),
+     DataError, ["step count", "series_steps", "ENVS_MAX_SERIES_STEPS"]),
+    ("prices junk row", day_ahead(PRICES + HOURS + "NL,junk,7\n"),
+     DataError, ["line 6", "'Datetime (UTC)'", "junk"]),
+    ("prices conflicting repeat", day_ahead(PRICES + HOURS + "NL,2019-01-01 01:00:00,99\n"), DataError,
+     ["line 6", "repeats the hour of line 3"]),
+    ("prices short row", day_ahead(PRICES + HOURS + "NL,2019-01-01 04:00:00\n"),
+     DataError, ["line 6", "2 fields"]),
+    ("prices not utf-8", day_ahead((PRICES + HOURS).encode() + b"NL,2019-01-01 04:00:00,\xff\n"), DataError,
+     ["prices.csv, line 6", "UTF-8"]),
+    ("prices corrupt gzip", day_ahead(b"\x1f\x8bnot gzip"), DataError, ["gzip"]),
+    ("prices directory", lambda tmp: read_day_ahead_csv(tmp), DataError, ["is a directory"]),
+    ("prices missing", lambda tmp: read_day_ahead_csv(tmp / "none.csv"),
+     DataError, ["none.csv", "does not exist"]),
+    ("prices empty", day_ahead(""), DataError, ["prices.csv", "empty"]),
+    ("prices unknown time zone", day_ahead(PRICES + HOURS, tz="Mars/Olympus"), ConfigError,
+     ["tz 'Mars/Olympus'", "time zone"]),
+    ("prices time skipped by DST", local_prices("2019-03-31 01:00:00,1", "2019-03-31 02:00:00,2"), DataError,
+     ["line 3", "does not exist in Europe/Amsterdam"]),
+    ("prices ambiguous DST time", local_prices("2019-10-27 01:00:00,1", "2019-10-27 02:00:00,2",
+                                               "2019-10-27 03:00:00,3"), DataError, ["line 3", "ambiguous"]),
+    # --- other series CSV ------------------------------------------------------------------------------
+    ("series missing", lambda tmp: read_series_csv(tmp / "none.csv"),
+     DataError, ["none.csv", "does not exist"]),
+    ("series directory", lambda tmp: read_series_csv(tmp), DataError, ["is a directory"]),
+    ("series not utf-8", series(b"time,x\n2020-01-01T00:00,\xff\n"),
+     DataError, ["series.csv, line 2", "UTF-8"]),
+    ("series unknown time zone",
+     series("time,x\n2020-01-01T00:00,1\n2020-01-01T01:00,1\n", tz="Nowhere/City"),
+     ConfigError, ["tz 'Nowhere/City'"]),
+    ("series inf", series("time,x\n2020-01-01T00:00,inf\n2020-01-01T01:00,1\n"), DataError,
+     ["series.csv, line 2", "field 'x'", "finite"]),
+    ("series 200-year gap", series("time,x\n2020-01-01T00:00,1\n2020-01-01T01:00,1\n2220-01-01T00:00,1\n"),
+     DataError, ["series_gap_days"]),
+    ("series no such column", series("time,x\n2020-01-01T00:00,1\n", columns=["y"]),
+     DataError, ["no column 'y'"]),
+    ("building missing", lambda tmp: read_building_csv(tmp / "none.csv"), DataError, ["does not exist"]),
+    ("building unknown time zone", lambda tmp: read_building_csv(tmp / "none.csv", tz="Atlantis"),
+     ConfigError,
+     ["tz 'Atlantis'"]),
+    # --- actions at every entry point ------------------------------------------------------------------
+    ("gym action text", single_action(["0.5"]),
+     ValueError, ["action has dtype <U3", "expected a float array"]),
+    ("gym action complex", single_action(np.ones(1, complex)), ValueError, ["dtype complex128"]),
+    ("gym action datetime", single_action(np.zeros(1, "datetime64[D]")), ValueError, ["dtype datetime64[D]"]),
+    ("gym action object", single_action([None]), ValueError, ["dtype object"]),
+    ("gym action ragged", single_action([[1.0], [1.0, 2.0]]), ValueError, ["not an array of numbers"]),
+    ("gym action shape", single_action(np.ones(3)), ValueError, ["shape (3,)", "expected (1,)"]),
+    ("vector action text", vector_action([["0.5"]]), ValueError, ["action has dtype <U3"]),
+    ("vector action complex", vector_action(np.ones((1, 1), complex)), ValueError, ["dtype complex128"]),
+    ("vector action datetime", vector_action(np.zeros((1, 1), "datetime64[s]")),
+     ValueError, ["datetime64[s]"]),
+    ("sb3 action text", sb3_action([["0.5"]]), ValueError, ["action has dtype <U3"]),
+    ("sb3 action complex", sb3_action(np.ones((1, 1), complex)), ValueError, ["dtype complex128"]),
+    ("sb3 action datetime", sb3_action(np.zeros((1, 1), "datetime64[D]")), ValueError, ["datetime64[D]"]),
+    ("core action text", core_action([["0.5"]]),
+     ValueError, ["action has dtype <U3", "expected a float array"]),
+    # --- counts from scripts (Hydra overrides) -----------------------------------------------------------
+    ("num_episodes 2.7", lambda tmp: check_count("num_episodes", 2.7, "episodes"), ConfigError,
+     ["num_episodes", "whole number", "2.7"]),
+    ("num_episodes text", lambda tmp: check_count("num_episodes", "seven", "episodes"), ConfigError,
+     ["num_episodes", "whole number", "'seven'"]),
+    ("num_episodes 1e9", lambda tmp: check_count("num_episodes", 1e9, "episodes"), ConfigError,
+     ["num_episodes", "100,000", "ENVS_MAX_EPISODES"]),
+    ("num_episodes 0", lambda tmp: check_count("num_episodes", 0, "episodes"), ConfigError, [">= 1"]),
+    ("num_episodes bool", lambda tmp: check_count("num_episodes", True, "episodes"),
+     ConfigError, ["whole number"]),
+]
+
+
+@contextlib.contextmanager
+def bounded_memory(extra_bytes: int):
+    """Address space limited to what the process holds now plus ``extra_bytes``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as handle:
+        held = int(handle.read().split()[0]) * resource.getpagesize()
+    cap = held + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize(("run", "error", "words"), [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])
+def test_malformed_input_raises_a_named_error(tmp_path, run, error, words):
+    start = time.perf_counter()
+    with bounded_memory(MEMORY_BYTES), pytest.raises(Exception) as caught:
+        run(tmp_path)
+    seconds = time.perf_counter() - start
+    assert isinstance(caught.value, error), f"raised {type(caught.value).__name__}: {caught.value}"
+    message = str(caught.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    assert len(message) <= MESSAGE_CHARS, f"the message holds {len(message)} characters"
+    assert seconds < SECONDS, f"took {seconds:.2f} s"
+
+
+def test_the_table_holds_distinct_cases():
+    ids = [case[0] for case in CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 100
+
+
+def test_the_memory_bound_stops_a_larger_allocation():
+    with bounded_memory(MEMORY_BYTES), pytest.raises(MemoryError):
+        np.ones((MEMORY_BYTES + (100 << 20)) // 8)
