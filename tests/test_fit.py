@@ -515,3 +515,32 @@ def test_fitted_presets_do_not_load_pandas_or_scipy():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_holdout_fits_on_the_train_period_and_measures_the_test_period():
+    from envs.data.fitting import ks_distance, session_arrays
+    from envs.data.holdout import format_tables, holdout_fidelity
+    from envs.data.sessions import read_sessions
+
+    reader = {"columns": {"arrival": "start", "departure": "end", "announced_departure": "planned_end",
+                          "requested_kwh": "kwh", "session_id": "id"},
+              "sep": ";", "decimal": ",", "date_format": "%d.%m.%Y %H:%M", "tz": "Europe/Amsterdam"}
+    train, test = ["2021-04-05", "2021-04-18"], ["2021-04-19", "2021-05-02"]
+    cfg = {"data_dir": str(FIXTURES), "format": "csv", "reader": reader, "fidelity_days": 70, "seed": 0,
+           "fit": {"min_block_sessions": 20}, "splits": [
+               {"name": "depot", "preset": "v2g_workplace", "files": ["fit_sessions.csv"], "train": train,
+                "test": test}]}
+    (result,) = holdout_fidelity(cfg)
+    sessions = read_sessions(FIXTURES / "fit_sessions.csv", "csv", **reader)
+    assert result["in_sample"]["last_day"] == train[1] and result["out_of_sample"]["first_day"] == test[0]
+    assert result["in_sample"]["sessions"] + result["out_of_sample"]["sessions"] == len(sessions)
+    first, second = (session_arrays(sessions, None, "requested_kwh", *window) for window in (train, test))
+    assert result["shift"]["dwell_ks"] == ks_distance(first["dwell_hours"], second["dwell_hours"])
+    weekday = sessions["arrival"].dt.tz_localize(None).between(test[0], "2021-05-03", inclusive="left") & (
+        sessions["arrival"].dt.day_of_week < 5)
+    assert result["daily"]["weekday"]["test_mean"] == pytest.approx(weekday.sum() / 10)
+    assert result["in_sample"]["sessions"] == len(first["dwell_hours"])
+    assert result["ks_5pct"] == pytest.approx(1.358 * np.sqrt(1 / len(second["dwell_hours"]) + 1 / (
+        result["out_of_sample"]["generated_days"] * result["daily"]["weekday"]["model_mean"] * 5 / 7
+        + result["out_of_sample"]["generated_days"] * result["daily"]["weekend"]["model_mean"] * 2 / 7)))
+    assert "| depot: test 2021-04-19 .. 2021-05-02 |" in format_tables([result])

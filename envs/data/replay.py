@@ -48,7 +48,7 @@ class ReplayGenerator:
         request larger than the battery is capped at the battery, and with
         ``cap_request_to_stay`` (default) at what the stay can deliver: its real hours in the
         window (wall-clock) times the smaller of the car's and the site's fastest port's kW times
-        the site's best charge efficiency (drivers' requests often exceed that: 14-19 % of the
+        the site's best charge efficiency (drivers' requests often exceed that: 15-20 % of the
         requested kWh of the ACN files). The table keeps the raw request; ``report(params)``
         counts the sessions the cap binds. The arrival SoC, uniform in the scenario's
         ``soc_arrival_range``, is lowered where needed so the request fits.
