@@ -20,6 +20,7 @@ from envs.core import reset, step
 from envs.data.errors import DataError
 from envs.data.prices import read_day_ahead_csv, read_tariff
 from envs.data.series import read_building_csv, read_series_csv
+from envs.data.sessions import read_acn_csv, read_acn_json, read_sessions_csv
 from envs.errors import ConfigError, SiteError
 from envs.limits import check_count
 from envs.sb3 import SmartChargingVecEnv
@@ -119,7 +120,7 @@ def core_action(action):
     return run
 
 
-MISSING = object()
+SESSION_COLUMNS = {"arrival": "a", "departure": "d", "requested_kwh": "e"}
 
 CASES = [
     # --- site YAML: sizes, aliases, encoding, structure -----------------------------------------
@@ -300,6 +301,18 @@ CASES = [
     ("building unknown time zone", lambda tmp: read_building_csv(tmp / "none.csv", tz="Atlantis"),
      ConfigError,
      ["tz 'Atlantis'"]),
+    # --- session files and series blocks ---------------------------------------------------------------
+    ("sessions missing", lambda tmp: read_acn_json(tmp / "none.json"), DataError,
+     ["none.json", "does not exist"]),
+    ("sessions directory", lambda tmp: read_acn_csv(tmp), DataError, ["is a directory"]),
+    ("sessions deeply nested", lambda tmp: read_acn_json(write(tmp, "s.json", '{"_items": [' + "[" * 10**5)),
+     DataError, ["s.json, line 1", "nested too deeply"]),
+    ("sessions unknown encoding", lambda tmp: read_sessions_csv(write(tmp, "s.csv", "a\n"), SESSION_COLUMNS,
+                                                                 encoding="klingon"),
+     ConfigError, ["'klingon'"]),
+    ("series block directory", scenario(series={"price_buy": {"path": "."}}), DataError, ["is a directory"]),
+    ("series block not utf-8", lambda tmp: scenario(series={"price_buy": {"path": str(write(
+        tmp, "p.csv", b"time,\xff\n"))}})(tmp), DataError, ["p.csv, line 1", "UTF-8"]),
     # --- actions at every entry point ------------------------------------------------------------------
     ("gym action text", single_action(["0.5"]),
      ValueError, ["action has dtype <U3", "expected a float array"]),

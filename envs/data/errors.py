@@ -17,7 +17,7 @@ import gzip
 import zlib
 from pathlib import Path
 
-from envs.errors import DataError
+from envs.errors import ConfigError, DataError, cut
 
 __all__ = ["DataError", "decode_text", "file_text", "require_file"]
 
@@ -49,6 +49,9 @@ def decode_text(data: bytes, path, encoding: str) -> str:
     """``data`` decoded, or DataError naming the line of the first byte that is not ``encoding``."""
     try:
         return data.decode(encoding)
+    except LookupError:
+        raise ConfigError(f"encoding {cut(encoding)} is not a known text encoding (e.g. 'utf-8', "
+                          "'latin-1')") from None
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         name = "UTF-8" if encoding.lower().replace("_", "-").startswith("utf-8") else encoding

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
+from envs.data.errors import DataError, require_file
 from envs.data.forecasts import file_forecast_windows
 from envs.data.prices import Tariff
 from envs.data.series import resample, series_range
+
+HEADER_CHARS = 100_000
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -68,11 +70,18 @@ class Source:
 def csv_header(path: Path) -> list[str]:
     """Column names of the (first) CSV file at ``path`` (a glob joins files)."""
     files = sorted(path.parent.glob(path.name)) if any(ch in path.name for ch in "*?[") else [path]
-    if not files or not files[0].exists():
+    if not files:
         raise DataError(f"{path}: file does not exist")
-    opener = gzip.open if files[0].suffix == ".gz" else open
-    with opener(files[0], "rt", encoding="utf-8-sig") as handle:
-        return [h.strip() for h in handle.readline().split(",")]
+    first = require_file(files[0])
+    opener = gzip.open if first.suffix == ".gz" else open
+    try:
+        with opener(first, "rt", encoding="utf-8-sig") as handle:
+            line = handle.readline(HEADER_CHARS)
+    except UnicodeDecodeError as err:
+        raise DataError.at(first, 1, None, f"is not UTF-8 text ({err.reason})") from None
+    except (OSError, EOFError) as err:
+        raise DataError.at(first, None, None, f"cannot be read ({err})") from None
+    return [h.strip() for h in line.split(",")]
 
 
 def infer_format(path: Path) -> str:

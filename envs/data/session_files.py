@@ -11,18 +11,16 @@ its ``SessionRows``.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import re
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from envs.data.errors import DataError
+from envs.data.errors import DataError, file_text, require_file
 from envs.data.session_rows import SessionRows
 
 _SPACE = re.compile(r"\s*")
@@ -30,17 +28,7 @@ _SPACE = re.compile(r"\s*")
 
 def read_text(path: Path, encoding: str) -> str:
     """The text of a plain or gzip-compressed file (told apart by its first bytes)."""
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError.at(path, None, None, f"is not a valid gzip file ({err})") from None
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError.at(path, line, None, f"is not {encoding} text ({err.reason})") from None
+    return file_text(path, encoding)
 
 
 def csv_columns(path: Path, columns: Mapping[str, str], sep: str, encoding: str):
@@ -81,8 +69,7 @@ def csv_columns(path: Path, columns: Mapping[str, str], sep: str, encoding: str)
 
 def parquet_columns(path: Path, columns: Mapping[str, str]):
     """Rows (numbered from 1) and typed columns (canonical name -> Series) of a Parquet file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no such session file: {path}")
+    require_file(path)
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a corrupt file
@@ -113,6 +100,9 @@ def json_items(text: str, path: Path, meta: dict | None = None) -> tuple[list[in
         except json.JSONDecodeError as err:
             raise DataError.at(path, err.lineno, None,
                                f"malformed JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise DataError.at(path, text.count("\n", 0, i) + 1, None, "malformed JSON: nested too deeply "
+                               "to read") from None
 
     def sequence(i, close, entry):
         i = skip(i + 1)
