@@ -472,7 +472,8 @@ def test_refitting_a_preset_in_place_changes_nothing(tmp_path):
     config = {"sessions": {"path": str(FIXTURES / "fit_sessions.csv"), "format": "csv", "reader": reader},
               "fit": {"min_block_sessions": 20}, "site_from": "v2g_workplace", "output": str(output),
               "scenario": {"cap_request_to_stay": True}, "fidelity_days": 70}
-    fit_site_preset(config)
+    quality = fit_site_preset(config)["data_quality"]
+    assert (quality["rows_read"], quality["sessions_kept"], quality["dropped"]) == (258, 258, {})
     first = output.read_text()
     assert "# fit_scenario: energy tables calibrated" in first
     fit_site_preset({**config, "site_from": str(output), "scenario": {}})

@@ -64,6 +64,7 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
     days, seed = int(cfg.get("fidelity_days", 2800)), int(cfg.get("seed", 0))
     path = source["path"]
     names = [Path(p).name for p in ([path] if isinstance(path, str) else path)]
+    sessions = None
     if source["format"] == "elaad":
         from envs.data.elaad import elaad_fidelity, elaad_scenario, read_elaad
 
@@ -109,6 +110,8 @@ def fit_site_preset(cfg: Mapping[str, Any]) -> dict[str, Any]:
         params = load_site(spec)
         generator = generator_for(params)
     figures = evaluate(generator, params)
+    if sessions is not None:
+        figures["data_quality"] = sessions.attrs["report"].to_dict()
     overall = figures["overall"]
     if "sessions" in figures:
         energy = options.get("energy_column", "requested_kwh")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from envs.data.fit import FITTED_TABLES
 from envs.data.forecasts import DemandRegression, fit_daily_demand
 from envs.data.session_report import SessionReport, table_report
 from envs.episode import Episode, Generator, demand_windows, pack_evs
@@ -330,7 +331,7 @@ def _site_base(params: SiteParams) -> ParametricGenerator:
     scenario = {key: value for key, value in params.scenario.items()
                 if key not in ("series", "forecasts", "generator", *REPLAY_KEYS)}
     kind = params.scenario.get("generator", "parametric")
-    if kind not in ("parametric", "replay") or any(key.startswith("arrivals_") for key in scenario):
+    if kind not in ("parametric", "replay") or any(key in scenario for key in FITTED_TABLES):
         raise ValueError(f"ReplayGenerator(base=None) draws the series and the fleet from a parametric "
                          f"scenario, but site {params.name!r} has generator: {kind}; pass "
                          "base=envs.generators.generator_for(params) (or its scenario's generator)")
