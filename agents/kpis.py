@@ -151,9 +151,9 @@ def add_score(per_episode: pd.DataFrame, uncontrolled: str | None, optimum: str 
 
     ``reward_gain_eur`` is ``R - R_unc`` and ``optimum_gap_eur`` is ``R_opt - R_unc`` of the same
     episode; the gap stays NaN where a reference failed (the episode is left out of the score),
-    and both everywhere when a reference policy is missing. ``no_room_to_improve`` is 1 where the gap is
-    below ``min_gap`` EUR; ``score`` is ``reward_gain_eur / optimum_gap_eur`` on the other
-    episodes only, never a ratio of noise.
+    and both everywhere when a reference policy is missing. ``no_room_to_improve`` is 1 where
+    the gap is below ``min_gap`` EUR (or not positive); ``score`` is ``reward_gain_eur /
+    optimum_gap_eur`` on the other episodes only, never a ratio of noise.
     """
     if uncontrolled is None or optimum is None:
         return

@@ -33,7 +33,7 @@ def print_report(result: Evaluation, summary: pd.DataFrame, description: str) ->
               f"{first['optimum_failed']:.0f} left out (the optimum failed on them)")
         width = max(len(str(name)) for name in summary.index)
         if summary["score"].isna().all():
-            print("  n/a for every policy: no episode has room to improve")
+            print("  n/a for every policy: no scored episode has room to improve")
         for name, row in summary[summary["score"].notna()].iterrows():
             print(f"  {name:<{width}}  {row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}]")
     fallbacks = result.per_episode["solver_fallbacks"].groupby(level="policy", sort=False).sum()

@@ -21,6 +21,7 @@ from agents.evaluate import evaluate, run_from_config, run_policies
 from agents.mpc import RETRY_OPTIONS, ModelPredictiveControl
 from agents.optimal import OfflineOptimal as RealOptimum
 from agents.optimal import OptimizationError
+from agents.report import print_report
 from envs import generator_for
 from envs.site import load_site
 
@@ -106,7 +107,7 @@ class OfflineOptimal(RealOptimum):
         super().begin(params, episode)
 
 
-def test_an_optimum_failure_leaves_its_episode_out_of_the_score():
+def test_an_optimum_failure_leaves_its_episode_out_of_the_score(capsys):
     params = load_site("caltech", **DAYTIME)
     episode = generator_for(params).sample(params, np.random.default_rng(1), 4)
     bad = episode.ev_requested_kwh[2].sum()
@@ -127,6 +128,11 @@ def test_an_optimum_failure_leaves_its_episode_out_of_the_score():
     assert summary.loc["edf", ["episodes", "scored_episodes", "optimum_failed"]].tolist() == [4, 3, 1]
     assert summary.loc["opt", ["episodes", "failed_episodes"]].tolist() == [3, 1]
     assert np.isfinite(summary.loc["opt", "reward_eur"])
+    result = run_policies(policies, params, episode, min_gap_eur_per_port_day=0.0)
+    print_report(result, result.summary(), "4 episodes")
+    printed = capsys.readouterr().out
+    assert "over 3 episodes" in printed and "1 left out (the optimum failed on them)" in printed
+    assert "FAILED: policy 'opt' failed on episode 2: OptimizationError" in printed
 
 
 class Flaky(EarliestDeadlineFirst):
