@@ -252,7 +252,7 @@ CASES = [
     ("tariff missing", lambda tmp: read_tariff(tmp / "none.json"),
      DataError, ["none.json", "does not exist"]),
     ("tariff directory", lambda tmp: read_tariff(tmp), DataError, ["is a directory"]),
-    ("tariff not utf-8", tariff(b'{"name": "caf\xe9"}'), DataError, ["tariff.json, line 1", "UTF-8"]),
+    ("tariff not utf-8", tariff(b'{"name": "caf\xe9"}'), DataError, ["tariff.json, line 1", "utf-8"]),
     ("tariff invalid json", tariff('{"schedule": [\n'), DataError, ["tariff.json, line", "invalid JSON"]),
     # --- day-ahead price CSV ---------------------------------------------------------------------------
     ("prices inf", day_ahead(PRICES + HOURS + "NL,2019-01-01 04:00:00,inf\n"), DataError,
@@ -270,7 +270,7 @@ CASES = [
     ("prices short row", day_ahead(PRICES + HOURS + "NL,2019-01-01 04:00:00\n"),
      DataError, ["line 6", "2 fields"]),
     ("prices not utf-8", day_ahead((PRICES + HOURS).encode() + b"NL,2019-01-01 04:00:00,\xff\n"), DataError,
-     ["prices.csv, line 6", "UTF-8"]),
+     ["prices.csv, line 6", "utf-8"]),
     ("prices corrupt gzip", day_ahead(b"\x1f\x8bnot gzip"), DataError, ["gzip"]),
     ("prices directory", lambda tmp: read_day_ahead_csv(tmp), DataError, ["is a directory"]),
     ("prices missing", lambda tmp: read_day_ahead_csv(tmp / "none.csv"),
@@ -287,7 +287,7 @@ CASES = [
      DataError, ["none.csv", "does not exist"]),
     ("series directory", lambda tmp: read_series_csv(tmp), DataError, ["is a directory"]),
     ("series not utf-8", series(b"time,x\n2020-01-01T00:00,\xff\n"),
-     DataError, ["series.csv, line 2", "UTF-8"]),
+     DataError, ["series.csv, line 2", "utf-8"]),
     ("series unknown time zone",
      series("time,x\n2020-01-01T00:00,1\n2020-01-01T01:00,1\n", tz="Nowhere/City"),
      ConfigError, ["tz 'Nowhere/City'"]),
@@ -312,7 +312,7 @@ CASES = [
      ConfigError, ["'klingon'"]),
     ("series block directory", scenario(series={"price_buy": {"path": "."}}), DataError, ["is a directory"]),
     ("series block not utf-8", lambda tmp: scenario(series={"price_buy": {"path": str(write(
-        tmp, "p.csv", b"time,\xff\n"))}})(tmp), DataError, ["p.csv, line 1", "UTF-8"]),
+        tmp, "p.csv", b"time,\xff\n"))}})(tmp), DataError, ["p.csv, line 1", "utf-8"]),
     # --- actions at every entry point ------------------------------------------------------------------
     ("gym action text", single_action(["0.5"]),
      ValueError, ["action has dtype <U3", "expected a float array"]),

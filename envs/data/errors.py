@@ -54,5 +54,4 @@ def decode_text(data: bytes, path, encoding: str) -> str:
                           "'latin-1')") from None
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        name = "UTF-8" if encoding.lower().replace("_", "-").startswith("utf-8") else encoding
-        raise DataError.at(path, line, None, f"is not {name} text ({err.reason})") from None
+        raise DataError.at(path, line, None, f"is not {encoding} text ({err.reason})") from None

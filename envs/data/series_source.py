@@ -78,7 +78,7 @@ def csv_header(path: Path) -> list[str]:
         with opener(first, "rt", encoding="utf-8-sig") as handle:
             line = handle.readline(HEADER_CHARS)
     except UnicodeDecodeError as err:
-        raise DataError.at(first, 1, None, f"is not UTF-8 text ({err.reason})") from None
+        raise DataError.at(first, 1, None, f"is not utf-8-sig text ({err.reason})") from None
     except (OSError, EOFError) as err:
         raise DataError.at(first, None, None, f"cannot be read ({err})") from None
     return [h.strip() for h in line.split(",")]
