@@ -21,7 +21,7 @@ from agents.optimal import (
 )
 from envs.core import reset
 from envs.episode import Episode
-from envs.observation import observation_layout
+from envs.observation import PEAK_FIELD, observation_layout
 from envs.site import SiteParams
 
 PRIMAL_SIMPLEX = 4  # HiGHS simplex_strategy; the last window's basis, shifted, is nearly primal feasible
@@ -177,6 +177,8 @@ class ModelPredictiveControl:
         )
 
     def _decide(self, b: int, obs: np.ndarray) -> np.ndarray:
+        if self.solver_fallbacks[b]:  # a fallback step made an import no plan knows: read the peak so far
+            self.peak_import_kw[b] = max(self.peak_import_kw[b], float(obs[self.layout[PEAK_FIELD]][0]))
         window = self.window(b, obs)
         now = window.entry_step == 0
         if not now.any():

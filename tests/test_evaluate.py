@@ -197,6 +197,8 @@ def test_mpc_falls_back_to_its_baseline_when_highs_fails(small_day, monkeypatch)
     columns = ["reward_eur", "energy_delivered_kwh", "unmet_kwh", "peak_import_kw"]
     np.testing.assert_allclose(per_episode.loc["mpc", columns], per_episode.loc["edf", columns], rtol=1e-6)
     assert per_episode.loc["mpc", "failed"].eq(0).all()
+    realized = per_episode.loc["mpc", "peak_import_kw"].to_numpy()
+    assert (mpc.peak_import_kw > 0).all() and (mpc.peak_import_kw <= realized + 1e-3).all()  # read back
 
 
 def test_mpc_retries_with_other_solver_options_before_falling_back(small_day, monkeypatch):
