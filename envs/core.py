@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from envs.actions import action_array
-from envs.dynamics import available_power, battery_energy_kwh, plug_limits, project_to_limits, split_power
+from envs.dynamics import TAPER_FIELDS, available_power, battery_energy_kwh, project_to_limits, split_power
 from envs.episode import Episode
 from envs.observation import forecast_series, step_observations
 from envs.plugging import plug_schedule
 from envs.reward import TERM_INDEX, TERMS
 from envs.site import SiteParams
-from envs.state import EV_FIELDS, State, ev_table
+from envs.state import EV_FIELDS, State, plug_table
 
 _TINY = 1e-12
+_TAPER = len(EV_FIELDS) - len(TAPER_FIELDS)
 
 
 def reset(params: SiteParams, episode: Episode) -> State:
@@ -32,7 +33,7 @@ def reset(params: SiteParams, episode: Episode) -> State:
         node_exo_kw=node_exo,
         forecast_series=forecast_series(episode),
         step_obs=step_observations(params, episode, node_exo, schedule.queue_length),
-        ev_table=ev_table(episode),
+        plug_table=plug_table(params, episode, schedule),
         port_ev=np.full((b, p), -1, dtype=np.int64),
         ev_on_port=np.zeros((len(EV_FIELDS), b, p)),
         soc=np.zeros((b, p)),
@@ -147,8 +148,8 @@ def _unmet_at_horizon(params: SiteParams, state: State, remaining_kwh: np.ndarra
 def _with_available_power(params: SiteParams, state: State, changes: dict) -> State:
     ev_on_port = changes.get("ev_on_port", state.ev_on_port)
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
-        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[5],
-        ev_on_port[6], ev_on_port[2], ev_on_port[3])
+        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[_TAPER:], ev_on_port[2],
+        ev_on_port[3])
     return state.replace(**changes)
 
 
@@ -192,9 +193,7 @@ def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.
     if plug.start < plug.stop:
         bi, pi, ki = schedule.plug_env[plug], schedule.plug_port[plug], schedule.plug_ev[plug]
         port_ev[bi, pi] = ki
-        plugged = state.ev_table[:, bi, ki]
-        plug_limits(params, plugged, pi)
-        ev_on_port[:, bi, pi] = plugged
+        ev_on_port[:, bi, pi] = state.plug_table[:, plug]
         soc[bi, pi] = ev_soc[bi, ki]
         delivered[bi, pi] = ev_delivered[bi, ki]
         remaining[bi, pi] = episode.ev_requested_kwh[bi, ki] - ev_delivered[bi, ki]

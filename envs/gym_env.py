@@ -39,9 +39,11 @@ class SmartChargingEnv(gymnasium.Env):
 
     ``Box(-1, 1, (num_ports,), float32)``. Entry ``i`` is the fraction of port ``i``'s available
     charge power (``> 0``) or available discharge power (``< 0``) to use for this step. The
-    available charge power (grid side) is the smallest of the port limit, the car's limit
-    tapered linearly from full at ``battery.taper_knee_soc`` down to ``battery.taper_floor`` of
-    it at a full battery, the room left in the battery, and the energy still requested. The
+    available charge power (grid side, a step average) is what the car takes at full power over
+    the step: the lower of the port limit and the car's limit, which tapers linearly from full
+    at ``battery.taper_knee_soc`` down to ``battery.taper_floor`` of it at a full battery,
+    integrated exactly over the step as the SoC rises; at most the room left in the battery and
+    the energy still requested. The
     available discharge power is nonzero only for V2G: a bidirectional port, a car that can
     discharge and a driver who consented; it never takes the battery below the EV's minimum
     SoC. Empty or failed ports have no available power, so their entries do nothing. Values
@@ -49,11 +51,15 @@ class SmartChargingEnv(gymnasium.Env):
     raise ``ValueError`` naming the env and port, a wrong shape one naming the expected shape.
     The caller's action array is never modified.
 
-    The requested port powers are then made feasible bottom-up through the node tree: at each
-    node whose net flow (inflexible load minus PV below it, plus the ports below it) exceeds
-    its import limit, all charging ports below it are scaled down by one common factor; above
-    its export limit, all discharging ports below it are. The battery receives ``charge_efficiency`` of the
-    grid-side charge energy and gives ``1 / discharge_efficiency`` of the discharged energy.
+    The requested port powers are then made feasible through the node tree (each node's net
+    flow is the inflexible load minus PV below it plus the ports below it): every port keeps
+    its direction and at most its request; where a node's flow breaks its import limit, the
+    charging ports below it give way (the discharging ones for its export limit), all ports on
+    one node by one common factor, and subtrees in proportion to what they can give, so that
+    every node ends within its limits whenever some such schedule exists, and with the least
+    summed excess otherwise (``envs.projection``). The battery receives ``charge_efficiency``
+    of the grid-side charge energy and gives ``1 / discharge_efficiency`` of the discharged
+    energy.
 
     ## Observation Space
 
@@ -78,9 +84,12 @@ class SmartChargingEnv(gymnasium.Env):
     ``export_revenue_eur`` (site export at the sell price), ``degradation_kwh`` (battery
     throughput), ``unmet_kwh`` (requested energy missing when an EV departs,
     or when an EV an outage pushed off its port gives up waiting),
+    ``unmet_at_horizon_kwh`` (requested energy missing at the end of the horizon for EVs still
+    plugged in then; weight ``unmet_at_horizon_eur_per_kwh``, 0 by default),
     ``overload_requested_kwh`` (energy the agent asked for beyond the node limits, i.e. removed
-    by the scaling above), ``grid_violation_kwh`` (energy still beyond a node limit after the
-    scaling, summed over nodes, e.g. when inflexible load or PV alone exceed the limit),
+    by the projection above), ``grid_violation_kwh`` (energy still beyond a node limit after
+    it, summed over nodes: what no action could avoid, e.g. inflexible load or PV alone
+    exceeding a limit),
     ``peak_increase_kw`` (rise of the episode's peak site import, for demand charges),
     ``carbon_kg`` and ``setpoint_error_kwh`` (distance to the requested site import). ``info``
     also holds the diagnostics ``site_power_kw``, ``charged_kwh``, ``discharged_kwh``,

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 
+from envs.dynamics import TAPER_FIELDS, plug_limits
 from envs.episode import Episode
 from envs.plugging import PlugSchedule
+from envs.site import SiteParams
 
 EV_FIELDS = ("battery_kwh", "ev_max_charge_kw", "ev_max_discharge_kw", "min_soc",
-             "announced_departure_step", "charge_cap_kw", "taper_start_soc")
+             "announced_departure_step", *TAPER_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -19,9 +21,10 @@ class State:
 
     All envs of a batch share the step counter ``t`` (episodes have a fixed horizon). Port
     fields describe the EV on the port and are 0 where the port is empty. The EV's fixed data
-    (``EV_FIELDS``) are stacked in ``ev_on_port`` so that plugging copies them in one go; they
+    (``EV_FIELDS``, ready for each plug event in ``plug_table``) are stacked in ``ev_on_port`` so
+    that plugging copies them in one go; they
     read as ``state.battery_kwh`` and so on. ``ev_max_discharge_kw`` is already limited by the
-    port and is 0 without V2G consent; ``charge_cap_kw`` and ``taper_start_soc`` are set when
+    port and is 0 without V2G consent; ``TAPER_FIELDS`` (``charge_cap_kw``, ...) are set when
     the EV plugs (``envs.dynamics.plug_limits``). ``max_charge_kw`` and ``max_discharge_kw`` are the
     grid-side powers the port can take right now (taper, SoC bounds, remaining request,
     consent); the step and the observation both read them.
@@ -33,7 +36,7 @@ class State:
     node_exo_kw: np.ndarray  # (B, L, N) net inflexible load minus PV of each node's subtree
     forecast_series: np.ndarray  # (B, len(FORECAST_BLOCK), L) float32 series observed with a forecast
     step_obs: np.ndarray  # (B, T+1, width) float32 headroom and calendar fields per step
-    ev_table: np.ndarray  # (len(EV_FIELDS), B, K) the episode's EVs, as plugged onto a port
+    plug_table: np.ndarray  # (len(EV_FIELDS), E) the EV of each plug event of the schedule, on its port
     port_ev: np.ndarray  # (B, P) EV index on the port, -1 empty
     ev_on_port: np.ndarray  # (len(EV_FIELDS), B, P) fixed data of the EV on each port
     soc: np.ndarray  # (B, P) state of charge in [0, 1]
@@ -75,12 +78,9 @@ class State:
         return self.ev_on_port[4]
 
     @property
-    def charge_cap_kw(self) -> np.ndarray:
-        return self.ev_on_port[5]
-
-    @property
-    def taper_start_soc(self) -> np.ndarray:
-        return self.ev_on_port[6]
+    def taper(self) -> np.ndarray:
+        """(len(TAPER_FIELDS), B, P) the taper fields of the EV on each port."""
+        return self.ev_on_port[len(EV_FIELDS) - len(TAPER_FIELDS):]
 
     def replace(self, **changes) -> State:
         unknown = changes.keys() - _FIELDS
@@ -95,15 +95,17 @@ class State:
 _FIELDS = frozenset(field.name for field in dataclasses.fields(State))
 
 
-def ev_table(episode: Episode) -> np.ndarray:
-    """Stack the episode's EV data in ``EV_FIELDS`` order; discharge is 0 without consent, and the
-    port-dependent fields are left for ``plug_limits``."""
-    return np.stack([
-        episode.ev_battery_kwh,
-        episode.ev_max_charge_kw,
-        episode.ev_max_discharge_kw * episode.ev_v2g_consent,
-        episode.ev_min_soc,
-        episode.ev_announced_departure_step,
-        episode.ev_max_charge_kw,
-        np.zeros(episode.ev_valid.shape),
-    ]).astype(np.float64)
+def plug_table(params: SiteParams, episode: Episode, schedule: PlugSchedule) -> np.ndarray:
+    """``EV_FIELDS`` (rows) of the EV of each plug event of ``schedule`` on its port: discharge
+    is 0 without consent and at most the port's, and the taper fields are set (``plug_limits``)."""
+    env, ev = schedule.plug_env, schedule.plug_ev
+    table = np.zeros((len(EV_FIELDS), len(env)))
+    table[:5] = (
+        episode.ev_battery_kwh[env, ev],
+        episode.ev_max_charge_kw[env, ev],
+        episode.ev_max_discharge_kw[env, ev] * episode.ev_v2g_consent[env, ev],
+        episode.ev_min_soc[env, ev],
+        episode.ev_announced_departure_step[env, ev],
+    )
+    plug_limits(params, table, schedule.plug_port)
+    return table

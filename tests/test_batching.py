@@ -12,7 +12,8 @@ from envs.observation import observe
 from envs.site import load_site
 
 NUM_ENVS = 4
-BATCH_AXIS_1 = {"ev_table", "ev_on_port"}  # (fields, B, ...)
+BATCH_AXIS_1 = {"ev_on_port"}  # (fields, B, ...)
+FLAT_EVENTS = {"plug_table"}  # (fields, E) over the schedule's plug events of the whole batch
 SCHEDULE_EVENTS = ("plug_", "unplug_", "gave_up_")  # flat event lists over the whole batch
 
 
@@ -47,7 +48,7 @@ def env_view(state, i):
     view = {}
     for field in dataclasses.fields(state):
         value = getattr(state, field.name)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and field.name not in FLAT_EVENTS:
             view[field.name] = value[:, i:i + 1] if field.name in BATCH_AXIS_1 else value[i:i + 1]
     for field in dataclasses.fields(state.schedule):
         if not field.name.startswith(SCHEDULE_EVENTS):
