@@ -294,6 +294,7 @@ def _parse_tree(spec, r: _Reader):
     raw_nodes = spec.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         r.fail("nodes", "must be a non-empty list of {name, parent, limit_kw}")
+    r.limit("nodes", "nodes", len(raw_nodes), "the site's node count")
     nodes, names = [], set()
     for i, raw in enumerate(raw_nodes):
         field = f"nodes[{i}]"
@@ -314,7 +315,6 @@ def _parse_tree(spec, r: _Reader):
     for node in nodes:
         if node["parent"] is not None and str(node["parent"]) not in names:
             r.fail(f"{node['field']}.parent", f"names unknown node {node['parent']!r}")
-    r.limit("nodes", "nodes", len(nodes), "the site's node count")
     raw_ports = spec.get("ports")
     if not isinstance(raw_ports, list) or not raw_ports:
         r.fail("ports", "must be a non-empty list of port groups")

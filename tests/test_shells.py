@@ -238,6 +238,34 @@ def test_wrong_action_shapes_are_refused():
             vec.step(np.zeros(shape))
 
 
+@pytest.mark.parametrize("make", [lambda n: np.full(n, "0.5"), lambda n: np.full(n, 0.5 + 0j),
+                                  lambda n: np.zeros(n, "datetime64[s]"), lambda n: np.full(n, None)],
+                         ids=["text", "complex", "datetime", "object"])
+def test_every_shell_refuses_non_numeric_actions_with_the_core_message(make):
+    params = load_site(**SITE)
+    state = core.reset(params, generator_for(params).sample(params, np.random.default_rng(0), 2))
+    with pytest.raises(ValueError) as from_core:
+        core.step(params, state, make((2, 54)))
+    assert str(from_core.value).endswith("expected a float array")
+    env = single()
+    env.reset(seed=0)
+    vec = vector(2)
+    vec.reset(seed=0)
+    adapter = SmartChargingVecEnv(2, **SITE)
+    adapter.reset()
+    for shell_step, shape in ((env.step, (54,)), (vec.step, (2, 54)), (adapter.step, (2, 54))):
+        with pytest.raises(ValueError) as from_shell:
+            shell_step(make(shape))
+        assert str(from_shell.value) == str(from_core.value)
+
+
+def test_numeric_actions_of_any_real_dtype_still_step():
+    vec = vector(2)
+    vec.reset(seed=0)
+    for action in (np.ones((2, 54), np.int8), np.ones((2, 54), bool), [[0.5] * 54] * 2):
+        assert vec.step(action)[1].shape == (2,)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_caller_action_is_not_modified(dtype):
     action = random_actions((4, 54), 1, scale=3.0)[0].astype(dtype)
@@ -408,7 +436,8 @@ def test_sb3_step_info_can_be_left_out():
     for t, action in enumerate(random_actions((2, 54), HORIZON), start=1):
         infos = adapter.step(action)[3]
         assert (infos == [{}, {}]) is (t < HORIZON)
-    assert {"terminal_observation", "TimeLimit.truncated", "episode", "episode_totals"} == infos[0].keys()
+    assert {"terminal_observation", "TimeLimit.truncated", "episode", "episode_totals",
+            "episode_outcome"} == infos[0].keys()
 
 
 def test_sb3_attributes_methods_and_evaluation():

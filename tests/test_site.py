@@ -10,7 +10,9 @@ from helpers import assert_same, snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import envs.limits
 from envs.core import reset, step
+from envs.errors import ConfigError
 from envs.generators import generator_for
 from envs.site import SiteError, SiteParams, builtin_sites, load_site
 
@@ -340,3 +342,52 @@ def test_weekend_prices_follow_the_calendar():
     episode = generator_for(params).sample(params, np.random.default_rng(0), 2)
     friday, saturday = episode.price_buy_eur_kwh[:, :params.steps_per_day]
     np.testing.assert_allclose(saturday, 0.85 * friday)
+
+
+# --- YAML reading and size limits --------------------------------------------------------------
+
+def test_yaml_anchors_and_merge_keys_within_the_bound_still_load(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("nodes:\n  - &grid {name: grid, limit_kw: 100}\n  - {<<: *grid, name: t, parent: grid}\n"
+                    "ports:\n  - {node: t, max_charge_kw: 7}\n")
+    params = load_site(path)
+    np.testing.assert_array_equal(params.node_import_limit_kw, [100, 100])
+
+
+def test_yaml_duplicate_key_is_refused_even_when_the_values_agree(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "dt_minutes: 15\ndt_minutes: 15\n")
+    with pytest.raises(SiteError, match=r"twice\.yaml, line \d+: key 'dt_minutes' repeats the key of line"):
+        load_site(path)
+
+
+def test_a_size_limit_is_raised_by_the_environment_or_by_limits(monkeypatch):
+    spec = with_change(("ports", 0, "count"), 10_001)
+    with pytest.raises(SiteError, match=r"ports\[0\]\.count: the site's port count is 10,001, above the "
+                                        r"limit of 10,000; raise it with envs\.limits\.LIMITS\['ports'\]"):
+        load_site(spec)
+    monkeypatch.setenv("ENVS_MAX_PORTS", "20000")
+    assert load_site(spec).num_ports == 10_001
+    monkeypatch.delenv("ENVS_MAX_PORTS")
+    monkeypatch.setitem(envs.limits.LIMITS, "ports", 20_000)
+    assert load_site(spec).num_ports == 10_001
+    monkeypatch.setenv("ENVS_MAX_PORTS", "lots")
+    with pytest.raises(ConfigError, match="ENVS_MAX_PORTS must be a number, got 'lots'"):
+        load_site(spec)
+
+
+def test_a_node_list_above_the_limit_is_refused():
+    nodes = [BASE["nodes"][0]] + [{"name": f"n{i}", "parent": "grid", "limit_kw": 5} for i in range(30_000)]
+    with pytest.raises(SiteError, match=r"nodes: the site's node count is 30,001, above the limit of 20,000"):
+        load_site(with_change(("nodes",), nodes))
+
+
+def test_scenario_fields_are_typed_before_they_are_used():
+    scenario = {"peak_hours": [8, 17], "peak_widths_hours": [1, 2], "peak_weights": [1, 1],
+                "loads": [{"node": "t", "base_kw": 3}], "fleet": [{"battery_kwh": 50, "max_charge_kw": 7}]}
+    params = load_site(with_change(("scenario",), scenario))
+    generator = generator_for(params)
+    assert generator.peak_hours == (8.0, 17.0) and generator.loads == ({"node": "t", "base_kw": 3.0},)
+    assert generator.fleet[0].battery_kwh == 50.0 and generator.fleet[0].share == 1.0
+    episode = generator.sample(params, np.random.default_rng(0), 1)
+    assert episode.node_load_kw[0, :, params.node_index("t")].min() > 0
