@@ -17,12 +17,14 @@ class DeadlineGuard:
     headroom. ``apply(obs, actions)`` returns ``max(action, floor)`` on the ports where that
     floor is positive and the action unchanged elsewhere (a discharge stays a discharge when
     nothing is due), so a learned or cloned policy cannot let small shortfalls pile up into
-    unmet energy at departure. Built for one site; ``for_site`` rebinds it.
+    unmet energy at departure. ``margin_hours`` plans to finish that long before the announced
+    departure (whole steps), leaving room for EVs that compete for a node near the same time.
     """
 
-    def __init__(self, params: SiteParams):
+    def __init__(self, params: SiteParams, margin_hours: float = 0.0):
         self.params = params
-        self._alap = AsLateAsPossible(params)
+        self.margin_hours = float(margin_hours)
+        self._alap = AsLateAsPossible(params, margin_hours=margin_hours)
 
     def apply(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         floor, _ = self._alap.predict(obs)
@@ -37,9 +39,9 @@ class GuardedVecEnv(VecEnvWrapper):
     stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
     """
 
-    def __init__(self, venv, params: SiteParams):
+    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0):
         super().__init__(venv)
-        self.guard = DeadlineGuard(params)
+        self.guard = DeadlineGuard(params, margin_hours)
         self._obs: np.ndarray | None = None
 
     def reset(self):

@@ -53,10 +53,11 @@ class TrainedPolicy:
 
     def begin(self, params, episode) -> None:
         self._hidden, self._episode_start = None, None
-        if self.config.get("deadline_guard"):
+        margin = self.config.get("deadline_guard_hours")
+        if margin is not None:
             from agents.guards import DeadlineGuard
 
-            self.guard = DeadlineGuard(params)
+            self.guard = DeadlineGuard(params, float(margin))
         set_site = getattr(self.policy, "set_site", None)
         if callable(set_site):
             set_site(params)
@@ -91,7 +92,7 @@ class TrainedPolicy:
         else:
             actions, _ = self.policy.predict(scaled, deterministic=deterministic)
         actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
-        if self.config.get("deadline_guard"):
+        if self.config.get("deadline_guard_hours") is not None:
             if self.guard is None:
                 raise PolicyFileError("this policy acts behind the deadline guard: call "
                                       "begin(params, episode) with the site before predict")

@@ -52,10 +52,11 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
     env_cfg = cfg["env"]
     venv = SmartChargingVecEnv(_positive_int(cfg, "n_envs"), site=training_params(params, env_cfg),
                                step_info=False)
-    if env_cfg.get("deadline_guard"):
+    margin = env_cfg.get("deadline_guard_hours")
+    if margin is not None:
         from agents.guards import GuardedVecEnv
 
-        venv = GuardedVecEnv(venv, params)
+        venv = GuardedVecEnv(venv, params, float(margin))
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -207,7 +208,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "site_name": params.name,
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
-        "deadline_guard": bool(cfg["env"].get("deadline_guard", False)),
+        "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
     }
 
 

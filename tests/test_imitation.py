@@ -9,8 +9,8 @@ from agents.baselines import AsLateAsPossible, EarliestDeadlineFirst
 from agents.guards import DeadlineGuard, GuardedVecEnv
 from agents.imitation import clone, collect_demonstrations
 from envs.core import reset
-from envs.observation import observe
-from envs.parametric import generator_for
+from envs.generators import generator_for
+from envs.observation import layout_size, observe
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
 
@@ -25,7 +25,7 @@ def test_demonstrations_record_every_step_and_discounted_returns():
     coefficients = PARAMS.reward.coefficients()
     teacher = EarliestDeadlineFirst(PARAMS)
     demos = collect_demonstrations(teacher, PARAMS, episodes(3), coefficients, gamma=1.0)
-    assert demos.observations.shape == (24 * 3, 490) and demos.actions.shape == (24 * 3, PARAMS.num_ports)
+    assert demos.observations.shape == (24 * 3, layout_size(PARAMS)) and demos.actions.shape == (24 * 3, PARAMS.num_ports)
     first_step = demos.returns.reshape(24, 3)[0]
     np.testing.assert_allclose(first_step, demos.teacher_reward)
     state = reset(PARAMS, episodes(3))
@@ -74,6 +74,19 @@ def test_guard_raises_only_ports_whose_deadline_needs_power_now():
     np.testing.assert_array_equal(guarded[floor > 0], floor[floor > 0])
     np.testing.assert_array_equal(guarded[floor <= 0], -0.5)
     assert np.all(guard.apply(obs, np.ones_like(actions)) == 1.0)
+
+
+def test_a_guard_margin_raises_more_ports_earlier():
+    state = reset(PARAMS, episodes(8, seed=2))
+    from envs.core import step
+
+    for _ in range(12):
+        state, _, _ = step(PARAMS, state, np.zeros((8, PARAMS.num_ports)))
+    obs = observe(PARAMS, state)
+    zeros = np.zeros((8, PARAMS.num_ports), dtype=np.float32)
+    late, early = DeadlineGuard(PARAMS).apply(obs, zeros), DeadlineGuard(PARAMS, 2.0).apply(obs, zeros)
+    assert np.count_nonzero(early) > np.count_nonzero(late)
+    assert early.sum() > late.sum()
 
 
 def test_guarded_env_steps_the_guarded_action():

@@ -55,7 +55,9 @@ def test_every_env_config_builds_the_training_env(env):
     cfg = train_config(f"env={env}", "+site.overrides.horizon_steps=4", "n_envs=2")
     venv = build_env(cfg, site_params(cfg))
     assert venv.reset().shape[0] == 2
-    assert (type(venv).__name__ == "VecNormalize") == bool(cfg["env"]["normalize_obs"])
+    normalizes = cfg["env"]["normalize_obs"] or cfg["env"]["normalize_reward"]
+    assert (type(venv).__name__ == "VecNormalize") == bool(normalizes)
+    assert not normalizes or venv.norm_obs == cfg["env"]["normalize_obs"]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -244,11 +246,12 @@ def test_submitit_local_launcher_runs_a_sweep_job(tmp_path):
 
 
 def test_a_per_port_policy_reloads_and_runs_on_other_sites(tmp_path):
-    overrides = [*TINY, "agent=ppo_perport", "env=physical", "env.deadline_guard=true", "imitation=optimum",
-                 "imitation.episodes=2", "imitation.epochs=2", "total_timesteps=96", "eval_freq=0"]
+    overrides = [*TINY, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=1.0",
+                 "imitation=optimum", "imitation.episodes=2", "imitation.epochs=2", "total_timesteps=96",
+                 "eval_freq=0"]
     metrics = train(train_config(*overrides), tmp_path)
     policy = load_policy(tmp_path)
-    assert policy.config["deadline_guard"] and np.isfinite(metrics["score"])
+    assert policy.config["deadline_guard_hours"] == 1.0 and np.isfinite(metrics["score"])
     from envs.site import load_site
 
     for site in ("jpl", "v2g_workplace"):
