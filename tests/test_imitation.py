@@ -25,7 +25,8 @@ def test_demonstrations_record_every_step_and_discounted_returns():
     coefficients = PARAMS.reward.coefficients()
     teacher = EarliestDeadlineFirst(PARAMS)
     demos = collect_demonstrations(teacher, PARAMS, episodes(3), coefficients, gamma=1.0)
-    assert demos.observations.shape == (24 * 3, layout_size(PARAMS)) and demos.actions.shape == (24 * 3, PARAMS.num_ports)
+    assert demos.observations.shape == (24 * 3, layout_size(PARAMS))
+    assert demos.actions.shape == (24 * 3, PARAMS.num_ports)
     first_step = demos.returns.reshape(24, 3)[0]
     np.testing.assert_allclose(first_step, demos.teacher_reward)
     state = reset(PARAMS, episodes(3))
