@@ -10,6 +10,7 @@ name                         default      what it bounds
 ``episode_cells``            20,000,000   (horizon + forecast + 1) steps x (nodes + ports)
 ``sessions_per_day``         100,000      expected arrivals per day of a scenario
 ``episodes``                 100,000      episodes asked of a script (``num_episodes``)
+``envs``                     100,000      envs of one vector env (``num_envs``)
 ``power_kw``                 1,000,000    any power limit or rating in kW (1 GW)
 ``series_steps``             10,000,000   steps of a time series on its regular grid
 ``series_gap_days``          92           longest run of missing steps a reader fills
@@ -40,6 +41,7 @@ LIMITS: dict[str, float] = {
     "episode_cells": 20_000_000,
     "sessions_per_day": 100_000,
     "episodes": 100_000,
+    "envs": 100_000,
     "power_kw": 1_000_000,
     "series_steps": 10_000_000,
     "series_gap_days": 92,
@@ -87,10 +89,11 @@ def check_size(field: str, value, name: str, what: str | None = None) -> None:
         raise ConfigError(f"{field}: {problem}")
 
 
-def check_count(field: str, value, name: str, low: int = 1) -> int:
+def check_count(field: str, value, name: str | None, low: int = 1) -> int:
     """``value`` as an int in ``[low, limit name]``, else ConfigError naming ``field``.
 
-    Accepts ints, whole floats and text of a whole number (a Hydra override), never bools.
+    Accepts ints, whole floats and text of a whole number (a Hydra override), never bools;
+    ``name`` None sets no upper limit (e.g. a seed: ``check_count("seed", seed, None, low=0)``).
 
     >>> check_count("num_episodes", "7", "episodes")
     7
@@ -111,5 +114,6 @@ def check_count(field: str, value, name: str, low: int = 1) -> int:
     number = int(number)
     if number < low:
         raise ConfigError(f"{field} must be >= {low}, got {number}")
-    check_size(field, number, name)
+    if name is not None:
+        check_size(field, number, name)
     return number

@@ -136,6 +136,9 @@ def load_site(site: str | Path | Mapping[str, Any] | SiteParams, **overrides) ->
         return site.replace(**overrides) if overrides else site
     if isinstance(site, Mapping):
         spec, origin = dict(site), "<mapping>"
+    elif not isinstance(site, str | Path):
+        raise SiteError("site must be a preset name, a YAML path, a mapping or a SiteParams, "
+                        f"got {cut(site)}")
     else:
         path = Path(site)
         if path.suffix in (".yaml", ".yml") or path.exists():

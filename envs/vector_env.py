@@ -13,6 +13,7 @@ from envs import core
 from envs.actions import action_array
 from envs.episode import Generator
 from envs.generators import generator_for
+from envs.limits import check_count
 from envs.observation import observation_bounds, observation_layout, observe
 from envs.reward import TERMS
 from envs.site import load_site
@@ -71,9 +72,7 @@ class SmartChargingVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, site: Any = "caltech",
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
                  generator: Generator | None = None, **overrides):
-        if int(num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.num_envs = int(num_envs)
+        self.num_envs = check_count("num_envs", num_envs, "envs")
         self.params = load_site(site, **overrides)
         self.generator = generator_for(self.params) if generator is None else generator
         self.autoreset_mode = AutoresetMode(autoreset_mode)

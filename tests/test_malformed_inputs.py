@@ -338,6 +338,13 @@ CASES = [
     ("num_episodes 1e9", lambda tmp: check_count("num_episodes", 1e9, "episodes"), ConfigError,
      ["num_episodes", "100,000", "ENVS_MAX_EPISODES"]),
     ("num_episodes 0", lambda tmp: check_count("num_episodes", 0, "episodes"), ConfigError, [">= 1"]),
+    ("seed text", lambda tmp: check_count("seed", "x1", None, low=0), ConfigError, ["seed", "'x1'"]),
+    ("vector num_envs 1e9", lambda tmp: SmartChargingVectorEnv(10**9, BASE), ConfigError,
+     ["num_envs", "ENVS_MAX_ENVS"]),
+    ("vector num_envs text", lambda tmp: SmartChargingVectorEnv("eight", BASE), ConfigError, ["num_envs"]),
+    ("sb3 num_envs 0", lambda tmp: SmartChargingVecEnv(0, BASE), ConfigError, ["num_envs", ">= 1"]),
+    ("site of a number", lambda tmp: load_site(42), SiteError, ["a preset name, a YAML path", "got 42"]),
+    ("site of None", lambda tmp: SmartChargingEnv(None), SiteError, ["got None"]),
     ("num_episodes bool", lambda tmp: check_count("num_episodes", True, "episodes"),
      ConfigError, ["whole number"]),
 ]
