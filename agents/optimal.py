@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from envs.core import reset
-from envs.dynamics import taper_cross_soc, taper_energy_kwh
+from envs.dynamics import taper_constants, taper_energy_kwh
 from envs.episode import Episode
 from envs.observation import observation_layout
 from envs.site import SiteParams
@@ -337,7 +337,7 @@ def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_
     """
     if params.taper_slope == 0:
         return []
-    cross = taper_cross_soc(params, car_kw, cap_kw)
+    cross = taper_constants(params, battery_kwh, car_kw, cap_kw, params.port_charge_efficiency[port])[0]
     width = cap_kw * params.charge_kwh_per_kw_step[port] / battery_kwh
     lines = []
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
