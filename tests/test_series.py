@@ -218,6 +218,9 @@ def test_day_ahead_skip_invalid_leaves_out_bad_rows_and_reports_them(tmp_path):
     assert prices["2019-01-01 04:00"] == pytest.approx(0.004)  # the first row of the hour, not the conflict
     assert prices["2019-01-01 03:00"] == pytest.approx(0.003)  # the skipped hour is a gap, filled linearly
     assert prices.attrs["gaps"] == 1
+    assert prices.attrs["report"] == {
+        "file": str(path), "rows_read": 8, "rows_kept": 5, "gaps_filled": 1, "empty_cells_filled": 0,
+        "dropped": {"invalid 'Datetime (UTC)'": 1, "invalid 'Price (EUR/MWhe)'": 2}}
 
 
 def test_day_ahead_file_that_repeats_a_year_is_read_once(tmp_path):
@@ -227,6 +230,8 @@ def test_day_ahead_file_that_repeats_a_year_is_read_once(tmp_path):
     with pytest.warns(UserWarning, match="48 duplicated timestamps"):
         prices = read_day_ahead_csv(path)
     assert len(prices) == 48 and prices.attrs["duplicates"] == 48 and prices.attrs["rows"] == 96
+    report = prices.attrs["report"]
+    assert report["dropped"] == {"repeated hour": 48} and report["rows_kept"] == 48
 
 
 def test_day_ahead_local_times_across_daylight_saving(tmp_path):

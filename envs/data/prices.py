@@ -245,7 +245,10 @@ def read_day_ahead_csv(path, time_column: str = "Datetime (UTC)", price_column: 
     wider than the ``series_gap_days`` limit is an error). ``attrs`` reports: ``rows`` (price
     rows read, of ``country`` when given), ``skipped`` (``count``, ``lines`` and ``messages``
     of the rows left out), ``duplicates`` (same-price repeats dropped), ``gaps`` (missing hours
-    filled) and ``missing`` (empty cells filled).
+    filled) and ``missing`` (empty cells filled); ``report`` sums them up as the session
+    readers' report does: ``rows_read``, ``rows_kept``, ``dropped`` (reason -> rows: ``invalid
+    <column>`` under each row's first problem, ``repeated hour``), ``gaps_filled`` and
+    ``empty_cells_filled``.
     """
     check_tz(tz)
     path = Path(path)
@@ -289,7 +292,13 @@ def read_day_ahead_csv(path, time_column: str = "Datetime (UTC)", price_column: 
                          index=pd.DatetimeIndex(times[keep]).tz_localize("UTC").as_unit("ns"))
     frame = regularize(frame, str(path))
     series = frame["price_eur_kwh"]
-    series.attrs = dict(frame.attrs, unit="EUR/kWh", rows=len(lines), skipped=rows.report())
+    dropped = rows.dropped()
+    if frame.attrs["duplicates"]:
+        dropped["repeated hour"] = frame.attrs["duplicates"]
+    report = {"file": str(path), "rows_read": len(lines), "rows_kept": len(lines) - sum(dropped.values()),
+              "dropped": dropped, "gaps_filled": frame.attrs["gaps"],
+              "empty_cells_filled": frame.attrs["missing"]}
+    series.attrs = dict(frame.attrs, unit="EUR/kWh", rows=len(lines), skipped=rows.report(), report=report)
     return series
 
 
@@ -300,11 +309,13 @@ class _Rows:
         self.path, self.lines = path, lines
         self.bad = np.zeros(len(lines), dtype=bool)
         self.messages: dict[int, str] = {}
+        self.fields: dict[int, str | None] = {}
 
     def flag(self, mask, field: str | None, problems) -> None:
         for i in np.flatnonzero(np.asarray(mask, dtype=bool) & ~self.bad):
             problem = problems if isinstance(problems, str) else problems[i]
             self.messages[i] = str(DataError.at(self.path, int(self.lines[i]), field, problem))
+            self.fields[i] = field
             self.bad[i] = True
 
     def finish(self, skip_invalid: bool) -> None:
@@ -317,6 +328,10 @@ class _Rows:
             shown = ", ".join(str(line) for line in self.lines[bad[:10]]) + (", ..." if bad.size > 10 else "")
             warnings.warn(f"{self.path}: skipped {bad.size} invalid rows (lines {shown}); see "
                           "attrs['skipped']", stacklevel=3)
+
+    def dropped(self) -> dict[str, int]:
+        reasons = [f"invalid {self.fields[i] or 'row'}" for i in np.flatnonzero(self.bad)]
+        return {reason: reasons.count(reason) for reason in dict.fromkeys(reasons)}
 
     def report(self) -> dict:
         bad = np.flatnonzero(self.bad)
