@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.data.fit import FITTED_TABLES
+from envs.data.fit import FITTED_TABLES, FittedGenerator
 from envs.data.forecasts import DemandRegression, fit_daily_demand
 from envs.data.session_report import SessionReport, table_report
 from envs.episode import Episode, Generator, demand_windows, pack_evs
