@@ -360,9 +360,11 @@ def _fleet(fleet, base: Generator, scenario: ParametricGenerator) -> list[EvMode
 
 
 def _with_weekday(base: Generator, weekday: np.ndarray) -> Generator:
-    """``base`` with its weekday fixed per env (and no EVs of its own, when it is parametric)."""
+    """``base`` with its weekday fixed per env (and no EVs of its own, when it is parametric or fitted)."""
     if isinstance(base, ParametricGenerator):
         return dataclasses.replace(base, weekday=tuple(weekday.tolist()), sessions_per_day=0.0)
+    if isinstance(base, FittedGenerator):
+        return dataclasses.replace(base, base=_with_weekday(base.base, weekday), arrival_scale=0.0)
     if dataclasses.is_dataclass(base):
         fields = {field.name for field in dataclasses.fields(base)}
         if "weekday" in fields:
