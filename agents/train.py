@@ -12,6 +12,7 @@ from typing import Any
 
 from agents.callbacks import EpisodeKpiLogger, Periodic, ProgressBar, Stopwatch, log_validation
 from agents.checkpoints import latest_checkpoint, remove_partial, restore_checkpoint, save_checkpoint
+from agents.kpis import KPI_COLUMNS
 from agents.policy_io import POLICY_DIR, TrainedPolicy, save_policy
 from envs.observation import layout_size
 from envs.reward import RewardWeights
@@ -162,7 +163,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     metrics = {
         "score": score,
         "validation": {"episodes": validation.episodes.num_envs, "seed": int(cfg["eval_seed"]),
-                       "kpis": {column: float(table[column].mean()) for column in table.columns
+                       "kpis": {column: float(table[column].mean()) for column in KPI_COLUMNS
                                 if column not in ("score", "wall_s")}},
         "timesteps": int(model.num_timesteps),
         "target_timesteps": total,

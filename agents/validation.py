@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from agents.baselines import Uncontrolled
 from agents.evaluate import episodes_for, rollout
-from agents.kpis import episode_kpis
+from agents.kpis import add_score, episode_kpis, min_gap_eur, summarize
 from envs.core import reset, step
 from envs.observation import observe
 from envs.render import EpisodeTrace
 from envs.site import SiteParams
 
-
-def ratio_of_sums(rewards, low, high) -> float:
-    """``(sum R - sum R_low) / (sum R_high - sum R_low)``: 0 at ``low``'s level, 1 at ``high``'s; NaN
-    when the references earn the same total."""
-    gap = float(np.sum(high) - np.sum(low))
-    return (float(np.sum(rewards)) - float(np.sum(low))) / gap if abs(gap) > 1e-9 else float("nan")
+_AGENT = "agent"
 
 
 class Validation:
     """Validation episodes drawn once with ``seed``, and the rewards of the two score references.
 
     ``score(policy)`` runs a policy (predictor protocol) on every episode and returns its
-    per-episode KPI table (``agents.kpis.episode_kpis``) and its score: the ratio of sums
-    between ``Uncontrolled`` (0) and the offline optimum (1) on these episodes, whose rewards
-    are computed once here. Use seeds that no test table uses, so validation never sees the
-    episodes a policy is finally judged on.
+    per-episode KPI table (``agents.kpis.episode_kpis``) and its score as ``scripts/evaluate.py``
+    computes it (``agents.kpis``: a ratio of sums between ``Uncontrolled`` at 0 and the offline
+    optimum at 1 over the episodes with room to improve), against references run once here.
+    Use seeds that no test table uses, so validation never sees the episodes a policy is
+    finally judged on.
     """
 
     def __init__(self, params: SiteParams, num_episodes: int, seed: int):
@@ -36,20 +31,18 @@ class Validation:
 
         self.params = params
         self.episodes = episodes_for(params, None, int(num_episodes), int(seed))
-        self.uncontrolled_reward = self._rewards(Uncontrolled(params))
-        self.optimum_reward = self._rewards(OfflineOptimal(params))
-
-    def _rewards(self, policy) -> np.ndarray:
-        return self.kpis(policy)["reward_eur"].to_numpy()
+        self.references = {"uncontrolled": self.kpis(Uncontrolled(params)),
+                           "optimum": self.kpis(OfflineOptimal(params))}
 
     def kpis(self, policy) -> pd.DataFrame:
         return episode_kpis(self.params, rollout(policy, self.params, self.episodes), float("nan"))
 
     def score(self, policy) -> tuple[pd.DataFrame, float]:
         table = self.kpis(policy)
-        score = ratio_of_sums(table["reward_eur"], self.uncontrolled_reward, self.optimum_reward)
-        table["score"] = score
-        return table, score
+        per_episode = pd.concat({**self.references, _AGENT: table}, names=["policy", "episode"])
+        add_score(per_episode, "uncontrolled", "optimum", min_gap_eur(self.params))
+        score = float(summarize(per_episode).loc[_AGENT, "score"])
+        return per_episode.loc[_AGENT], score
 
     def figure(self, policy, episode: int = 0):
         """The day figure (``envs.render.EpisodeTrace``) of ``policy`` on one validation episode."""

@@ -258,3 +258,19 @@ def test_a_per_port_policy_reloads_and_runs_on_other_sites(tmp_path):
         params = load_site(site, horizon_steps=8, start_hour=8)
         table = evaluate({"uncontrolled": Uncontrolled(params), "per_port": policy}, params, 2, seed=3)
         assert table.loc["per_port", "grid_violation_kwh"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_validation_scores_as_the_evaluation_does():
+    from agents.baselines import EarliestDeadlineFirst
+    from agents.evaluate import run_policies
+    from agents.optimal import OfflineOptimal
+    from agents.validation import Validation
+    from envs.site import load_site
+
+    params = load_site("caltech", horizon_steps=32, start_hour=6)
+    validation = Validation(params, 4, seed=11)
+    table, score = validation.score(EarliestDeadlineFirst(params))
+    result = run_policies({"uncontrolled": Uncontrolled(params), "optimum": OfflineOptimal(params),
+                           "edf": EarliestDeadlineFirst(params)}, params, validation.episodes)
+    assert np.isfinite(score) and len(table) == 4
+    assert score == pytest.approx(result.summary().loc["edf", "score"], rel=1e-9)
