@@ -12,7 +12,7 @@ import numpy as np
 from envs.episode import Episode, demand_windows, pack_evs
 from envs.errors import cut, cut_key
 from envs.limits import above
-from envs.scenario_fields import MAX_SIGMA, SEQUENCE_FIELDS, ScenarioFields
+from envs.scenario_fields import MAX_SIGMA, MIN_PEAK_WIDTH_HOURS, SEQUENCE_FIELDS, ScenarioFields
 from envs.site import SiteError, SiteParams
 
 _DEFAULT_PRICES = (0.18, 0.17, 0.16, 0.16, 0.17, 0.19, 0.23, 0.28, 0.30, 0.27, 0.24, 0.22,
@@ -120,13 +120,15 @@ class ParametricGenerator:
         for field in ("dwell_sigma", "energy_sigma"):
             if getattr(self, field) > MAX_SIGMA:
                 fail(field, f"must be <= {MAX_SIGMA} (wider lognormals overflow), got {getattr(self, field)}")
-        problem = above("sessions_per_day", self.sessions_per_day, "the value")
+        busiest = self.sessions_per_day * max(1.0, self.weekend_factor)
+        problem = above("sessions_per_day", busiest, "the busiest day's expected arrivals")
         if problem is not None:
             fail("sessions_per_day", f"is too large: {problem}")
         if not (len(self.peak_hours) == len(self.peak_widths_hours) == len(self.peak_weights) > 0):
             fail("peak_hours", "peak_widths_hours and peak_weights must have the same nonzero length")
-        if min(self.peak_widths_hours) <= 0:
-            fail("peak_widths_hours", f"must all be > 0, got {cut(list(self.peak_widths_hours))}")
+        if min(self.peak_widths_hours) < MIN_PEAK_WIDTH_HOURS:
+            fail("peak_widths_hours", f"must all be >= {MIN_PEAK_WIDTH_HOURS}, "
+                                      f"got {cut(list(self.peak_widths_hours))}")
         if min(self.peak_weights) < 0 or sum(self.peak_weights) <= 0:
             fail("peak_weights", f"must be >= 0 with a positive sum, got {cut(list(self.peak_weights))}")
         for field in ("price_hourly_eur_kwh", "carbon_hourly_kg_kwh"):

@@ -14,13 +14,20 @@ from envs.errors import SiteError, cut, cut_key
 from envs.limits import above
 
 MAX_SIGMA = 5.0
+MAX_MAGNITUDE = 1e6  # any scenario number: keeps prices, kWh and rates finite in float32 observations
+MIN_PEAK_WIDTH_HOURS = 0.25  # narrower peaks fall between the steps' samples of the arrival density
 SEQUENCE_FIELDS = ("peak_hours", "peak_widths_hours", "peak_weights", "soc_arrival_range",
                    "price_hourly_eur_kwh", "carbon_hourly_kg_kwh")
 # per node entry: field -> (required, low, high, low is open)
 _NODE_FIELDS = {
-    "loads": {"base_kw": (False, 0, None, False), "peak_kw": (False, 0, None, False),
-              "peak_hour": (False, None, None, False), "width_hours": (False, 0, None, True),
-              "weekend_factor": (False, 0, None, False), "noise": (False, 0, None, False)},
+    "loads": {
+        "base_kw": (False, 0, None, False),
+        "peak_kw": (False, 0, None, False),
+        "peak_hour": (False, None, None, False),
+        "width_hours": (False, MIN_PEAK_WIDTH_HOURS, None, False),
+        "weekend_factor": (False, 0, None, False),
+        "noise": (False, 0, None, False),
+    },
     "pv": {"peak_kw": (True, 0, None, False), "min_clear_sky": (False, 0, 1, False)},
 }
 _FLEET_FIELDS = {"battery_kwh": (True, 0, None, True), "max_charge_kw": (True, 0, None, True),
@@ -45,6 +52,8 @@ class ScenarioFields:
             self.fail(field, f"must be a number, got {cut(value)}")
         if not math.isfinite(number):
             self.fail(field, f"must be finite, got {cut(value)}")
+        if abs(number) > MAX_MAGNITUDE and not field.endswith("_kw") and field != "sessions_per_day":
+            self.fail(field, f"must lie within +-{MAX_MAGNITUDE:,.0f}, got {number:g}")
         if low is not None and (number <= low if low_open else number < low):
             self.fail(field, f"must be {'>' if low_open else '>='} {low}, got {number:g}")
         if high is not None and number > high:

@@ -16,6 +16,7 @@ from envs.reward import RewardWeights
 from envs.yaml_io import load_yaml
 
 MINUTES_PER_DAY = 1440
+MAX_WEIGHT = 1e6  # a reward weight; larger ones overflow float32 rewards
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,6 +51,7 @@ class SiteParams:
     queue_patience_steps: int = 4
     forecast_steps: int = 8
     demand_forecast: bool = False
+    stay_timing: str = "rounded"  # or "exact": first and last steps of a stay count only in part
     reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
     scenario: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -223,7 +225,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     name = str(name)
     r = _Reader(origin, name)
     known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
-             "battery", "queue", "forecast_steps", "demand_forecast", "reward", "scenario"}
+             "battery", "queue", "forecast_steps", "demand_forecast", "stay_timing", "reward", "scenario"}
     for key in spec:
         if key not in known:
             r.fail(cut_key(key), f"is not a known field (known: {', '.join(sorted(known))})")
@@ -258,10 +260,13 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
             r.fail(f"reward.{cut_key(key)}", f"is not a known weight (known: {', '.join(names)})")
     weights = RewardWeights(**reward_spec)
     for field in dataclasses.fields(weights):
-        r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0)
+        r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0, MAX_WEIGHT)
     demand_forecast = spec.get("demand_forecast", False)
     if not isinstance(demand_forecast, bool):
         r.fail("demand_forecast", f"must be true or false, got {demand_forecast!r}")
+    stay_timing = spec.get("stay_timing", "rounded")
+    if stay_timing not in ("rounded", "exact"):
+        r.fail("stay_timing", f"must be rounded or exact, got {cut(stay_timing)}")
     knee = r.number(battery, "taper_knee_soc", "battery.taper_knee_soc", 0.8, 0, 1)
     if knee >= 1:
         r.fail("battery.taper_knee_soc", f"must be < 1, got {knee:g}")
@@ -288,6 +293,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         queue_patience_steps=int(patience_minutes // dt_minutes),
         forecast_steps=forecast_steps,
         demand_forecast=demand_forecast,
+        stay_timing=stay_timing,
         reward=weights,
         scenario=dict(spec.get("scenario", {}) or {}),
     )
