@@ -14,6 +14,7 @@ name                         default      what it bounds
 ``power_kw``                 1,000,000    any power limit or rating in kW (1 GW)
 ``series_steps``             10,000,000   steps of a time series on its regular grid
 ``series_gap_days``          92           longest run of missing steps a reader fills
+``tariff_schedules``         1,000        schedules of a time-of-use tariff file
 ``yaml_bytes``               1,000,000    size of a YAML file
 ``yaml_nodes``               1,000,000    values of a YAML document with aliases expanded
 ============================ ============ ===================================================
@@ -45,6 +46,7 @@ LIMITS: dict[str, float] = {
     "power_kw": 1_000_000,
     "series_steps": 10_000_000,
     "series_gap_days": 92,
+    "tariff_schedules": 1_000,
     "yaml_bytes": 1_000_000,
     "yaml_nodes": 1_000_000,
 }

@@ -16,6 +16,7 @@ import pandas as pd
 from envs.data.errors import DataError, file_text
 from envs.data.series import check_tz, number_problem, read_numbers, read_times, regularize, time_problem
 from envs.errors import cut, cut_text
+from envs.limits import above
 
 DAY_MASKS = {
     "WEEKDAYS": (True,) * 5 + (False,) * 2,
@@ -144,6 +145,9 @@ def read_tariff(path) -> Tariff:
 
     if not isinstance(doc, dict) or not isinstance(doc.get("schedule"), list) or not doc["schedule"]:
         fail("schedule", "must be a non-empty list of schedules")
+    problem = above("tariff_schedules", len(doc["schedule"]), "the schedule count")
+    if problem is not None:
+        fail("schedule", problem)
     schedules = []
     for i, raw in enumerate(doc["schedule"]):
         where = f"schedule[{i}]"

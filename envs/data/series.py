@@ -19,6 +19,7 @@ Conventions shared by every reader here:
 from __future__ import annotations
 
 import io
+import numbers
 import warnings
 import zoneinfo
 from collections.abc import Iterable, Sequence
@@ -183,6 +184,27 @@ def _check_span(index: pd.DatetimeIndex, freq: pd.Timedelta, source: str) -> Non
                         path=source)
 
 
+def duration(value, field: str = "freq") -> pd.Timedelta:
+    """``value`` (e.g. ``"15min"``) as a positive Timedelta, else ConfigError naming ``field``."""
+    try:
+        step = pd.Timedelta(value)
+    except (TypeError, ValueError, OverflowError):
+        step = pd.NaT
+    if pd.isna(step) or step <= pd.Timedelta(0):
+        raise ConfigError(f"{field} must be a positive duration such as '15min' or '1h', got {cut(value)}")
+    return step
+
+
+def _timestamp(value, field: str = "start") -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError, OverflowError):
+        stamp = pd.NaT
+    if pd.isna(stamp):
+        raise ConfigError(f"{field} must be a date and time such as '2020-01-01 00:00', got {cut(value)}")
+    return stamp
+
+
 def _columns(frame: pd.DataFrame) -> str:
     return cut_text(", ".join(map(str, frame.columns)))
 
@@ -222,7 +244,7 @@ def read_series_csv(path, columns: Sequence[str] | None = None, time_column: str
         else:
             if start is None or freq is None:
                 raise DataError(f"{file}: without a time column, give start and freq")
-            index = pd.date_range(pd.Timestamp(start), periods=len(raw), freq=pd.Timedelta(freq))
+            index = pd.date_range(_timestamp(start), periods=len(raw), freq=duration(freq))
         if index.tz is None:
             index = pd.DatetimeIndex(_localize(index.to_numpy(), tz)).tz_localize("UTC")
         data = {c: parse_numbers(raw[c], file, c) for c in wanted}
@@ -237,7 +259,7 @@ def read_series_csv(path, columns: Sequence[str] | None = None, time_column: str
         overlap += int(same.sum())
         frame = pd.concat([frame, later[~same]])
     source = str(files[0]) + (f" (+{len(files) - 1} files)" if len(files) > 1 else "")
-    frame = regularize(frame, source, None if freq is None else pd.Timedelta(freq))
+    frame = regularize(frame, source, None if freq is None else duration(freq))
     frame.attrs["overlap_rows"] = overlap
     return frame
 
@@ -259,6 +281,8 @@ def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int
     """
     file = Path(path)
     check_tz(tz)
+    if isinstance(year, bool) or not isinstance(year, numbers.Integral) or not 1678 <= year <= 2261:
+        raise ConfigError(f"year must be a whole year in 1678..2261, got {cut(year)}")
     raw = read_text_csv(file)
     for column in ("month", "hour", *columns):
         if column not in raw.columns:
