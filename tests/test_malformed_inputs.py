@@ -11,6 +11,7 @@ import contextlib
 import json
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from envs.limits import check_count
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
 
+FIXTURES = Path(__file__).parent / "fixtures"
 MEMORY_BYTES = 500 << 20
 SECONDS = 2.0
 MESSAGE_CHARS = 1000
@@ -183,6 +185,12 @@ CASES = [
     # --- scenario fields ------------------------------------------------------------------------------
     ("scenario min_soc -1", scenario(min_soc=-1), SiteError, ["scenario.min_soc", "[0, 1]"]),
     ("scenario min_soc 1.5", scenario(min_soc=1.5), SiteError, ["scenario.min_soc", "[0, 1]"]),
+    ("fitted min_soc -1", lambda tmp: generator_for(load_site("caltech_fitted", scenario={"min_soc": -1})),
+     SiteError, ["site 'caltech_fitted': scenario.min_soc", "[0, 1]"]),
+    ("replay soc range above 1", lambda tmp: generator_for(load_site("caltech", scenario={
+        "generator": "replay", "days": 2,
+        "sessions": {"path": str(FIXTURES / "sessions_acn.json"), "format": "acn_json"},
+        "soc_arrival_range": [0.5, 1.5]})), SiteError, ["scenario.soc_arrival_range", "<= 1"]),
     ("scenario min_soc text", scenario(min_soc="low"), SiteError, ["scenario.min_soc", "must be a number"]),
     ("scenario soc range of 3", scenario(soc_arrival_range=[0.1, 0.2, 0.3]), SiteError,
      ["scenario.soc_arrival_range", "[low, high]"]),
