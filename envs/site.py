@@ -198,7 +198,7 @@ class _Reader:
             self.fail(field, "is required")
         try:
             value = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.fail(field, f"must be a number, got {cut(value)}")
         if not np.isfinite(value):
             self.fail(field, f"must be finite, got {value!r}")

@@ -150,6 +150,8 @@ CASES = [
     ("site 1e8 ports", port(count=1e8),
      SiteError, ["ports[0].count", "100,000,000", "10,000", "ENVS_MAX_PORTS"]),
     ("site ports as a text count", port(count="many"), SiteError, ["ports[0].count", "must be a number"]),
+    ("site 400-digit count", site_yaml(BASE_YAML.replace("7}", "7, count: " + "9" * 400 + "}")),
+     SiteError, ["ports[0].count", "must be a number", "..."]),
     ("site horizon 1e9", site(horizon_steps=1e9),
      SiteError, ["horizon_steps", "100,000", "LIMITS['horizon_steps']"]),
     ("site forecast 1e9", site(forecast_steps=1e9), SiteError, ["forecast_steps", "ENVS_MAX_FORECAST_STEPS"]),
