@@ -81,12 +81,14 @@ def above(name: str, value, what: str) -> str | None:
 
 
 def _number(value) -> str:
+    if isinstance(value, numbers.Integral) and abs(value) >= 10**15:
+        return f"a {len(str(abs(value)))}-digit number"
     return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:,g}"
 
 
 def check_size(field: str, value, name: str, what: str | None = None) -> None:
     """Raise ConfigError naming ``field`` when ``value`` exceeds the limit ``name``."""
-    problem = above(name, value, what or field)
+    problem = above(name, value, what or "the value")
     if problem is not None:
         raise ConfigError(f"{field}: {problem}")
 
@@ -110,8 +112,9 @@ def check_count(field: str, value, name: str | None, low: int = 1) -> int:
             number = float(value.strip())
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) \
-            or number != int(number):
+    whole = isinstance(number, numbers.Integral) or (
+        isinstance(number, numbers.Real) and math.isfinite(number) and number == int(number))
+    if isinstance(number, bool) or not whole:
         raise ConfigError(f"{field} must be a whole number, got {cut(value)}")
     number = int(number)
     if number < low:

@@ -367,6 +367,8 @@ CASES = [
      ["num_episodes", "whole number", "'seven'"]),
     ("num_episodes 1e9", lambda tmp: check_count("num_episodes", 1e9, "episodes"), ConfigError,
      ["num_episodes", "100,000", "ENVS_MAX_EPISODES"]),
+    ("num_episodes 10**400", lambda tmp: check_count("num_episodes", 10**400, "episodes"), ConfigError,
+     ["num_episodes", "above the limit"]),
     ("num_episodes 0", lambda tmp: check_count("num_episodes", 0, "episodes"), ConfigError, [">= 1"]),
     ("seed text", lambda tmp: check_count("seed", "x1", None, low=0), ConfigError, ["seed", "'x1'"]),
     ("vector num_envs 1e9", lambda tmp: SmartChargingVectorEnv(10**9, BASE), ConfigError,
