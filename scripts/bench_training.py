@@ -2,6 +2,7 @@
 
     python scripts/bench_training.py                      # caltech, 64 envs, 4 rollouts of 6,144 steps
     python scripts/bench_training.py --steps 12288 --site jpl --policies per_port
+    python scripts/bench_training.py --threads 2          # torch on two threads per process
 
 PPO uses the settings of ``configs/agent/ppo.yaml`` (n_steps 96, batch 1024, 10 epochs; the MLP
 is 2 x 256). Each policy learns in a fresh process with torch on one thread. The time splits
@@ -33,14 +34,14 @@ def _timed(owner, name: str, totals: dict) -> None:
     setattr(owner, name, wrapper)
 
 
-def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int) -> dict:
+def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threads: int = 1) -> dict:
     import torch
     from stable_baselines3 import PPO
 
     from agents.networks import PerPortPolicy
     from envs.sb3 import SmartChargingVecEnv
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     env = SmartChargingVecEnv(num_envs=num_envs, site=site, step_info=False)
     if policy == "per_port":
         model = PPO(PerPortPolicy, env, seed=seed, **PPO_SETTINGS,
@@ -74,15 +75,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4 * 96 * 64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=["per_port", "mlp"], choices=["per_port", "mlp"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.site, args.num_envs, args.steps, args.seed)))
+        print(json.dumps(run_case(args.case, args.site, args.num_envs, args.steps, args.seed, args.threads)))
         return
     results = {}
     for policy in args.policies:
         command = [sys.executable, __file__, "--case", policy, "--site", args.site,
-                   "--num-envs", str(args.num_envs), "--steps", str(args.steps), "--seed", str(args.seed)]
+                   "--num-envs", str(args.num_envs), "--steps", str(args.steps), "--seed", str(args.seed),
+                   "--threads", str(args.threads)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         line = output.strip().splitlines()[-1]
         results[policy] = json.loads(line)
