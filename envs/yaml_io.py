@@ -111,5 +111,7 @@ def load_yaml(source: str | Path, *, text: str | None = None, origin: str | None
         raise ConfigError(f"{origin}{where}: invalid YAML: {cut_text(err)}") from None
     except RecursionError:
         raise ConfigError(f"{origin}: nested too deeply to read") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{origin}: invalid YAML: {cut_text(err)}") from None
     finally:
         loader.dispose()

@@ -144,6 +144,8 @@ CASES = [
     ("yaml file too large", site_yaml(BASE_YAML + "description: '" + "x" * 1_000_000 + "'\n"), SiteError,
      ["file size", "1,000,000", "ENVS_MAX_YAML_BYTES"]),
     ("yaml syntax", site_yaml("nodes: [\n"), SiteError, ["invalid YAML", "line"]),
+    ("yaml 5000-digit number", site_yaml(BASE_YAML + "horizon_steps: " + "9" * 5000 + "\n"), SiteError,
+     ["site.yaml", "invalid YAML", "digits"]),
     ("yaml top level list", site_yaml("- grid\n"), SiteError, ["top level must be a mapping"]),
     ("yaml unknown preset", lambda tmp: load_site("no_such_site"), SiteError, ["no_such_site", "caltech"]),
     # --- site fields: types, ranges, sizes --------------------------------------------------------
@@ -269,6 +271,13 @@ CASES = [
     ("tariff bool demand charge", tariff({"demand_charge": True}), DataError, ["schedule[0].demand_charge"]),
     ("tariff deeply nested", tariff("[" * 100_000 + "]" * 100_000),
      DataError, ["tariff.json", "nested too deeply"]),
+    ("tariff 400-digit charge", tariff('{"schedule": [' + json.dumps(TARIFF)[:-1] + ', "demand_charge": '
+                                       + "9" * 400 + '}]}'), DataError, ["schedule[0].demand_charge", "..."]),
+    ("tariff 5000-digit number", tariff('{"schedule": [], "x": ' + "9" * 5000 + "}"), DataError,
+     ["tariff.json", "invalid JSON", "digits"]),
+    ("sessions 5000-digit number",
+     lambda tmp: read_acn_json(write(tmp, "s.json", '{"_items": [' + "9" * 5000 + "]}")), DataError,
+     ["s.json, line 1", "malformed JSON", "digits"]),
     ("tariff missing", lambda tmp: read_tariff(tmp / "none.json"),
      DataError, ["none.json", "does not exist"]),
     ("tariff directory", lambda tmp: read_tariff(tmp), DataError, ["is a directory"]),

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,6 +140,8 @@ def read_tariff(path) -> Tariff:
         raise DataError.at(path, err.lineno, None, f"invalid JSON: {err.msg}") from None
     except RecursionError:
         raise DataError.at(path, None, None, "invalid JSON: nested too deeply to read") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise DataError.at(path, None, None, f"invalid JSON: {cut_text(err)}") from None
 
     def fail(field, problem):
         raise DataError.at(path, None, repr(field), problem)
@@ -179,7 +182,10 @@ def read_tariff(path) -> Tariff:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _numbers(value, field: str, fail) -> tuple[float, ...]:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from envs.data.errors import DataError, file_text, require_file
 from envs.data.session_rows import SessionRows
+from envs.errors import cut_text
 
 _SPACE = re.compile(r"\s*")
 
@@ -103,6 +104,9 @@ def json_items(text: str, path: Path, meta: dict | None = None) -> tuple[list[in
         except RecursionError:
             raise DataError.at(path, text.count("\n", 0, i) + 1, None, "malformed JSON: nested too deeply "
                                "to read") from None
+        except ValueError as err:  # e.g. an integer of more digits than Python converts
+            raise DataError.at(path, text.count("\n", 0, i) + 1, None,
+                               f"malformed JSON: {cut_text(err)}") from None
 
     def sequence(i, close, entry):
         i = skip(i + 1)
