@@ -58,7 +58,7 @@ def read_text_csv(path, **kwargs) -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataError.at(path, None, None, f"is not a readable CSV file ({cut(str(err), 300)})") from None
+        raise DataError.at(path, None, None, f"is not a readable CSV file ({cut_text(err)})") from None
 
 
 def read_times(values: pd.Series, formats: Sequence[str] | None = None) -> tuple[pd.Series, bool]:
