@@ -1,9 +1,12 @@
-"""The deadline guard: no port gets less than what must flow now to meet its announced departure."""
+"""The deadline guard: no port gets less than what must flow now to meet its announced departure.
+
+Numpy only (no torch, no SB3), so the scheduler runtime applies it too; the training env's
+wrapper is ``agents.guarded_env.GuardedVecEnv``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from agents.baselines import AsLateAsPossible
 from envs.site import SiteParams
@@ -30,28 +33,3 @@ class DeadlineGuard:
         floor, _ = self._alap.predict(obs)
         actions = np.asarray(actions, dtype=np.float32)
         return np.where(floor > 0.0, np.maximum(actions, floor), actions)
-
-
-class GuardedVecEnv(VecEnvWrapper):
-    """An SB3 ``VecEnv`` whose actions pass through a ``DeadlineGuard`` on the raw observation.
-
-    Wrap the env before any normalization, so the guard reads physical units; the learner
-    stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
-    """
-
-    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0):
-        super().__init__(venv)
-        self.guard = DeadlineGuard(params, margin_hours)
-        self._obs: np.ndarray | None = None
-
-    def reset(self):
-        self._obs = self.venv.reset()
-        return self._obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self.venv.step_async(self.guard.apply(self._obs, actions))
-
-    def step_wait(self):
-        obs, rewards, dones, infos = self.venv.step_wait()
-        self._obs = obs
-        return obs, rewards, dones, infos

@@ -55,7 +55,7 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
                                step_info=False)
     margin = env_cfg.get("deadline_guard_hours")
     if margin is not None:
-        from agents.guards import GuardedVecEnv
+        from agents.guarded_env import GuardedVecEnv
 
         venv = GuardedVecEnv(venv, params, float(margin))
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):

@@ -6,7 +6,8 @@ import torch
 from stable_baselines3 import PPO
 
 from agents.baselines import AsLateAsPossible, EarliestDeadlineFirst
-from agents.guards import DeadlineGuard, GuardedVecEnv
+from agents.guarded_env import GuardedVecEnv
+from agents.guards import DeadlineGuard
 from agents.imitation import clone, collect_demonstrations
 from envs.core import reset
 from envs.generators import generator_for
