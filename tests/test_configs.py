@@ -20,7 +20,7 @@ CONFIGS = ROOT / "configs"
 SITE_OPTIONS = sorted(path.stem for path in (CONFIGS / "site").glob("*.yaml"))
 POLICY_OPTIONS = sorted(path.stem for path in (CONFIGS / "policies").glob("*.yaml"))
 PRIMARY = sorted(path.stem for path in CONFIGS.glob("*.yaml"))
-EVALUATING = ("config", "run_baselines")  # the primary configs with a site option and policies
+EVALUATING = ("config", "run_baselines", "evaluate")  # the primary configs with a site option and policies
 
 
 def compose_config(*overrides, name="config"):
