@@ -59,6 +59,7 @@ class Window:
     ev_unmet_base_kwh: np.ndarray  # (E,)
     ev_counted: np.ndarray  # (E,) bool
     ev_at_horizon: np.ndarray | None = None  # (E,) bool, still plugged in at the episode's horizon
+    entry_fraction: np.ndarray | None = None  # (R,) share of the step the EV is there (None: all)
     ev_id: np.ndarray | None = None  # (E,) int identity across windows (episode EV index), for warm starts
     start_step: int = 0  # episode step of the window's first step
 
@@ -173,12 +174,14 @@ def build_model(params: SiteParams, window: Window) -> Model:
     car_kw = w.ev_max_charge_kw[ev]
     charge_cap = np.minimum(car_kw, params.port_max_charge_kw[port])
     charge_kwh = params.port_charge_efficiency[port] * dt
-    first_kw = taper_energy_kwh(params, soc, battery, car_kw, charge_cap, port) / charge_kwh
-    charge_ub = np.where(first, np.minimum(charge_cap, first_kw), charge_cap)
+    fraction = np.ones(r_len) if w.entry_fraction is None else w.entry_fraction
+    hours = fraction * dt
+    first_kw = taper_energy_kwh(params, soc, battery, car_kw, charge_cap, port, hours) / charge_kwh
+    charge_ub = np.where(first, np.minimum(charge_cap * fraction, first_kw), charge_cap * fraction)
     charge_ub = np.where(charge_blocked, 0.0, np.maximum(charge_ub, 0.0))
     top_soc = soc + w.ev_room_kwh[ev] / battery
     floor = (np.maximum(w.ev_min_soc, 0.0) - w.ev_soc) * w.ev_battery_kwh
-    discharge_ub = np.minimum(w.ev_max_discharge_kw[ev], params.port_max_discharge_kw[port])
+    discharge_ub = np.minimum(w.ev_max_discharge_kw[ev], params.port_max_discharge_kw[port]) * fraction
     discharge_ub[discharge_blocked | (first & (floor[ev] > 0))] = 0.0
     v2g = np.flatnonzero(discharge_ub > 0)
     discharge_kwh = dt / params.port_discharge_efficiency[port]
@@ -239,7 +242,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     m.add(rows[v2g], col["d"], discharge_kwh[v2g])
 
     can_taper = ~first & (charge_ub > 0)
-    lines = taper_lines(params, soc, battery, car_kw, charge_cap, port, top_soc)
+    lines = taper_lines(params, soc, battery, car_kw, charge_cap, port, top_soc, hours)
     for needed, kwh_at_soc0, kwh_per_soc in lines:
         taper = np.flatnonzero(can_taper & needed)
         rows = m.rows(entry_key[taper], -_INF, kwh_at_soc0[taper] / charge_kwh[taper])
@@ -324,11 +327,12 @@ def build_model(params: SiteParams, window: Window) -> Model:
 TAPER_CHORDS = 8
 
 
-def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_soc):
+def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_soc, hours):
     """Upper bounds on a step's battery kWh at full power as lines in the SoC at the step's start.
 
-    ``envs.dynamics.taper_energy_kwh`` is a concave function of that SoC: flat at ``cap_kw``, then
-    a curve over one step's worth of SoC below ``taper_cross_soc``, then linear. Its flat part
+    ``envs.dynamics.taper_energy_kwh`` over the ``hours`` the EV is there is a concave function
+    of that SoC: flat at ``cap_kw``, then a curve over those hours' worth of SoC below
+    ``taper_cross_soc``, then linear. Its flat part
     is the charge bound itself; here come ``TAPER_CHORDS`` chords of the curve and the line of the
     linear part, whose minimum is the function, exact outside the curve and at most a chord's
     sag below it on it (so a plan never asks more than the env's car takes). Lists, per line,
@@ -338,18 +342,18 @@ def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_
     if params.taper_slope == 0:
         return []
     cross = taper_constants(params, battery_kwh, car_kw, cap_kw, params.port_charge_efficiency[port])[0]
-    width = cap_kw * params.charge_kwh_per_kw_step[port] / battery_kwh
+    width = cap_kw * params.port_charge_efficiency[port] * hours / battery_kwh
     lines = []
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for j in range(TAPER_CHORDS):
             low = cross - width * (1 - j / TAPER_CHORDS)
             high = cross - width * (1 - (j + 1) / TAPER_CHORDS)
-            low_kwh = taper_energy_kwh(params, low, battery_kwh, car_kw, cap_kw, port)
-            high_kwh = taper_energy_kwh(params, high, battery_kwh, car_kw, cap_kw, port)
+            low_kwh = taper_energy_kwh(params, low, battery_kwh, car_kw, cap_kw, port, hours)
+            high_kwh = taper_energy_kwh(params, high, battery_kwh, car_kw, cap_kw, port, hours)
             slope = (high_kwh - low_kwh) / (high - low)
             lines.append((top_soc > low, low_kwh + slope * (soc - low), slope))
         rate = params.taper_slope * params.port_charge_efficiency[port] * car_kw / battery_kwh
-        share = -np.expm1(-rate * params.dt_hours)
+        share = -np.expm1(-rate * hours)
         at_soc = (params.taper_intercept / params.taper_slope - soc) * battery_kwh * share
         lines.append((top_soc > cross, at_soc, -battery_kwh * share))
     return lines
@@ -531,6 +535,7 @@ def offline_windows(params: SiteParams, state: State) -> list[Window]:
     at_horizon[entry_env[last_step], entry_key[last_step] % k] = True
     at_horizon &= episode.ev_departure_step > horizon
     bounds = np.searchsorted(entry_env, np.arange(episode.num_envs + 1))
+    fraction = _entry_fraction(params, schedule, entry_step, entry_env, entry_port)
     soc0 = episode.ev_soc_arrival
     room = np.minimum(episode.ev_requested_kwh, (1.0 - soc0) * episode.ev_battery_kwh)
     discharge = episode.ev_max_discharge_kw * episode.ev_v2g_consent
@@ -551,8 +556,21 @@ def offline_windows(params: SiteParams, state: State) -> list[Window]:
             ev_max_charge_kw=episode.ev_max_charge_kw[b, evs], ev_max_discharge_kw=discharge[b, evs],
             ev_min_soc=episode.ev_min_soc[b, evs], ev_room_kwh=room[b, evs],
             ev_unmet_base_kwh=episode.ev_requested_kwh[b, evs], ev_counted=counted[b, evs],
-            ev_at_horizon=at_horizon[b, evs]))
+            ev_at_horizon=at_horizon[b, evs], entry_fraction=None if fraction is None else fraction[rows]))
     return windows
+
+
+def _entry_fraction(params: SiteParams, schedule, step, env, port) -> np.ndarray | None:
+    """Share of its step each (step, env, port) entry's EV is there, from the schedule's partial
+    steps; None when every entry is a whole step."""
+    if len(schedule.partial_env) == 0:
+        return None
+    b, p = len(schedule.turned_away), params.num_ports
+    partial_step = np.repeat(np.arange(len(schedule.partial_offsets) - 1), np.diff(schedule.partial_offsets))
+    known = (partial_step * b + schedule.partial_env) * p + schedule.partial_port
+    key = (step * b + env) * p + port
+    at = np.minimum(np.searchsorted(known, key), len(known) - 1)
+    return np.where(known[at] == key, schedule.partial_fraction[at], 1.0)
 
 
 FLOAT32_MARGIN = 2.0**-22

@@ -48,7 +48,7 @@ def reset(params: SiteParams, episode: Episode) -> State:
     )
     changes = {"soc": state.soc, "remaining_kwh": state.remaining_kwh, "delivered_kwh": state.delivered_kwh}
     _plug_events(params, state, 0, changes)
-    return _with_available_power(params, state, changes)
+    return _with_available_power(params, state, changes, 0)
 
 
 def step(params: SiteParams, state: State, action: np.ndarray):
@@ -112,7 +112,7 @@ def step(params: SiteParams, state: State, action: np.ndarray):
         "wait_hours": schedule.wait_steps[:, t + 1] * dt,
         "action_clipped": clipped,
     }
-    return _with_available_power(params, state, changes), terms, info
+    return _with_available_power(params, state, changes, t + 1), terms, info
 
 
 def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, np.ndarray]:
@@ -145,11 +145,17 @@ def _unmet_at_horizon(params: SiteParams, state: State, remaining_kwh: np.ndarra
     return _row_sum(np.where(staying, np.maximum(remaining_kwh, 0.0), 0.0))
 
 
-def _with_available_power(params: SiteParams, state: State, changes: dict) -> State:
+def _with_available_power(params: SiteParams, state: State, changes: dict, t: int) -> State:
+    """``changes`` with the power available at step ``t``, applied to ``state``."""
     ev_on_port = changes.get("ev_on_port", state.ev_on_port)
+    schedule, present = state.schedule, None
+    partial = slice(schedule.partial_offsets[t], schedule.partial_offsets[t + 1])
+    if partial.start < partial.stop:
+        present = (schedule.partial_env[partial] * params.num_ports + schedule.partial_port[partial],
+                   schedule.partial_fraction[partial])
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
         params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[_TAPER:], ev_on_port[2],
-        ev_on_port[3])
+        ev_on_port[3], present)
     return state.replace(**changes)
 
 

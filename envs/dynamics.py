@@ -16,7 +16,8 @@ __all__ = ["ROUND_OFF_KW", "TAPER_FIELDS", "available_power", "battery_energy_kw
            "taper_energy_kwh"]
 
 
-def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, ev_max_discharge_kw, min_soc):
+def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, ev_max_discharge_kw, min_soc,
+                    present=None):
     """Grid-side (charge, discharge) kW each port can take this step, both >= 0, as step averages.
 
     Charge: the lower of the port's and the car's limit until the car's taper bites, then the
@@ -24,7 +25,8 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, 
     still requested. ``taper`` stacks the EV's ``TAPER_FIELDS`` (from ``plug_limits``); the taper
     is evaluated only above ``taper_start_soc``, where it can bite within the step. Discharge:
     the consented limit and the energy above ``min_soc`` (never below SoC 0, whatever
-    ``min_soc`` says).
+    ``min_soc`` says). ``present`` (flat port indices, fractions) names the ports whose EV is
+    there for only that fraction of the step: the car's limits count for that time only.
     """
     room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
     room_kwh *= params.charge_kw_per_kwh_step
@@ -36,14 +38,37 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, 
         flat[at] = np.minimum(flat[at], taper_charge_kw(params, soc.reshape(-1)[at], cap_kw, cross_soc,
                                                         hours_per_soc, rate_per_h))
     np.maximum(charge, 0.0, out=charge)
+    if present is not None:
+        _present_charge(params, charge, soc, battery_kwh, remaining_kwh, taper, *present)
     if not params.bidirectional:
         return charge, np.zeros(charge.shape)
     above_min_kwh = soc - np.maximum(min_soc, 0.0)
     above_min_kwh *= battery_kwh
     above_min_kwh *= params.discharge_kw_per_kwh_step
+    if present is not None:
+        at, fraction = present
+        car_kw = ev_max_discharge_kw.reshape(-1)[at] * fraction
+        ev_max_discharge_kw = ev_max_discharge_kw.copy()
+        ev_max_discharge_kw.reshape(-1)[at] = car_kw
     discharge = np.minimum(ev_max_discharge_kw, above_min_kwh)
     np.maximum(discharge, 0.0, out=discharge)
     return charge, discharge
+
+
+def _present_charge(params: SiteParams, charge, soc, battery_kwh, remaining_kwh, taper, at, fraction) -> None:
+    """Charge (written in place at flat indices ``at``) of EVs there for ``fraction`` of the step."""
+    port = at % soc.shape[-1]
+    soc_at = soc.reshape(-1)[at]
+    cap_kw, cross_soc, hours_per_soc, rate_per_h, start_soc = taper.reshape(len(TAPER_FIELDS), -1)[:, at]
+    kw = cap_kw * fraction
+    tapers = np.flatnonzero(np.isfinite(start_soc))
+    if tapers.size:
+        hours = fraction[tapers] * params.dt_hours
+        kw[tapers] = taper_charge_kw(params, soc_at[tapers], cap_kw[tapers], cross_soc[tapers],
+                                     hours_per_soc[tapers], rate_per_h[tapers], hours)
+    room_kwh = np.minimum((1.0 - soc_at) * battery_kwh.reshape(-1)[at], remaining_kwh.reshape(-1)[at])
+    np.minimum(kw, room_kwh * params.charge_kw_per_kwh_step[port], out=kw)
+    charge.reshape(-1)[at] = np.maximum(kw, 0.0)
 
 
 TAPER_FIELDS = ("charge_cap_kw", "taper_cross_soc", "taper_hours_per_soc", "taper_rate_per_h",

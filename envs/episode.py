@@ -26,7 +26,12 @@ class Episode:
     the expected arrivals and requested kWh of each of the next H steps, as known at each step
     (``demand_windows``); sites with ``demand_forecast: true`` show it and need it. Steps are
     indices of the episode's time grid; an EV with arrival ``a`` and departure ``d`` is present
-    during the intervals ``a .. d-1``.
+    during the intervals ``a .. d-1``, all of each unless ``ev_first_step_fraction`` and
+    ``ev_last_step_fraction`` say it is there for only part of step ``a`` (from its arrival to
+    the step's end) or of step ``d - 1`` (from the step's start to its departure); generators
+    that know sub-step times fill them for sites with ``stay_timing: exact``. The first-step
+    fraction applies when the EV plugs in at its arrival step (not after queueing), the last
+    when it leaves from a port.
     """
 
     weekday: np.ndarray  # (B,) int, 0 = Monday, of the episode's first step
@@ -52,6 +57,8 @@ class Episode:
     port_down: np.ndarray | None  # (B, horizon_steps + 1, P) bool outage schedule, or None
     forecast_windows: np.ndarray | None = None  # (B, T+1, 5, H+1) FORECAST_BLOCK as issued at each step
     demand_forecast: np.ndarray | None = None  # (B, T+1, 2, H) DEMAND_BLOCK for steps t+1 .. t+H
+    ev_first_step_fraction: np.ndarray | None = None  # (B, K) in [0, 1] share of step a the EV is there
+    ev_last_step_fraction: np.ndarray | None = None  # (B, K) in [0, 1] share of step d - 1 the EV is there
 
     @property
     def num_envs(self) -> int:
@@ -83,7 +90,7 @@ class Episode:
                      "setpoint_kw"):
             expected[name] = (b, length)
         for field in dataclasses.fields(self):
-            if field.name.startswith("ev_"):
+            if field.name.startswith("ev_") and getattr(self, field.name) is not None:
                 expected[field.name] = (b, k)
         if self.port_down is not None:
             expected["port_down"] = (b, params.horizon_steps + 1, p)
@@ -112,6 +119,10 @@ class Episode:
         for name in ("ev_battery_kwh", "ev_requested_kwh", "ev_max_charge_kw", "ev_max_discharge_kw"):
             if np.any(valid & (getattr(self, name) < 0)):
                 raise ValueError(f"episode field {name} must be >= 0")
+        for name in ("ev_first_step_fraction", "ev_last_step_fraction"):
+            value = getattr(self, name)
+            if value is not None and np.any(valid & ((value < 0) | (value > 1))):
+                raise ValueError(f"episode field {name} must lie in [0, 1]")
         if self.demand_forecast is not None and np.any(self.demand_forecast < 0):
             raise ValueError("episode field demand_forecast must be >= 0")
 
@@ -135,17 +146,20 @@ def demand_windows(arrivals: np.ndarray, energy_kwh: np.ndarray, forecast_steps:
 
 EV_COLUMNS = ("arrival_step", "departure_step", "announced_departure_step", "battery_kwh", "soc_arrival",
               "requested_kwh", "max_charge_kw", "max_discharge_kw", "v2g_consent", "min_soc")
+OPTIONAL_EV_COLUMNS = ("first_step_fraction", "last_step_fraction")
 
 
 def pack_evs(num_envs: int, env: np.ndarray, **columns) -> dict[str, np.ndarray]:
     """The ``ev_*`` fields of an Episode from flat per-EV arrays.
 
     ``env`` (E,) gives each EV's env, sorted, with each env's EVs in order of arrival; the
-    columns, named as in ``EV_COLUMNS`` (the field names without ``ev_``), are (E,) arrays or
-    scalars. K is the most EVs of any env (at least 1); padding is invalid and never arrives.
+    columns, named as in ``EV_COLUMNS`` (the field names without ``ev_``) and optionally
+    ``OPTIONAL_EV_COLUMNS``, are (E,) arrays or scalars. K is the most EVs of any env (at
+    least 1); padding is invalid and never arrives.
     """
-    if set(columns) != set(EV_COLUMNS):
-        raise TypeError(f"pack_evs needs exactly the columns {EV_COLUMNS}, got {sorted(columns)}")
+    if not set(EV_COLUMNS) <= set(columns) <= set(EV_COLUMNS + OPTIONAL_EV_COLUMNS):
+        raise TypeError(f"pack_evs needs the columns {EV_COLUMNS} and optionally {OPTIONAL_EV_COLUMNS}, "
+                        f"got {sorted(columns)}")
     per_env = np.bincount(env, minlength=num_envs)
     k = max(int(per_env.max(initial=0)), 1)
     slot = np.arange(len(env)) - np.repeat(np.cumsum(per_env) - per_env, per_env)
@@ -153,8 +167,8 @@ def pack_evs(num_envs: int, env: np.ndarray, **columns) -> dict[str, np.ndarray]
              "announced_departure_step": (NO_ARRIVAL + 1, np.int64), "v2g_consent": (False, bool)}
     fields = {"ev_valid": np.zeros((num_envs, k), dtype=bool)}
     fields["ev_valid"][env, slot] = True
-    for name in EV_COLUMNS:
-        fill, dtype = fills.get(name, (0.0, np.float64))
+    for name in (*EV_COLUMNS, *(name for name in OPTIONAL_EV_COLUMNS if name in columns)):
+        fill, dtype = fills.get(name, (1.0 if name in OPTIONAL_EV_COLUMNS else 0.0, np.float64))
         fields[f"ev_{name}"] = np.full((num_envs, k), fill, dtype=dtype)
         fields[f"ev_{name}"][env, slot] = columns[name]
     return fields

@@ -31,7 +31,11 @@ class SmartChargingEnv(gymnasium.Env):
     differs from the announced one. When no port is free they wait in the site queue (at most
     ``queue.capacity`` EVs, for at most ``queue.patience_minutes``, and never past their
     departure); an arrival that finds the queue full is turned away. Ports may fail for a while
-    (outages from the scenario): an EV on a failing port goes back to the queue. Everything
+    (outages from the scenario): an EV on a failing port goes back to the queue. With
+    ``stay_timing: exact`` an EV arriving or leaving within a step is there for only that part
+    of it (``Episode.ev_first_step_fraction`` and ``ev_last_step_fraction``, filled by the
+    replay): its port's available power is scaled to those minutes; queued EVs plug in at step
+    boundaries. By default (``rounded``) every step of a stay counts whole. Everything
     the agent does not control (arrivals, prices, inflexible loads, PV, outages) is drawn once
     at ``reset`` by the generator; the step itself is deterministic.
 

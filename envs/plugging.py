@@ -24,6 +24,10 @@ class PlugSchedule:
     The events of step ``t`` are ``[plug_offsets[t], plug_offsets[t + 1])`` (likewise for
     unplugs); at a step, unplugs happen before plugs, so a port freed at ``t`` can be taken at
     ``t``. An unplug is a departure (``unplug_departed``) or a displacement by an outage.
+    ``partial_*`` list, by step, the ports whose EV is there for only ``partial_fraction`` of
+    the step (the episode's ``ev_first_step_fraction`` at a plug on arrival, its
+    ``ev_last_step_fraction`` in the step before a departure from a port; both in a stay of one
+    step). Queued EVs plug in at step boundaries.
     """
 
     plug_env: np.ndarray  # (E,) int
@@ -45,6 +49,10 @@ class PlugSchedule:
     wait_steps: np.ndarray  # (B, T+1) int, queue time of the EVs that left the queue at step t
     queue_length: np.ndarray  # (B, T+1) int, EVs waiting after step t's events
     ev_status: np.ndarray  # (B, K) int8, status at the end of the horizon
+    partial_env: np.ndarray  # (Q,) int
+    partial_port: np.ndarray  # (Q,) int
+    partial_fraction: np.ndarray  # (Q,) in [0, 1), share of the step the EV on the port is there
+    partial_offsets: np.ndarray  # (T+2,) int
 
 
 class _Events:
@@ -169,5 +177,31 @@ def plug_schedule(params: SiteParams, episode: Episode) -> PlugSchedule:
         else:
             queue_env = queue_ev = queue_since = queue_env[:0]
 
-    return PlugSchedule(ev_status=status, **plugs.arrays(steps, "plug"), **unplugs.arrays(steps, "unplug"),
-                        **gave_up.arrays(steps, "gave_up"), **counts)
+    events = {**plugs.arrays(steps, "plug"), **unplugs.arrays(steps, "unplug"),
+              **gave_up.arrays(steps, "gave_up")}
+    return PlugSchedule(ev_status=status, **events, **counts, **_partial_steps(episode, events, steps, p))
+
+
+def _partial_steps(episode: Episode, events: dict, steps: int, num_ports: int) -> dict[str, np.ndarray]:
+    """The ``partial_*`` arrays: steps that an EV on a port spends only in part on the site."""
+    b = episode.num_envs
+    keys, missing = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+    first, last = episode.ev_first_step_fraction, episode.ev_last_step_fraction
+    if first is not None:
+        step = np.repeat(np.arange(steps), np.diff(events["plug_offsets"]))
+        env, ev = events["plug_env"], events["plug_ev"]
+        on_arrival = step == episode.ev_arrival_step[env, ev]
+        keys.append((step * b + env) * num_ports + events["plug_port"])
+        missing.append(np.where(on_arrival, 1.0 - first[env, ev], 0.0))
+    if last is not None:
+        step = np.repeat(np.arange(steps), np.diff(events["unplug_offsets"])) - 1
+        env, ev = events["unplug_env"], events["unplug_ev"]
+        keys.append((step * b + env) * num_ports + events["unplug_port"])
+        missing.append(np.where(events["unplug_departed"], 1.0 - last[env, ev], 0.0))
+    key, where = np.unique(np.concatenate(keys), return_inverse=True)
+    fraction = 1.0 - np.bincount(where, np.concatenate(missing), minlength=len(key))
+    partial = fraction < 1.0
+    key, fraction = key[partial], np.maximum(fraction[partial], 0.0)
+    step, env_port = np.divmod(key, b * num_ports)
+    return {"partial_env": env_port // num_ports, "partial_port": env_port % num_ports,
+            "partial_fraction": fraction, "partial_offsets": np.searchsorted(step, np.arange(steps + 1))}

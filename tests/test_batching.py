@@ -14,7 +14,7 @@ from envs.site import load_site
 NUM_ENVS = 4
 BATCH_AXIS_1 = {"ev_on_port"}  # (fields, B, ...)
 FLAT_EVENTS = {"plug_table"}  # (fields, E) over the schedule's plug events of the whole batch
-SCHEDULE_EVENTS = ("plug_", "unplug_", "gave_up_")  # flat event lists over the whole batch
+SCHEDULE_EVENTS = ("plug_", "unplug_", "gave_up_", "partial_")  # flat event lists over the whole batch
 
 
 def busy_site(name):

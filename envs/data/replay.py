@@ -39,9 +39,12 @@ class ReplayGenerator:
         Every session arriving in the window is an EV: its arrival step is the step its arrival
         falls in (floor), its departure and announced departure steps are the first step
         boundaries at or after them (ceiling), so the EV's steps ``a .. d-1`` cover its real
-        stay; both are at least ``a + 1``. With ``carry_over`` (default), sessions that arrived
-        before the window and leave inside or after it are EVs from step 0, requesting the
-        share of their request proportional to the part of their stay inside the window.
+        stay; both are at least ``a + 1``. On sites with ``stay_timing: exact`` the EV counts
+        in its first and last step only for the part of the step it is there
+        (``Episode.ev_first_step_fraction``, ``ev_last_step_fraction``). With ``carry_over``
+        (default), sessions that arrived before the window and leave inside or after it are
+        EVs from step 0, requesting the share of their request proportional to the part of
+        their stay inside the window.
         The request is the table's ``requested_kwh``. The battery and the car's charge limit
         are the table's ``battery_kwh`` and ``max_charge_kw`` where known; otherwise a car
         model is drawn from ``fleet`` by share among the models whose battery holds the
@@ -247,11 +250,17 @@ class ReplayGenerator:
         soc = np.clip(np.minimum(rng.uniform(low, high, len(idx)), 1 - requested / battery), 0.0, 1.0)
         consent = rng.random(len(idx)) < scenario.v2g_consent_share
 
+        timing = {}
+        if params.stay_timing == "exact":
+            into_step = since_start - arrival * dt
+            timing["first_step_fraction"] = np.where(since_start < 0, 1.0, (dt - into_step) / dt)
+            last = (self._departure_us[idx] - start[env] - (departure - 1) * dt) / dt
+            timing["last_step_fraction"] = np.clip(last, 0.0, 1.0)
         return pack_evs(
             b, env, arrival_step=arrival, departure_step=departure, announced_departure_step=announced,
             battery_kwh=battery, soc_arrival=soc, requested_kwh=requested, max_charge_kw=max_charge,
             max_discharge_kw=np.array([m.max_discharge_kw for m in fleet])[model], v2g_consent=consent,
-            min_soc=scenario.min_soc)
+            min_soc=scenario.min_soc, **timing)
 
 
 def replay_days(sessions: pd.DataFrame, params: SiteParams, min_sessions: int = 1) -> list[datetime.date]:
