@@ -14,6 +14,9 @@ from envs.state import State
 class EpisodeTrace:
     """What one env of a batch did over an episode, recorded step by step for plotting.
 
+    The figure draws the site import against the grid limit and the (up to three) tightest
+    limits of the nodes below it, the prices, and the SoC on every port.
+
     ``record(state, info)`` after ``reset`` (with ``info=None``) and after every ``step``;
     ``env`` picks the env of the batch.
 
@@ -60,6 +63,11 @@ class EpisodeTrace:
         power.step(hours, self.site_power_kw, where="post", label="site import")
         power.step(hours, inflexible, where="post", label="inflexible load - PV")
         power.axhline(params.node_import_limit_kw[0], color="red", linestyle="--", label="grid limit")
+        below = np.argsort(params.node_import_limit_kw[1:])[:3] + 1
+        for node, style in zip(below, (":", "-.", (0, (1, 3))), strict=False):
+            if params.node_import_limit_kw[node] < params.node_import_limit_kw[0]:
+                power.axhline(params.node_import_limit_kw[node], color="darkred", linestyle=style,
+                              label=f"{params.node_names[node]} limit")
         power.set_ylabel("kW")
         power.legend(loc="upper left")
         price.step(hours, episode.price_buy_eur_kwh[env, :steps], where="post", label="buy")
