@@ -263,7 +263,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         r.number(reward_spec, field.name, f"reward.{field.name}", getattr(weights, field.name), 0, MAX_WEIGHT)
     demand_forecast = spec.get("demand_forecast", False)
     if not isinstance(demand_forecast, bool):
-        r.fail("demand_forecast", f"must be true or false, got {demand_forecast!r}")
+        r.fail("demand_forecast", f"must be true or false, got {cut(demand_forecast)}")
     stay_timing = spec.get("stay_timing", "rounded")
     if stay_timing not in ("rounded", "exact"):
         r.fail("stay_timing", f"must be rounded or exact, got {cut(stay_timing)}")

@@ -12,6 +12,7 @@ from gymnasium.vector.utils import batch_space
 from envs import core
 from envs.actions import action_array
 from envs.episode import Generator
+from envs.errors import cut
 from envs.generators import generator_for
 from envs.limits import check_count
 from envs.observation import observation_bounds, observation_layout, observe
@@ -88,7 +89,7 @@ class SmartChargingVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None and not isinstance(seed, int | np.integer):
-            raise TypeError(f"seed must be an int or None, got {seed!r}: the whole batch draws its "
+            raise TypeError(f"seed must be an int or None, got {cut(seed)}: the whole batch draws its "
                             "episodes from one generator")
         mask = (options or {}).get("reset_mask")
         if mask is not None:

@@ -346,6 +346,11 @@ CASES = [
     ("sessions directory", lambda tmp: read_acn_csv(tmp), DataError, ["is a directory"]),
     ("sessions deeply nested", lambda tmp: read_acn_json(write(tmp, "s.json", '{"_items": [' + "[" * 10**5)),
      DataError, ["s.json, line 1", "nested too deeply"]),
+    ("sessions header of 10**5 columns", lambda tmp: read_sessions_csv(write(tmp, "s.csv", ",".join(
+        f"c{i}" for i in range(10**5)) + "\n"), SESSION_COLUMNS), DataError,
+     ["s.csv, line 1", "'c0', 'c1'", "..."]),
+    ("site demand_forecast a long list", site(demand_forecast=list(range(10**6))), SiteError,
+     ["demand_forecast", "true or false", "..."]),
     ("sessions unknown encoding", lambda tmp: read_sessions_csv(write(tmp, "s.csv", "a\n"), SESSION_COLUMNS,
                                                                  encoding="klingon"),
      ConfigError, ["'klingon'"]),

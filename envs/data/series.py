@@ -293,7 +293,7 @@ def read_building_csv(path, columns: Sequence[str] = BUILDING_COLUMNS, year: int
         bad = np.flatnonzero(~((values >= low) & (values <= high) & (values == np.round(values))))
         if len(bad):
             raise DataError.at(file, bad[0] + 2, repr(name),
-                               f"must be an integer in {low}..{high}, got {raw[name].iloc[bad[0]]!r}")
+                               f"must be an integer in {low}..{high}, got {cut(raw[name].iloc[bad[0]])}")
     starts = np.flatnonzero((hour == 1) & (np.r_[np.nan, month[:-1]] != month))
     if not len(starts):
         raise DataError(f"{file}: no row starts a month (hour 1 after a row of another month)")

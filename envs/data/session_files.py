@@ -55,7 +55,7 @@ def csv_columns(path: Path, columns: Mapping[str, str], sep: str, encoding: str)
     for name, column in columns.items():
         if column not in header:
             raise DataError.at(path, header_line, f"{name!r}", f"column {column!r} is not in the header "
-                               f"(columns: {', '.join(map(repr, header))}); check sep={sep!r}")
+                               f"(columns: {cut_text(', '.join(map(repr, header)))}); check sep={sep!r}")
         position[name] = header.index(column)
     width = len(header)
     counts = np.array([len(record) for record in records], dtype=np.int64)
@@ -74,11 +74,11 @@ def parquet_columns(path: Path, columns: Mapping[str, str]):
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a corrupt file
-        raise DataError.at(path, None, None, f"is not a readable Parquet file ({err})") from None
+        raise DataError.at(path, None, None, f"is not a readable Parquet file ({cut_text(err)})") from None
     for name, column in columns.items():
         if column not in frame.columns:
             raise DataError.at(path, None, f"{name!r}", f"column {column!r} is not in the file "
-                               f"(columns: {', '.join(map(repr, frame.columns))})")
+                               f"(columns: {cut_text(', '.join(map(repr, frame.columns)))})")
     rows = SessionRows(path, np.arange(1, len(frame) + 1), {n: f"column {c!r}" for n, c in columns.items()},
                        "row")
     return rows, {name: frame[column].reset_index(drop=True) for name, column in columns.items()}
