@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from envs.core import reset
-from envs.dynamics import taper_constants, taper_energy_kwh
+from envs.dynamics import taper_energy_kwh
 from envs.episode import Episode
 from envs.observation import observation_layout
 from envs.site import SiteParams
@@ -332,7 +332,7 @@ def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_
 
     ``envs.dynamics.taper_energy_kwh`` over the ``hours`` the EV is there is a concave function
     of that SoC: flat at ``cap_kw``, then a curve over those hours' worth of SoC below
-    ``taper_cross_soc``, then linear. Its flat part
+    the cross SoC (where the tapered limit falls to ``cap_kw``), then linear. Its flat part
     is the charge bound itself; here come ``TAPER_CHORDS`` chords of the curve and the line of the
     linear part, whose minimum is the function, exact outside the curve and at most a chord's
     sag below it on it (so a plan never asks more than the env's car takes). Lists, per line,
@@ -341,10 +341,10 @@ def taper_lines(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, top_
     """
     if params.taper_slope == 0:
         return []
-    cross = taper_constants(params, battery_kwh, car_kw, cap_kw, params.port_charge_efficiency[port])[0]
-    width = cap_kw * params.port_charge_efficiency[port] * hours / battery_kwh
     lines = []
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        cross = (params.taper_intercept - cap_kw / car_kw) / params.taper_slope
+        width = cap_kw * params.port_charge_efficiency[port] * hours / battery_kwh
         for j in range(TAPER_CHORDS):
             low = cross - width * (1 - j / TAPER_CHORDS)
             high = cross - width * (1 - (j + 1) / TAPER_CHORDS)

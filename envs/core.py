@@ -154,8 +154,8 @@ def _with_available_power(params: SiteParams, state: State, changes: dict, t: in
         present = (schedule.partial_env[partial] * params.num_ports + schedule.partial_port[partial],
                    schedule.partial_fraction[partial])
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
-        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[_TAPER:], ev_on_port[2],
-        ev_on_port[3], present)
+        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[_TAPER:],
+        ev_on_port[2], ev_on_port[3], present)
     return state.replace(**changes)
 
 

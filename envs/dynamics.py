@@ -12,34 +12,33 @@ from envs.projection import ROUND_OFF_KW, node_flows, project_to_limits
 from envs.site import SiteParams
 
 __all__ = ["ROUND_OFF_KW", "TAPER_FIELDS", "available_power", "battery_energy_kwh", "node_flows",
-           "plug_limits", "project_to_limits", "split_power", "taper_charge_kw", "taper_constants",
-           "taper_energy_kwh"]
+           "plug_limits", "project_to_limits", "split_power", "taper_charge_kw", "taper_energy_kwh",
+           "taper_start_soc"]
 
 
-def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, ev_max_discharge_kw, min_soc,
-                    present=None):
+def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_charge_kw, taper,
+                    ev_max_discharge_kw, min_soc, present=None):
     """Grid-side (charge, discharge) kW each port can take this step, both >= 0, as step averages.
 
-    Charge: the lower of the port's and the car's limit until the car's taper bites, then the
-    step average of ``taper_charge_kw``; at most the room left in the battery and the energy
-    still requested. ``taper`` stacks the EV's ``TAPER_FIELDS`` (from ``plug_limits``); the taper
-    is evaluated only above ``taper_start_soc``, where it can bite within the step. Discharge:
-    the consented limit and the energy above ``min_soc`` (never below SoC 0, whatever
-    ``min_soc`` says). ``present`` (flat port indices, fractions) names the ports whose EV is
-    there for only that fraction of the step: the car's limits count for that time only.
+    Charge: ``charge_cap_kw``, the lower of the port's and the car's limit, until the car's taper
+    bites, then the step average of ``taper_charge_kw``; at most the room left in the battery
+    and the energy still requested. ``taper`` stacks the EV's ``TAPER_FIELDS`` (``plug_limits``);
+    the taper is evaluated only above ``taper_start_soc``, where it can bite within the step.
+    Discharge: the consented limit and the energy above ``min_soc`` (never below SoC 0,
+    whatever ``min_soc`` says). ``present`` (flat port indices, fractions) names the ports whose
+    EV is there for only that fraction of the step: the car's limits count for that time only.
     """
+    cap_kw, start_soc = taper
     room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
     room_kwh *= params.charge_kw_per_kwh_step
-    charge = np.minimum(taper[0], room_kwh, out=room_kwh)
-    at = np.flatnonzero(soc > taper[4])
+    charge = np.minimum(cap_kw, room_kwh, out=room_kwh)
+    at = np.flatnonzero(soc > start_soc)
     if at.size:
-        cap_kw, cross_soc, hours_per_soc, rate_per_h = taper[:4].reshape(4, -1)[:, at]
         flat = charge.reshape(-1)
-        flat[at] = np.minimum(flat[at], taper_charge_kw(params, soc.reshape(-1)[at], cap_kw, cross_soc,
-                                                        hours_per_soc, rate_per_h))
+        flat[at] = np.minimum(flat[at], _taper_at(params, at, soc, battery_kwh, ev_max_charge_kw, cap_kw))
     np.maximum(charge, 0.0, out=charge)
     if present is not None:
-        _present_charge(params, charge, soc, battery_kwh, remaining_kwh, taper, *present)
+        _present_charge(params, charge, soc, battery_kwh, remaining_kwh, ev_max_charge_kw, taper, *present)
     if not params.bidirectional:
         return charge, np.zeros(charge.shape)
     above_min_kwh = soc - np.maximum(min_soc, 0.0)
@@ -55,77 +54,82 @@ def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, taper, 
     return charge, discharge
 
 
-def _present_charge(params: SiteParams, charge, soc, battery_kwh, remaining_kwh, taper, at, fraction) -> None:
+def _taper_at(params: SiteParams, at, soc, battery_kwh, car_kw, cap_kw, hours=None):
+    """``taper_charge_kw`` of the ports at flat indices ``at`` of (B, P) arrays."""
+    return taper_charge_kw(params, soc.reshape(-1)[at], battery_kwh.reshape(-1)[at], car_kw.reshape(-1)[at],
+                           cap_kw.reshape(-1)[at], at % soc.shape[-1], hours)
+
+
+def _present_charge(params: SiteParams, charge, soc, battery_kwh, remaining_kwh, car_kw, taper, at,
+                    fraction) -> None:
     """Charge (written in place at flat indices ``at``) of EVs there for ``fraction`` of the step."""
     port = at % soc.shape[-1]
-    soc_at = soc.reshape(-1)[at]
-    cap_kw, cross_soc, hours_per_soc, rate_per_h, start_soc = taper.reshape(len(TAPER_FIELDS), -1)[:, at]
+    cap_kw, start_soc = taper.reshape(2, -1)[:, at]
     kw = cap_kw * fraction
-    tapers = np.flatnonzero(np.isfinite(start_soc))
-    if tapers.size:
-        hours = fraction[tapers] * params.dt_hours
-        kw[tapers] = taper_charge_kw(params, soc_at[tapers], cap_kw[tapers], cross_soc[tapers],
-                                     hours_per_soc[tapers], rate_per_h[tapers], hours)
+    tapers = np.isfinite(start_soc)
+    if tapers.any():
+        kw[tapers] = _taper_at(params, at[tapers], soc, battery_kwh, car_kw, taper[0],
+                               fraction[tapers] * params.dt_hours)
+    soc_at = soc.reshape(-1)[at]
     room_kwh = np.minimum((1.0 - soc_at) * battery_kwh.reshape(-1)[at], remaining_kwh.reshape(-1)[at])
     np.minimum(kw, room_kwh * params.charge_kw_per_kwh_step[port], out=kw)
     charge.reshape(-1)[at] = np.maximum(kw, 0.0)
 
 
-TAPER_FIELDS = ("charge_cap_kw", "taper_cross_soc", "taper_hours_per_soc", "taper_rate_per_h",
-                "taper_start_soc")
+TAPER_FIELDS = ("charge_cap_kw", "taper_start_soc")
 
 
-def taper_constants(params: SiteParams, battery_kwh, car_kw, cap_kw, eta):
-    """``TAPER_FIELDS`` after the first of a car charging at most ``cap_kw`` grid-side (the lower
-    of its own and the port's limit) with charge efficiency ``eta``.
+def taper_charge_kw(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, hours=None):
+    """Step-average grid-side kW of a car at full power for ``hours`` of the step (default all).
 
-    Its own limit tapers linearly, ``car_kw * min(1, a - b * soc)`` (1 at ``taper_knee_soc``,
-    ``taper_floor`` at full), and falls to ``cap_kw`` at ``taper_cross_soc``; below that the car
-    takes ``cap_kw``, gaining a unit of SoC in ``taper_hours_per_soc``; above it the SoC follows
-    ``dsoc/dt = eta * car_kw * (a - b * soc) / battery_kwh``, an exponential approach at
-    ``taper_rate_per_h``. ``taper_start_soc`` is the SoC above which a step at full power reaches
-    the taper (inf where it never does: no taper, no power, no battery).
+    Grid-side, the car takes ``cap_kw`` (the lower of its own and the port's limit) until its own
+    limit, tapered linearly as ``car_kw * min(1, a - b * soc)`` (1 at ``taper_knee_soc``,
+    ``taper_floor`` at full), falls to ``cap_kw`` at the cross SoC; past it the SoC follows
+    ``dsoc/dt = eta * car_kw * (a - b * soc) / battery_kwh``, an exponential approach to
+    ``a / b``. Integrated exactly from ``soc``; the battery's room is not applied here. Needs
+    positive battery, car and cap and a sloped taper (a finite ``taper_start_soc``); ``port``
+    gives each entry's charge efficiency ``eta``.
     """
-    a, b = params.taper_intercept, params.taper_slope
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross_soc = (a - cap_kw / car_kw) / b
-        hours_per_soc = battery_kwh / (eta * cap_kw)
-        rate_per_h = b * eta * car_kw / battery_kwh
-        start_soc = cross_soc - params.dt_hours / hours_per_soc
-    never = ~((cap_kw > 0) & (battery_kwh > 0) & (b > 0))
-    return cross_soc, hours_per_soc, rate_per_h, np.where(never, np.inf, start_soc)
-
-
-def taper_charge_kw(params: SiteParams, soc, cap_kw, cross_soc, hours_per_soc, rate_per_h, hours=None):
-    """Step-average grid-side kW of a car at full power for ``hours`` of the step (default all)
-    from ``soc``: ``cap_kw`` until the SoC reaches ``cross_soc``, then the exponential approach
-    (``taper_constants``), integrated exactly. Meaningful where ``taper_start_soc`` is finite;
-    the battery's room is not applied here."""
     hours = params.dt_hours if hours is None else hours
+    a, b = params.taper_intercept, params.taper_slope
+    eta = params.port_charge_efficiency[port]
+    cross_soc = (a - cap_kw / car_kw) / b
+    hours_per_soc = battery_kwh / (eta * cap_kw)
     flat_h = np.subtract(cross_soc, soc)
     flat_h *= hours_per_soc
     np.maximum(flat_h, 0.0, out=flat_h)
     np.minimum(flat_h, hours, out=flat_h)
-    approach = np.expm1((flat_h - hours) * rate_per_h)
-    approach *= (np.maximum(soc, cross_soc) - params.taper_intercept / params.taper_slope) * hours_per_soc
+    approach = np.expm1((flat_h - hours) * (b * eta * car_kw / battery_kwh))
+    approach *= (np.maximum(soc, cross_soc) - a / b) * hours_per_soc
     approach += flat_h
     approach /= params.dt_hours
     approach *= cap_kw
     return approach
 
 
+def taper_start_soc(params: SiteParams, battery_kwh, car_kw, cap_kw, eta):
+    """SoC above which a step at full power reaches the car's taper: one step's worth of SoC at
+    ``cap_kw`` below where the tapered limit falls to ``cap_kw`` (inf where it never does: no
+    taper, no power, no battery)."""
+    a, b = params.taper_intercept, params.taper_slope
+    with np.errstate(divide="ignore", invalid="ignore"):
+        start = (a - cap_kw / car_kw) / b - eta * cap_kw * params.dt_hours / battery_kwh
+    return np.where((cap_kw > 0) & (battery_kwh > 0) & (b > 0), start, np.inf)
+
+
 def taper_energy_kwh(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, hours=None):
     """Energy (kWh into the battery) a car takes at full power within ``hours`` (default: a step),
-    from ``soc``, on ``port`` (its charge efficiency): ``taper_charge_kw`` for any arrays."""
+    from ``soc``, on ``port``: ``taper_charge_kw`` for any arrays (constant power where the car
+    has no taper)."""
     hours = params.dt_hours if hours is None else hours
     eta = params.port_charge_efficiency[port]
     flat_kwh = np.where(cap_kw > 0, cap_kw * eta * hours, 0.0)
     if params.taper_slope == 0:
         return flat_kwh
-    cross_soc, per_soc, rate, start_soc = taper_constants(params, battery_kwh, car_kw, cap_kw, eta)
-    with np.errstate(invalid="ignore", over="ignore"):
-        kwh = taper_charge_kw(params, soc, cap_kw, cross_soc, per_soc, rate, hours) * eta * params.dt_hours
-    return np.where(np.isfinite(start_soc), kwh, flat_kwh)
+    tapers = np.isfinite(taper_start_soc(params, battery_kwh, car_kw, cap_kw, eta))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        kwh = taper_charge_kw(params, soc, battery_kwh, car_kw, cap_kw, port, hours) * eta * params.dt_hours
+    return np.where(tapers, kwh, flat_kwh)
 
 
 def plug_limits(params: SiteParams, ev_fields: np.ndarray, port: np.ndarray) -> None:
@@ -138,10 +142,8 @@ def plug_limits(params: SiteParams, ev_fields: np.ndarray, port: np.ndarray) -> 
     battery, car_kw, discharge_kw = ev_fields[0], ev_fields[1], ev_fields[2]
     np.minimum(discharge_kw, params.port_max_discharge_kw[port], out=discharge_kw)
     cap_kw = np.minimum(car_kw, params.port_max_charge_kw[port])
-    first = len(ev_fields) - len(TAPER_FIELDS)
-    ev_fields[first] = cap_kw
-    eta = params.port_charge_efficiency[port]
-    ev_fields[first + 1:] = taper_constants(params, battery, car_kw, cap_kw, eta)
+    ev_fields[-2] = cap_kw
+    ev_fields[-1] = taper_start_soc(params, battery, car_kw, cap_kw, params.port_charge_efficiency[port])
 
 
 def battery_energy_kwh(params: SiteParams, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> np.ndarray:
