@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.actions import action_array
-from envs.dynamics import TAPER_FIELDS, available_power, battery_energy_kwh, project_to_limits, split_power
+from envs.dynamics import available_power, battery_energy_kwh, project_to_limits, split_power
 from envs.episode import Episode
 from envs.observation import forecast_series, step_observations
 from envs.plugging import plug_schedule
@@ -14,7 +14,6 @@ from envs.site import SiteParams
 from envs.state import EV_FIELDS, State, plug_table
 
 _TINY = 1e-12
-_TAPER = len(EV_FIELDS) - len(TAPER_FIELDS)
 
 
 def reset(params: SiteParams, episode: Episode) -> State:
@@ -154,8 +153,7 @@ def _with_available_power(params: SiteParams, state: State, changes: dict, t: in
         present = (schedule.partial_env[partial] * params.num_ports + schedule.partial_port[partial],
                    schedule.partial_fraction[partial])
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
-        params, changes["soc"], ev_on_port[0], changes["remaining_kwh"], ev_on_port[1], ev_on_port[_TAPER:],
-        ev_on_port[2], ev_on_port[3], present)
+        params, changes["soc"], changes["remaining_kwh"], ev_on_port, present)
     return state.replace(**changes)
 
 

@@ -11,72 +11,74 @@ import numpy as np
 from envs.projection import ROUND_OFF_KW, node_flows, project_to_limits
 from envs.site import SiteParams
 
-__all__ = ["ROUND_OFF_KW", "TAPER_FIELDS", "available_power", "battery_energy_kwh", "node_flows",
+__all__ = ["EV_FIELDS", "ROUND_OFF_KW", "TAPER_FIELDS", "available_power", "battery_energy_kwh", "node_flows",
            "plug_limits", "project_to_limits", "split_power", "taper_charge_kw", "taper_energy_kwh",
            "taper_start_soc"]
 
 
-def available_power(params: SiteParams, soc, battery_kwh, remaining_kwh, ev_max_charge_kw, taper,
-                    ev_max_discharge_kw, min_soc, present=None):
+EV_FIELDS = ("battery_kwh", "ev_max_charge_kw", "ev_max_discharge_kw", "min_soc", "announced_departure_step",
+             "charge_cap_kw", "taper_start_soc")
+TAPER_FIELDS = EV_FIELDS[-2:]  # set by plug_limits for the port the EV plugs onto
+_BATTERY, _CAR, _DISCHARGE, _MIN_SOC, _, _CAP, _START = range(len(EV_FIELDS))
+
+
+def available_power(params: SiteParams, soc, remaining_kwh, ev, present=None):
     """Grid-side (charge, discharge) kW each port can take this step, both >= 0, as step averages.
 
-    Charge: ``charge_cap_kw``, the lower of the port's and the car's limit, until the car's taper
-    bites, then the step average of ``taper_charge_kw``; at most the room left in the battery
-    and the energy still requested. ``taper`` stacks the EV's ``TAPER_FIELDS`` (``plug_limits``);
-    the taper is evaluated only above ``taper_start_soc``, where it can bite within the step.
-    Discharge: the consented limit and the energy above ``min_soc`` (never below SoC 0,
-    whatever ``min_soc`` says). ``present`` (flat port indices, fractions) names the ports whose
-    EV is there for only that fraction of the step: the car's limits count for that time only.
+    ``ev`` (len(EV_FIELDS), B, P) stacks the fixed data of the EV on each port (0 where empty),
+    its ``TAPER_FIELDS`` set by ``plug_limits``. Charge: ``charge_cap_kw``, the lower of the
+    port's and the car's limit, until the car's taper bites, then the step average of
+    ``taper_charge_kw`` (evaluated only above ``taper_start_soc``, where it can bite within the
+    step); at most the room left in the battery and the energy still requested. Discharge: the
+    consented limit and the energy above ``min_soc`` (never below SoC 0, whatever ``min_soc``
+    says). ``present`` (flat port indices, fractions) names the ports whose EV is there for
+    only that fraction of the step: the car's limits count for that time only.
     """
-    cap_kw, start_soc = taper
+    battery_kwh = ev[_BATTERY]
     room_kwh = np.minimum((1.0 - soc) * battery_kwh, remaining_kwh)
     room_kwh *= params.charge_kw_per_kwh_step
-    charge = np.minimum(cap_kw, room_kwh, out=room_kwh)
-    at = np.flatnonzero(soc > start_soc)
+    charge = np.minimum(ev[_CAP], room_kwh, out=room_kwh)
+    at = np.flatnonzero(soc > ev[_START])
     if at.size:
         flat = charge.reshape(-1)
-        flat[at] = np.minimum(flat[at], _taper_at(params, at, soc, battery_kwh, ev_max_charge_kw, cap_kw))
+        flat[at] = np.minimum(flat[at], _taper_at(params, soc, ev, at))
     np.maximum(charge, 0.0, out=charge)
     if present is not None:
-        _present_charge(params, charge, soc, battery_kwh, remaining_kwh, ev_max_charge_kw, taper, *present)
+        _present_charge(params, charge, soc, remaining_kwh, ev, *present)
     if not params.bidirectional:
         return charge, np.zeros(charge.shape)
-    above_min_kwh = soc - np.maximum(min_soc, 0.0)
+    above_min_kwh = soc - np.maximum(ev[_MIN_SOC], 0.0)
     above_min_kwh *= battery_kwh
     above_min_kwh *= params.discharge_kw_per_kwh_step
+    discharge_kw = ev[_DISCHARGE]
     if present is not None:
         at, fraction = present
-        car_kw = ev_max_discharge_kw.reshape(-1)[at] * fraction
-        ev_max_discharge_kw = ev_max_discharge_kw.copy()
-        ev_max_discharge_kw.reshape(-1)[at] = car_kw
-    discharge = np.minimum(ev_max_discharge_kw, above_min_kwh)
+        discharge_kw = discharge_kw.copy()
+        discharge_kw.reshape(-1)[at] *= fraction
+    discharge = np.minimum(discharge_kw, above_min_kwh)
     np.maximum(discharge, 0.0, out=discharge)
     return charge, discharge
 
 
-def _taper_at(params: SiteParams, at, soc, battery_kwh, car_kw, cap_kw, hours=None):
+def _taper_at(params: SiteParams, soc, ev, at, hours=None):
     """``taper_charge_kw`` of the ports at flat indices ``at`` of (B, P) arrays."""
-    return taper_charge_kw(params, soc.reshape(-1)[at], battery_kwh.reshape(-1)[at], car_kw.reshape(-1)[at],
-                           cap_kw.reshape(-1)[at], at % soc.shape[-1], hours)
+    fields = ev.reshape(len(ev), -1)[:, at]
+    return taper_charge_kw(params, soc.reshape(-1)[at], fields[_BATTERY], fields[_CAR], fields[_CAP],
+                           at % soc.shape[-1], hours)
 
 
-def _present_charge(params: SiteParams, charge, soc, battery_kwh, remaining_kwh, car_kw, taper, at,
-                    fraction) -> None:
+def _present_charge(params: SiteParams, charge, soc, remaining_kwh, ev, at, fraction) -> None:
     """Charge (written in place at flat indices ``at``) of EVs there for ``fraction`` of the step."""
-    port = at % soc.shape[-1]
-    cap_kw, start_soc = taper.reshape(2, -1)[:, at]
+    fields = ev.reshape(len(ev), -1)[:, at]
+    battery_kwh, cap_kw, start_soc = fields[_BATTERY], fields[_CAP], fields[_START]
     kw = cap_kw * fraction
     tapers = np.isfinite(start_soc)
     if tapers.any():
-        kw[tapers] = _taper_at(params, at[tapers], soc, battery_kwh, car_kw, taper[0],
-                               fraction[tapers] * params.dt_hours)
+        kw[tapers] = _taper_at(params, soc, ev, at[tapers], fraction[tapers] * params.dt_hours)
     soc_at = soc.reshape(-1)[at]
-    room_kwh = np.minimum((1.0 - soc_at) * battery_kwh.reshape(-1)[at], remaining_kwh.reshape(-1)[at])
-    np.minimum(kw, room_kwh * params.charge_kw_per_kwh_step[port], out=kw)
+    room_kwh = np.minimum((1.0 - soc_at) * battery_kwh, remaining_kwh.reshape(-1)[at])
+    np.minimum(kw, room_kwh * params.charge_kw_per_kwh_step[at % soc.shape[-1]], out=kw)
     charge.reshape(-1)[at] = np.maximum(kw, 0.0)
-
-
-TAPER_FIELDS = ("charge_cap_kw", "taper_start_soc")
 
 
 def taper_charge_kw(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, hours=None):
@@ -135,15 +137,15 @@ def taper_energy_kwh(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port,
 def plug_limits(params: SiteParams, ev_fields: np.ndarray, port: np.ndarray) -> None:
     """Fill the port-dependent fields of EVs being plugged onto ``port``, in place.
 
-    ``ev_fields`` is (len(EV_FIELDS), E) in ``envs.state.EV_FIELDS`` order: the discharge limit
+    ``ev_fields`` is (len(EV_FIELDS), E) in ``EV_FIELDS`` order: the discharge limit
     becomes the port's where lower, and the ``TAPER_FIELDS`` (last) are set for the lower of the
     car's and the port's charge limits and the port's efficiency.
     """
-    battery, car_kw, discharge_kw = ev_fields[0], ev_fields[1], ev_fields[2]
+    battery, car_kw, discharge_kw = ev_fields[_BATTERY], ev_fields[_CAR], ev_fields[_DISCHARGE]
     np.minimum(discharge_kw, params.port_max_discharge_kw[port], out=discharge_kw)
     cap_kw = np.minimum(car_kw, params.port_max_charge_kw[port])
-    ev_fields[-2] = cap_kw
-    ev_fields[-1] = taper_start_soc(params, battery, car_kw, cap_kw, params.port_charge_efficiency[port])
+    ev_fields[_CAP] = cap_kw
+    ev_fields[_START] = taper_start_soc(params, battery, car_kw, cap_kw, params.port_charge_efficiency[port])
 
 
 def battery_energy_kwh(params: SiteParams, charge_kw: np.ndarray, discharge_kw: np.ndarray) -> np.ndarray:

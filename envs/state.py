@@ -6,13 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from envs.dynamics import TAPER_FIELDS, plug_limits
+from envs.dynamics import EV_FIELDS, TAPER_FIELDS, plug_limits
 from envs.episode import Episode
 from envs.plugging import PlugSchedule
 from envs.site import SiteParams
-
-EV_FIELDS = ("battery_kwh", "ev_max_charge_kw", "ev_max_discharge_kw", "min_soc",
-             "announced_departure_step", *TAPER_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
