@@ -32,12 +32,18 @@ class Demonstrations:
 
 
 def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, reward_coefficients: np.ndarray,
-                           gamma: float = 0.99) -> Demonstrations:
+                           gamma: float = 0.99, tie_break_eur_kwh_per_step: float = 0.0) -> Demonstrations:
     """Run ``teacher`` (predictor protocol; ``begin`` called first, as ``agents.evaluate`` does) on
-    every episode of the batch and record its observations, actions and rewards."""
+    every episode of the batch and record its observations, actions and rewards.
+
+    A planner's optimum is often not unique (charging now or an hour later can cost the same),
+    and a clone of ties regresses to fractional power. With ``tie_break_eur_kwh_per_step`` > 0
+    the teacher plans on buy prices that rise by that much per step, so among equal plans it
+    charges earliest; the demonstrations still run on the real episodes.
+    """
     begin = getattr(teacher, "begin", None)
     if callable(begin):
-        begin(params, episodes)
+        begin(params, tie_broken(episodes, tie_break_eur_kwh_per_step))
     state = reset(params, episodes)
     observations, actions, rewards = [], [], []
     while state.t < params.horizon_steps:
@@ -56,6 +62,14 @@ def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, rewar
         returns[t] = following
     return Demonstrations(np.concatenate(observations), np.concatenate(actions), returns.reshape(-1),
                           rewards.sum(axis=0))
+
+
+def tie_broken(episodes: Episode, eur_kwh_per_step: float) -> Episode:
+    """``episodes`` with buy prices raised by ``eur_kwh_per_step`` times the step index."""
+    if eur_kwh_per_step == 0:
+        return episodes
+    prices = episodes.price_buy_eur_kwh
+    return dataclasses.replace(episodes, price_buy_eur_kwh=prices + eur_kwh_per_step * np.arange(prices.shape[1]))
 
 
 def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: np.ndarray | None = None,
@@ -100,7 +114,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     """Clone the configured teacher into ``model.policy`` before RL; returns what to log.
 
     ``imitation_cfg``: ``teacher`` (a ``_target_`` policy built with ``params``), ``episodes``
-    and ``seed`` (demonstration episodes of the site's scenario), ``epochs``, ``batch_size``,
+    and ``seed`` (demonstration episodes of the site's scenario), ``tie_break_eur_kwh_per_step``
+    (see ``collect_demonstrations``), ``epochs``, ``batch_size``,
     ``learning_rate``, ``value_weight``, and ``log_std`` (the actor's log standard deviation
     after cloning, so RL explores near the cloned actions; null keeps it). Where the run
     normalizes, the demonstrations first update the observation and return statistics.
@@ -115,7 +130,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     teacher = instantiate(imitation_cfg["teacher"], _partial_=True)(params=params)
     episodes = episodes_for(params, None, int(imitation_cfg["episodes"]), int(imitation_cfg["seed"]))
     gamma = float(getattr(model, "gamma", 0.99))
-    demos = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma)
+    demos = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma,
+                                   float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0)))
     collected = time.perf_counter() - start
     observations, value_targets = demos.observations, demos.returns
     normalizer = model.get_vec_normalize_env()

@@ -14,6 +14,8 @@ from agents.callbacks import EpisodeKpiLogger, Periodic, ProgressBar, Stopwatch,
 from agents.checkpoints import latest_checkpoint, remove_partial, restore_checkpoint, save_checkpoint
 from agents.kpis import KPI_COLUMNS
 from agents.policy_io import POLICY_DIR, TrainedPolicy, save_policy
+from envs.errors import ConfigError
+from envs.limits import check_count
 from envs.observation import layout_size
 from envs.reward import RewardWeights
 from envs.site import SiteParams, load_site
@@ -23,8 +25,24 @@ TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.json"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A training config or run directory that cannot be used; names the key or the folder."""
+
+
+_COUNTS = {  # key: (size limit of envs.limits or None, lowest value)
+    "n_envs": ("envs", 1), "total_timesteps": (None, 0), "eval_episodes": ("episodes", 1),
+    "torch_threads": (None, 1), "seed": (None, 0), "eval_seed": (None, 0), "eval_freq": (None, 0),
+    "checkpoint_freq": (None, 0), "keep_checkpoints": (None, 1), "figure_episode": (None, 0),
+}
+
+
+def checked_config(cfg: Mapping[str, Any]) -> dict:
+    """``cfg`` with its counts (``_COUNTS``) as ints; a bad one is a ConfigError naming its key."""
+    out = dict(cfg)
+    for key, (limit, low) in _COUNTS.items():
+        if key in out:
+            out[key] = check_count(key, out[key], limit, low)
+    return out
 
 
 def site_params(cfg: Mapping[str, Any]) -> SiteParams:
@@ -51,8 +69,8 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
     from envs.sb3 import SmartChargingVecEnv
 
     env_cfg = cfg["env"]
-    venv = SmartChargingVecEnv(_positive_int(cfg, "n_envs"), site=training_params(params, env_cfg),
-                               step_info=False)
+    num_envs = check_count("n_envs", cfg["n_envs"], "envs")
+    venv = SmartChargingVecEnv(num_envs, site=training_params(params, env_cfg), step_info=False)
     margin = env_cfg.get("deadline_guard_hours")
     if margin is not None:
         from agents.guarded_env import GuardedVecEnv
@@ -108,12 +126,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     elif checkpoint is not None:
         raise TrainConfigError(f"{run_dir} already holds checkpoints (newest {checkpoint.path.name}); pass "
                                "resume=true to continue it or choose a new hydra.run.dir")
-    cfg = dict(cfg)
-    total = _count(cfg, "total_timesteps", low=0)
-    torch.set_num_threads(_positive_int(cfg, "torch_threads"))
+    cfg = checked_config(cfg)
+    total = cfg["total_timesteps"]
+    torch.set_num_threads(cfg["torch_threads"])
     params = site_params(cfg)
     env = build_env(cfg, params)
-    model = build_model(cfg["agent"], env, params, int(cfg["seed"]), str(cfg.get("device", "cpu")))
+    model = build_model(cfg["agent"], env, params, cfg["seed"], str(cfg.get("device", "cpu")))
     formats = list(cfg.get("log_formats") or ["tensorboard"])
     if checkpoint is not None:
         _keep_earlier_csv(run_dir / TENSORBOARD_DIR, checkpoint.timesteps)
@@ -124,14 +142,14 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
 
     from agents.validation import Validation
 
-    validation = Validation(params, _positive_int(cfg, "eval_episodes"), int(cfg["eval_seed"]))
+    validation = Validation(params, cfg["eval_episodes"], cfg["eval_seed"])
     latest: dict[str, Any] = {"score": state.get("score")}
 
     def evaluate(current) -> tuple:
         start = time.perf_counter()
         policy = trained_policy(current, cfg, params)
         table, score = validation.score(policy)
-        figure = validation.figure(policy, int(cfg.get("figure_episode", 0)))
+        figure = validation.figure(policy, cfg.get("figure_episode", 0))
         log_validation(current.logger, table, score, figure, time.perf_counter() - start)
         current.logger.dump(current.num_timesteps)
         latest["score"] = score
@@ -139,16 +157,16 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
 
     def checkpoint_now(current) -> None:
         save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"]},
-                        int(cfg.get("keep_checkpoints", 2)))
+                        cfg.get("keep_checkpoints", 2))
 
     if checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
         coefficients = training_params(params, cfg["env"]).reward.coefficients()
-        for key, value in pretrain(model, cfg["imitation"], params, coefficients, int(cfg["seed"])).items():
+        for key, value in pretrain(model, cfg["imitation"], params, coefficients, cfg["seed"]).items():
             model.logger.record(key, value)
     steps = model.num_timesteps
-    eval_freq, checkpoint_freq = int(cfg.get("eval_freq", 0)), int(cfg.get("checkpoint_freq", 0))
+    eval_freq, checkpoint_freq = cfg.get("eval_freq", 0), cfg.get("checkpoint_freq", 0)
     periodic = Periodic(eval_freq, checkpoint_freq, evaluate, checkpoint_now,
                         next_eval=steps + (eval_freq if steps else 0) if eval_freq > 0 else 0,
                         next_checkpoint=steps + checkpoint_freq if checkpoint_freq > 0 else 0)
@@ -162,7 +180,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     policy_dir = save_trained_policy(model, cfg, params, run_dir / POLICY_DIR)
     metrics = {
         "score": score,
-        "validation": {"episodes": validation.episodes.num_envs, "seed": int(cfg["eval_seed"]),
+        "validation": {"episodes": validation.episodes.num_envs, "seed": cfg["eval_seed"],
                        "kpis": {column: float(table[column].mean()) for column in KPI_COLUMNS
                                 if column not in ("score", "wall_s")}},
         "timesteps": int(model.num_timesteps),
@@ -170,7 +188,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         "wall_s": clock.elapsed(),
         "site": params.name,
         "agent": cfg["agent"]["_target_"],
-        "seed": int(cfg["seed"]),
+        "seed": cfg["seed"],
         "policy": str(policy_dir),
     }
     if resumed_from is not None:
@@ -226,14 +244,3 @@ def _merged(base: dict, changes: Mapping) -> dict:
         nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
         out[key] = _merged(out[key], value) if nested else value
     return out
-
-
-def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
-    return _count(cfg, key, low=1)
-
-
-def _count(cfg: Mapping[str, Any], key: str, low: int) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise TrainConfigError(f"{key} must be an integer >= {low}, got {str(value)[:50]!r}")
-    return value

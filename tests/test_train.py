@@ -274,3 +274,16 @@ def test_validation_scores_as_the_evaluation_does():
                            "edf": EarliestDeadlineFirst(params)}, params, validation.episodes)
     assert np.isfinite(score) and len(table) == 4
     assert score == pytest.approx(result.summary().loc["edf", "score"], rel=1e-9)
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("n_envs=2.5", "n_envs must be a whole number"),
+    ("total_timesteps=-5", "total_timesteps must be >= 0"),
+    ("eval_episodes=0", "eval_episodes must be >= 1"),
+    ("n_envs=1000000000", "n_envs"),
+])
+def test_bad_counts_are_config_errors_naming_the_key(tmp_path, override, words):
+    from envs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        train(train_config(*TINY, override), tmp_path)
