@@ -69,7 +69,8 @@ def tie_broken(episodes: Episode, eur_kwh_per_step: float) -> Episode:
     if eur_kwh_per_step == 0:
         return episodes
     prices = episodes.price_buy_eur_kwh
-    return dataclasses.replace(episodes, price_buy_eur_kwh=prices + eur_kwh_per_step * np.arange(prices.shape[1]))
+    rising = prices + eur_kwh_per_step * np.arange(prices.shape[1])
+    return dataclasses.replace(episodes, price_buy_eur_kwh=rising)
 
 
 def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: np.ndarray | None = None,
