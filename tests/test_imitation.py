@@ -104,3 +104,15 @@ def test_guarded_env_steps_the_guarded_action():
         obs, reward_plain, _, _ = plain.step(expected)
         _, reward_guarded, _, _ = guarded.step(zeros)
         np.testing.assert_allclose(reward_guarded, reward_plain)
+
+
+def test_tie_break_raises_buy_prices_along_the_episode_only():
+    from agents.imitation import tie_broken
+
+    batch = episodes(2)
+    assert tie_broken(batch, 0.0) is batch
+    rising = tie_broken(batch, 1e-4)
+    np.testing.assert_allclose(rising.price_buy_eur_kwh - batch.price_buy_eur_kwh,
+                               np.broadcast_to(1e-4 * np.arange(batch.price_buy_eur_kwh.shape[1]), (2, 33)))
+    np.testing.assert_array_equal(rising.price_sell_eur_kwh, batch.price_sell_eur_kwh)
+    np.testing.assert_array_equal(rising.ev_arrival_step, batch.ev_arrival_step)
