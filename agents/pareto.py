@@ -18,8 +18,8 @@ from envs.site import SiteParams
 WEIGHT_NAMES = tuple(field.name for field in dataclasses.fields(RewardWeights))
 OBJECTIVES = {"front_unmet": ("net_cost_eur", "unmet_kwh"), "front_wait": ("net_cost_eur", "mean_wait_hours")}
 INTERVAL_COLUMNS = ("net_cost_eur", "unmet_kwh", "mean_wait_hours", "score")
-KPI_COLUMNS = ("energy_cost_eur", "charging_revenue_eur", "export_revenue_eur", "unmet_pct", "peak_import_kw",
-               "reward_eur", "solver_fallbacks", "episodes")
+OTHER_COLUMNS = ("energy_cost_eur", "charging_revenue_eur", "export_revenue_eur", "unmet_pct",
+                 "peak_import_kw", "reward_eur", "solver_fallbacks", "episodes")
 
 
 class ParetoError(ValueError):
@@ -61,6 +61,22 @@ class WeightedPlanner:
         if name in ("planner", "_sites"):
             raise AttributeError(name)
         return getattr(self.planner, name)
+
+
+def weighted_planner(planner, params: SiteParams,
+                     weights: Mapping[str, float] | None = None) -> WeightedPlanner:
+    """``planner(params=...)`` planning with the site's weights, ``weights`` (name -> value) replacing some.
+
+    A ``_target_`` for configs: with ``planner`` a partial spec (``_partial_: true``), it is what
+    ``experiment=pareto`` clones (``imitation.teacher.weights: ${env.reward}``), so each run
+    imitates a planner of its own training reward.
+    """
+    unknown = sorted(set(weights or {}) - set(WEIGHT_NAMES))
+    if unknown:
+        raise ParetoError(f"{unknown[0]} is not a reward weight (known: {', '.join(WEIGHT_NAMES)})")
+    changes = {name: float(value) for name, value in (weights or {}).items()}
+    planned = dataclasses.replace(params.reward, **changes)
+    return WeightedPlanner(planner(params=params.replace(reward=planned)), planned)
 
 
 def weight_grid(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
@@ -132,7 +148,8 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
 
 def pareto_table(summary: pd.DataFrame, kinds: Mapping[str, str],
                  weights: Mapping[str, Mapping[str, float]], weight_names: Sequence[str]) -> pd.DataFrame:
-    """One row per policy of ``summary`` (``agents.kpis.summary``): its kind, weights and objectives.
+    """One row per policy of ``summary`` (``agents.kpis.summary``): its kind (``baseline``, ``mpc``,
+    ``trained``, ``optimum``), the ``weight_names`` it planned or was trained with, and its objectives.
 
     ``net_cost_eur`` is energy cost minus charging and export revenue (``-profit_eur``), EUR per
     episode, with its bootstrap interval as the other ``INTERVAL_COLUMNS``. ``front_unmet`` and
@@ -143,14 +160,14 @@ def pareto_table(summary: pd.DataFrame, kinds: Mapping[str, str],
     table = pd.DataFrame(index=summary.index)
     table["kind"] = [kinds[name] for name in summary.index]
     for name in weight_names:
-        table[_short(name)] = [weights.get(policy, {}).get(name, np.nan) for policy in summary.index]
+        table[name] = [weights.get(policy, {}).get(name, np.nan) for policy in summary.index]
     table["net_cost_eur"] = -summary["profit_eur"]
     table["net_cost_eur_low"] = -summary["profit_eur_high"]
     table["net_cost_eur_high"] = -summary["profit_eur_low"]
     for column in INTERVAL_COLUMNS[1:]:
         for suffix in ("", "_low", "_high"):
             table[column + suffix] = summary[column + suffix] if column + suffix in summary else np.nan
-    for column in KPI_COLUMNS:
+    for column in OTHER_COLUMNS:
         table[column] = summary[column]
     candidates = (table["kind"] != "optimum").to_numpy()
     for flag, columns in OBJECTIVES.items():
@@ -171,7 +188,7 @@ def pareto_markdown(table: pd.DataFrame, weight_names: Sequence[str], digits: in
     frame = pd.DataFrame(index=table.index)
     frame["kind"] = table["kind"]
     for name in weight_names:
-        frame[_short(name)] = [("" if np.isnan(v) else f"{v:g}") for v in table[_short(name)]]
+        frame[name] = [("" if np.isnan(v) else f"{v:g}") for v in table[name]]
     for column in ("net_cost_eur", "unmet_kwh", "unmet_pct", "mean_wait_hours", "peak_import_kw", "score"):
         if column in INTERVAL_COLUMNS:
             frame[column] = [_cell(row[column], row[f"{column}_low"], row[f"{column}_high"], digits)
@@ -275,9 +292,8 @@ def run_pareto(cfg, output_dir: str | Path | None = None) -> pd.DataFrame:
     site_weights = dataclasses.asdict(params.reward)
     names = list(grid[0])
     for point in grid:
-        planned = dataclasses.replace(params.reward, **point)
-        planner = instantiate(plain["planner"], _partial_=True)(params=params.replace(reward=planned))
-        add(f"mpc {weight_label(point)}", WeightedPlanner(planner, planned), "mpc", point)
+        planner = weighted_planner(instantiate(plain["planner"], _partial_=True), params, point)
+        add(f"mpc {weight_label(point)}", planner, "mpc", point)
     for run in map(Path, plain.get("trained") or []):
         trained = dataclasses.asdict(trained_weights(run))
         run_name = run.parent.name if run.name == "policy" else run.name

@@ -62,7 +62,7 @@ def test_pareto_table_flags_fronts_and_leaves_out_the_optimum():
     table = pareto_table(summary, kinds, {"careful": {"unmet_eur_per_kwh": 2.0}}, ["unmet_eur_per_kwh"])
     assert table["net_cost_eur"].tolist() == [-10.0, -8.0, -7.0, -12.0]
     assert table.loc["cheap", "net_cost_eur_low"] == -11.0 and table.loc["cheap", "net_cost_eur_high"] == -9.0
-    assert table["unmet"].tolist()[1] == 2.0 and np.isnan(table.loc["cheap", "unmet"])
+    assert table["unmet_eur_per_kwh"].tolist()[1] == 2.0 and np.isnan(table.loc["cheap", "unmet_eur_per_kwh"])
     assert table["front_unmet"].tolist() == [True, True, False, False]
     assert table["front_wait"].tolist() == [True, False, True, False]
     assert table["on_front"].tolist() == [True, True, True, False]
@@ -123,7 +123,7 @@ def test_a_tiny_sweep_writes_the_table_and_the_plot(tmp_path):
     assert list(table.index) == ["uncontrolled", "earliest_deadline_first", "price_aware", "mpc unmet=0",
                                  "mpc unmet=2", "unmet_2", "offline_optimal"]
     assert table["kind"].tolist() == ["baseline"] * 3 + ["mpc"] * 2 + ["trained", "optimum"]
-    assert table["unmet"].tolist()[3:] == [0.0, 2.0, 2.0, 0.5]
+    assert table["unmet_eur_per_kwh"].tolist()[3:] == [0.0, 2.0, 2.0, 0.5]
     assert table["on_front"].any() and not table.loc["offline_optimal", "on_front"]
     assert table.loc["offline_optimal", "score"] == pytest.approx(1.0)
     assert table.loc["uncontrolled", "score"] == pytest.approx(0.0)
@@ -139,3 +139,14 @@ def test_the_config_composes_with_a_second_weight():
     cfg = compose_config("pareto", "+grid.demand_charge_eur_per_kw=[0,0.5]")
     assert len(weight_grid(dict(cfg.grid))) == 2 * len(cfg.grid.unmet_eur_per_kwh)
     assert cfg.planner._target_ == "agents.mpc.ModelPredictiveControl" and "uncontrolled" in cfg.policies
+
+
+def test_experiment_pareto_clones_a_teacher_planning_with_the_training_reward():
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", "experiment=pareto", "env.reward.unmet_eur_per_kwh=2.0")
+    params = load_site("caltech")
+    teacher = instantiate(cfg.imitation.teacher, _partial_=True)(params=params)
+    assert isinstance(teacher, WeightedPlanner) and type(teacher.planner).__name__ == "OfflineOptimal"
+    assert teacher.weights == RewardWeights(unmet_eur_per_kwh=2.0)
+    assert teacher.planner.params.reward == teacher.weights and params.reward.unmet_eur_per_kwh == 0.5
