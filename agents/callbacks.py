@@ -111,10 +111,14 @@ def _next_multiple(steps: int, every: int) -> int:
 
 
 def log_validation(logger, table, score: float, figure=None, wall_s: float | None = None) -> None:
-    """Record ``eval/score``, ``eval/<kpi>`` (validation means) and the day figure, then dump."""
+    """Record ``eval/score``, ``eval/<kpi>`` (validation means; ``unmet_pct`` as a ratio of sums, as
+    in the evaluation tables) and the day figure."""
     logger.record("eval/score", float(score) if not math.isnan(score) else float("nan"))
     for name, column in EPISODE_KPIS.items():
         logger.record(f"eval/{name}", float(table[column].mean()))
+    requested = float(table["energy_requested_kwh"].sum())
+    if requested > 0:
+        logger.record("eval/unmet_pct", 100.0 * float(table["unmet_kwh"].sum()) / requested)
     logger.record("eval/unmet_kwh", float(table["unmet_kwh"].mean()))
     logger.record("eval/reward_eur", float(table["reward_eur"].mean()))
     if wall_s is not None:
