@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
+from envs.dynamics import EV_FIELDS, available_power, plug_limits
 from envs.episode import DEMAND_BLOCK, FORECAST_BLOCK, Episode
 from envs.site import SiteParams
 from envs.state import State
@@ -190,39 +192,136 @@ def step_observations(params: SiteParams, episode: Episode, node_exo_kw: np.ndar
 
     hours = params.start_minute / 60 + params.dt_hours * np.arange(steps)
     put("node_headroom_kw", params.node_import_limit_kw - node_exo_kw[:, :steps])
-    angle = 2 * np.pi * (hours % 24) / 24
-    put("time_of_day", np.stack([np.sin(angle), np.cos(angle)], axis=1))
-    day = (episode.weekday[:, None] + (hours // 24).astype(np.int64)) % 7
-    put("weekday", day[:, :, None] == np.arange(7))
+    time_of_day, weekday = calendar_fields(hours, episode.weekday[:, None] + (hours // 24).astype(np.int64))
+    put("time_of_day", time_of_day)
+    put("weekday", weekday)
     put("setpoint_kw", episode.setpoint_kw[:, :steps, None])
     put("queue_length", queue_length[:, :, None])
     return out
 
 
+def calendar_fields(hours, weekday) -> tuple[np.ndarray, np.ndarray]:
+    """``time_of_day`` (..., 2) (sine, cosine of the hour of the day; ``hours`` may run past 24)
+    and ``weekday`` (..., 7) one-hot (0 = Monday, taken modulo 7)."""
+    angle = 2 * np.pi * (np.asarray(hours) % 24) / 24
+    day = np.asarray(weekday) % 7
+    return np.stack([np.sin(angle), np.cos(angle)], axis=-1), day[..., None] == np.arange(7)
+
+
+def write_port_fields(params: SiteParams, obs: np.ndarray, occupied, available, soc, remaining_kwh,
+                      hours_to_departure, max_charge_kw, max_discharge_kw, ev_max_discharge_kw) -> None:
+    """Write the ``PORT_FIELDS`` columns of ``obs`` (B, D) from (B, P) arrays, in place.
+
+    ``hours_to_departure`` is 0 on empty ports; ``ev_max_discharge_kw`` is the EV's discharge
+    limit on its port (0 without V2G consent), so ``v2g_allowed`` is where it is positive.
+    """
+    layout = observation_layout(params)
+    obs[:, layout["occupied"]] = occupied
+    obs[:, layout["available"]] = available
+    obs[:, layout["soc"]] = soc
+    np.maximum(remaining_kwh, 0.0, out=obs[:, layout["remaining_kwh"]])
+    obs[:, layout["hours_to_departure"]] = hours_to_departure
+    obs[:, layout["max_charge_kw"]] = max_charge_kw
+    obs[:, layout["max_discharge_kw"]] = max_discharge_kw
+    np.greater(ev_max_discharge_kw, 0.0, out=obs[:, layout["v2g_allowed"]], casting="unsafe")
+
+
 def observe(params: SiteParams, state: State) -> np.ndarray:
     """Observation (B, D) float32 of a batch at its current step, in physical units."""
-    layout = observation_layout(params)
     t = state.t
     obs = np.empty((state.num_envs, layout_size(params)), dtype=np.float32)
     occupied = state.port_ev >= 0
-    obs[:, layout["occupied"]] = occupied
     down = state.episode.port_down
-    obs[:, layout["available"]] = 1.0 if down is None else ~down[:, t]
-    obs[:, layout["soc"]] = state.soc
-    np.maximum(state.remaining_kwh, 0.0, out=obs[:, layout["remaining_kwh"]])
     steps_left = state.announced_departure_step - t
     steps_left *= occupied
-    np.multiply(steps_left, params.dt_hours, out=obs[:, layout["hours_to_departure"]])
-    obs[:, layout["max_charge_kw"]] = state.max_charge_kw
-    obs[:, layout["max_discharge_kw"]] = state.max_discharge_kw
-    np.greater(state.ev_max_discharge_kw, 0.0, out=obs[:, layout["v2g_allowed"]], casting="unsafe")
+    steps_left *= params.dt_hours
+    write_port_fields(params, obs, occupied, 1.0 if down is None else ~down[:, t], state.soc,
+                      state.remaining_kwh, steps_left, state.max_charge_kw, state.max_discharge_kw,
+                      state.ev_max_discharge_kw)
     obs[:, _step_block(params)] = state.step_obs[:, t]
     issued = state.episode.forecast_windows
     window = state.forecast_series[:, :, t:t + params.forecast_steps + 1] if issued is None else issued[:, t]
-    b = state.num_envs
+    demand = state.episode.demand_forecast[:, t] if params.demand_forecast else None
+    _write_site_fields(params, obs, window, demand, state.peak_import_kw)
+    return obs
+
+
+def _write_site_fields(params: SiteParams, obs: np.ndarray, window, demand, peak_import_kw) -> None:
+    """Forecast windows (B, len(FORECAST_BLOCK), H+1), demand (B, 2, H) and the peak so far (B,)."""
+    layout = observation_layout(params)
+    b = obs.shape[0]
     obs[:, layout[FORECAST_BLOCK[0]].start:layout[FORECAST_BLOCK[-1]].stop] = window.reshape(b, -1)
     if params.demand_forecast:
-        demand = slice(layout[DEMAND_BLOCK[0]].start, layout[DEMAND_BLOCK[-1]].stop)
-        obs[:, demand] = state.episode.demand_forecast[:, t].reshape(b, -1)
-    obs[:, layout[PEAK_FIELD].start] = state.peak_import_kw
-    return obs
+        obs[:, layout[DEMAND_BLOCK[0]].start:layout[DEMAND_BLOCK[-1]].stop] = demand.reshape(b, -1)
+    obs[:, layout[PEAK_FIELD].start] = peak_import_kw
+
+
+class LiveObservation(NamedTuple):
+    """What ``observe_live`` derives from a site's live state, for a batch of B sites."""
+
+    obs: np.ndarray  # (B, D) float32, as ``observe`` builds it
+    max_charge_kw: np.ndarray  # (B, P) grid-side charge power each port can take this step
+    max_discharge_kw: np.ndarray  # (B, P) grid-side discharge power each port can give this step
+    node_exo_kw: np.ndarray  # (B, N) inflexible load minus PV of each node's subtree
+
+
+def subtree_sums(params: SiteParams, node_values: np.ndarray) -> np.ndarray:
+    """(..., N) sums over each node's subtree of per-node values (..., N) (preorder prefix sums)."""
+    prefix = np.zeros(node_values.shape[:-1] + (node_values.shape[-1] + 1,))
+    np.cumsum(node_values, axis=-1, out=prefix[..., 1:])
+    return prefix[..., params.node_subtree_end] - prefix[..., :-1]
+
+
+def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, remaining_kwh,
+                 hours_to_departure, ev_max_charge_kw, ev_max_discharge_kw, min_soc, node_load_kw,
+                 node_pv_kw, hours, weekday, setpoint_kw, queue_length, forecasts, demand,
+                 peak_import_kw) -> LiveObservation:
+    """The observation ``observe`` would show for a site in the given live state, without an episode.
+
+    For a runtime that sees a real site: per port (B, P), the plugged EV's ``soc``,
+    ``battery_kwh``, ``remaining_kwh`` (energy still wanted in the battery),
+    ``hours_to_departure`` (to the announced departure), the car's own ``ev_max_charge_kw``, its
+    ``ev_max_discharge_kw`` (0 without V2G consent) and ``min_soc``; ``available`` is False on a
+    port out of order. Per node (B, N): the inflexible load and PV hanging on the node itself.
+    Per site (B,): ``hours`` (hour of the day, from midnight), ``weekday`` (0 = Monday),
+    ``setpoint_kw``, ``queue_length``, ``peak_import_kw``; ``forecasts`` (B, 5, H+1) the
+    ``FORECAST_BLOCK`` series from now on (lead 0 is now), ``demand`` (B, 2, H) the
+    ``DEMAND_BLOCK`` for the next H steps (sites with ``demand_forecast``; else ignored).
+
+    The port limits come from the env's own pieces (``envs.dynamics.plug_limits`` and
+    ``available_power``: port and car limits, taper, battery room, request, min SoC), the node
+    headroom from the subtree sums the env takes at reset, and the columns are written by the
+    functions ``observe`` writes them with. Values on empty ports are ignored.
+    """
+    occupied = np.asarray(occupied, dtype=bool)
+    b, p = occupied.shape
+
+    def port(values):
+        return np.where(occupied, np.broadcast_to(np.asarray(values, dtype=np.float64), (b, p)), 0.0)
+
+    soc, battery_kwh, remaining_kwh = port(soc), port(battery_kwh), port(remaining_kwh)
+    ev = np.zeros((len(EV_FIELDS), b * p))
+    for name, value in (("battery_kwh", battery_kwh), ("ev_max_charge_kw", ev_max_charge_kw),
+                        ("ev_max_discharge_kw", ev_max_discharge_kw), ("min_soc", min_soc)):
+        ev[EV_FIELDS.index(name)] = port(value).reshape(-1)
+    plug_limits(params, ev, np.tile(np.arange(p), b))
+    ev[:, ~occupied.reshape(-1)] = 0.0
+    ev = ev.reshape(len(EV_FIELDS), b, p)
+    max_charge_kw, max_discharge_kw = available_power(params, soc, remaining_kwh, ev)
+    node_exo_kw = subtree_sums(params, np.asarray(node_load_kw, dtype=np.float64)
+                               - np.asarray(node_pv_kw, dtype=np.float64))
+    layout = observation_layout(params)
+    obs = np.empty((b, layout_size(params)), dtype=np.float32)
+    write_port_fields(params, obs, occupied, np.asarray(available, dtype=bool), soc, remaining_kwh,
+                      port(hours_to_departure), max_charge_kw, max_discharge_kw,
+                      ev[EV_FIELDS.index("ev_max_discharge_kw")])
+    obs[:, layout["node_headroom_kw"]] = params.node_import_limit_kw - node_exo_kw
+    time_of_day, day = calendar_fields(hours, weekday)
+    obs[:, layout["time_of_day"]] = time_of_day
+    obs[:, layout["weekday"]] = day
+    obs[:, layout["setpoint_kw"].start] = setpoint_kw
+    obs[:, layout["queue_length"].start] = queue_length
+    forecasts = np.asarray(forecasts, dtype=np.float32)
+    _write_site_fields(params, obs, forecasts, None if demand is None else np.asarray(demand, np.float32),
+                       peak_import_kw)
+    return LiveObservation(obs, max_charge_kw, max_discharge_kw, node_exo_kw)
