@@ -16,9 +16,9 @@ class GuardedVecEnv(VecEnvWrapper):
     stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
     """
 
-    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0):
+    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False):
         super().__init__(venv)
-        self.guard = DeadlineGuard(params, margin_hours)
+        self.guard = DeadlineGuard(params, margin_hours, fit_headroom)
         self._obs: np.ndarray | None = None
 
     def reset(self):

@@ -57,7 +57,7 @@ class TrainedPolicy:
         if margin is not None:
             from agents.guards import DeadlineGuard
 
-            self.guard = DeadlineGuard(params, float(margin))
+            self.guard = DeadlineGuard(params, float(margin), bool(self.config.get("guard_fits_headroom")))
         set_site = getattr(self.policy, "set_site", None)
         if callable(set_site):
             set_site(params)

@@ -75,7 +75,7 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
     if margin is not None:
         from agents.guarded_env import GuardedVecEnv
 
-        venv = GuardedVecEnv(venv, params, float(margin))
+        venv = GuardedVecEnv(venv, params, float(margin), bool(env_cfg.get("guard_fits_headroom")))
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -228,6 +228,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
         "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
+        "guard_fits_headroom": bool(cfg["env"].get("guard_fits_headroom", False)),
     }
 
 

@@ -12,6 +12,7 @@ from agents.imitation import clone, collect_demonstrations
 from envs.core import reset
 from envs.generators import generator_for
 from envs.observation import layout_size, observe
+from envs.reward import TERM_INDEX
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
 
@@ -116,3 +117,20 @@ def test_tie_break_raises_buy_prices_along_the_episode_only():
                                np.broadcast_to(1e-4 * np.arange(batch.price_buy_eur_kwh.shape[1]), (2, 33)))
     np.testing.assert_array_equal(rising.price_sell_eur_kwh, batch.price_sell_eur_kwh)
     np.testing.assert_array_equal(rising.ev_arrival_step, batch.ev_arrival_step)
+
+
+def test_guard_fitting_headroom_leaves_nothing_for_the_env_to_cut():
+    from envs.core import step
+
+    batch = episodes(6, seed=4)
+    results = {}
+    for fit in (False, True):
+        state, guard, cut = reset(PARAMS, batch), DeadlineGuard(PARAMS, 1.0, fit), 0.0
+        while state.t < PARAMS.horizon_steps:
+            actions = guard.apply(observe(PARAMS, state), np.ones((6, PARAMS.num_ports), dtype=np.float32))
+            state, terms, _ = step(PARAMS, state, actions)
+            cut += terms[:, TERM_INDEX["overload_requested_kwh"]].sum()
+        results[fit] = (cut, state.totals[:, TERM_INDEX["unmet_kwh"]].sum())
+    assert results[False][0] > 1.0, "full power on a busy site asks beyond the transformer"
+    assert results[True][0] == pytest.approx(0.0, abs=1e-6)
+    assert results[True][1] <= results[False][1] + 1e-6
