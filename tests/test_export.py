@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = [*TINY, "total_timesteps=96", "eval_freq=0", "checkpoint_freq=0"]
 RUNS = {
     "per_port": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=1.0"],
+    "per_port_fit": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=2.0",
+                     "env.guard_fits_headroom=true"],
     "mlp": QUICK,  # SB3's MlpPolicy behind VecNormalize (env=default)
 }
 SEED_SITE = {"horizon_steps": 24, "start_hour": 7}  # TINY's site overrides
@@ -66,7 +68,7 @@ def exported(kind: str, site: str | None = None) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kind", sorted(RUNS))
+@pytest.mark.parametrize("kind", ["per_port", "mlp"])
 def test_onnx_equals_the_torch_policy_on_10000_random_observations(kind):
     artifact = exported(kind)
     policy = load_policy(trained_run(kind))
@@ -124,7 +126,7 @@ def test_manifest_describes_the_observation_actions_site_guard_and_file():
     assert by_name["peak_import_kw"]["kind"] == "site"
     assert manifest["action"]["mode"] == "signed_fraction_of_available_power"
     assert manifest["action"]["shape"] == ["batch", 54]
-    assert manifest["deadline_guard_hours"] == 1.0
+    assert manifest["deadline_guard_hours"] == 1.0 and manifest["guard_fits_headroom"] is False
     assert manifest["site"]["hash"] == site_hash(params) and manifest["step_hours"] == 0.25
     assert manifest["site"]["topology"]["port_names"] == list(params.port_names)
     assert manifest["fallback"] == {"class": "agents.baselines.EarliestDeadlineFirst", "arguments": {}}

@@ -80,18 +80,22 @@ def test_the_live_observation_is_the_env_observation(name):
         state, _, _ = step(params, state, rng.uniform(-1, 1, (2, params.num_ports)))
 
 
-def test_an_episode_through_the_runtime_equals_the_trained_policy_in_the_env():
+@pytest.mark.parametrize("kind", ["per_port", "per_port_fit"])
+def test_an_episode_through_the_runtime_equals_the_trained_policy_in_the_env(kind):
     """Same physical KPIs; the runtime's setpoints are already projected onto the node limits, so
     the env finds nothing to cut (``overload_requested_kwh`` 0) where the raw policy asked for
-    more than the transformer carries, and the reward differs by exactly that penalty."""
+    more than the transformer carries, and the reward differs by exactly that penalty (none
+    behind a guard that fits requests into the headroom)."""
     params = load_site("caltech", **SEED_SITE)
-    policy = load_policy(trained_run("per_port"))
-    runtime = ThroughScheduler(Scheduler(exported("per_port"), params))
-    assert runtime.scheduler.guard is not None  # the run trained behind the deadline guard
+    policy = load_policy(trained_run(kind))
+    runtime = ThroughScheduler(Scheduler(exported(kind), params))
+    fits = kind == "per_port_fit"
+    assert runtime.scheduler.guard is not None and runtime.scheduler.guard.fit_headroom == fits
     table = evaluate({"trained": policy, "runtime": runtime}, params, num_episodes=2, seed=3)
     assert table.loc["trained", "energy_delivered_kwh"] > 10.0 and runtime.fell_back == 0
     cut = table.loc["trained", "overload_requested_kwh"]
-    assert cut > 1.0 and table.loc["runtime", "overload_requested_kwh"] == pytest.approx(0.0, abs=1e-9)
+    assert (cut == pytest.approx(0.0, abs=1e-6)) if fits else cut > 1.0
+    assert table.loc["runtime", "overload_requested_kwh"] == pytest.approx(0.0, abs=1e-9)
     weight = params.reward.coefficients()[TERM_INDEX["overload_requested_kwh"]]
     expected_reward = table.loc["trained", "reward_eur"] - weight * cut
     assert table.loc["runtime", "reward_eur"] == pytest.approx(expected_reward, rel=1e-6)

@@ -99,7 +99,7 @@ def export_policy(run: str | Path, out: str | Path, site: SiteParams | str | Pat
         "export_check": {"observations": int(check_observations), "max_abs_diff": difference},
     }
     manifest = build_manifest(params, policy, _fallback_entry(fallback or DEFAULT_FALLBACK, params),
-                              config.get("deadline_guard_hours"))
+                              config.get("deadline_guard_hours"), bool(config.get("guard_fits_headroom")))
     return write_manifest(out, manifest)
 
 
@@ -113,7 +113,7 @@ def export_baseline(baseline: Mapping[str, Any], out: str | Path, site: SitePara
     stale = out / POLICY_FILE
     if stale.exists():
         stale.unlink()
-    return write_manifest(out, build_manifest(params, None, entry, None))
+    return write_manifest(out, build_manifest(params, None, entry, None, False))
 
 
 def export_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,12 +135,17 @@ def export_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return export_baseline(spec, cfg["out"], site)
 
 
-def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guard_hours) -> dict[str, Any]:
+def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guard_hours,
+                   guard_fits_headroom: bool) -> dict[str, Any]:
+    """The manifest; ``guard_hours`` (None: no guard) and ``guard_fits_headroom`` are the
+    ``agents.guards.DeadlineGuard`` the policy acts behind."""
+    guarded = guard_hours is not None
     return {
         "format_version": FORMAT_VERSION,
         "policy": policy,
         "fallback": fallback,
-        "deadline_guard_hours": None if guard_hours is None else float(guard_hours),
+        "deadline_guard_hours": float(guard_hours) if guarded else None,
+        "guard_fits_headroom": bool(guard_fits_headroom) and guarded,
         "action": {"mode": ACTION_MODE, "meaning": ACTION_MEANING, "shape": ["batch", params.num_ports],
                    "low": -1.0, "high": 1.0, "port_order": "site.topology.port_names"},
         "observation": observation_manifest(params),

@@ -64,10 +64,11 @@ class Scheduler:
     observation from a ``SiteState`` with the env's own code (``envs.observation.observe_live``),
     runs the policy with onnxruntime (or the rule-based baseline of a manifest-only artifact),
     clips the actions to [-1, 1], applies the deadline guard where the manifest names one
-    (``agents.guards.DeadlineGuard``), turns fractions into kW with the ports' available power
-    and projects them onto the node limits (``envs.dynamics.project_to_limits``): the same
-    steps as the env's own ``step``. A non-finite policy output is replaced by the manifest's
-    fallback baseline's decision (``Decision.fell_back``).
+    (``agents.guards.DeadlineGuard``, its margin and ``guard_fits_headroom``), turns fractions
+    into kW with the ports' available power and projects them onto the node limits
+    (``envs.dynamics.project_to_limits``): the same steps as the env's own ``step``. A
+    non-finite policy output is replaced by the manifest's fallback baseline's decision
+    (``Decision.fell_back``).
 
     ## Arguments
 
@@ -97,7 +98,8 @@ class Scheduler:
         if margin is not None:
             from agents.guards import DeadlineGuard
 
-            self.guard = DeadlineGuard(params, float(margin))
+            fits = bool(self.manifest.get("guard_fits_headroom"))
+            self.guard = DeadlineGuard(params, float(margin), fits)
 
     def decide(self, state: SiteState) -> Decision:
         """Per-port setpoints for ``state``; ``SiteStateError`` names a missing or malformed field."""
