@@ -6,6 +6,8 @@ Port power is grid-side kW, positive when charging.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from envs.projection import ROUND_OFF_KW, node_flows, project_to_limits
@@ -63,8 +65,9 @@ def available_power(params: SiteParams, soc, remaining_kwh, ev, present=None):
 def _taper_at(params: SiteParams, soc, ev, at, hours=None):
     """``taper_charge_kw`` of the ports at flat indices ``at`` of (B, P) arrays."""
     fields = ev.reshape(len(ev), -1)[:, at]
-    return taper_charge_kw(params, soc.reshape(-1)[at], fields[_BATTERY], fields[_CAR], fields[_CAP],
-                           at % soc.shape[-1], hours)
+    port = at % soc.shape[-1] if _uniform_charge_efficiency(params) is None else 0
+    return taper_charge_kw(params, soc.reshape(-1)[at], fields[_BATTERY], fields[_CAR], fields[_CAP], port,
+                           hours)
 
 
 def _present_charge(params: SiteParams, charge, soc, remaining_kwh, ev, at, fraction) -> None:
@@ -93,20 +96,31 @@ def taper_charge_kw(params: SiteParams, soc, battery_kwh, car_kw, cap_kw, port, 
     gives each entry's charge efficiency ``eta``.
     """
     hours = params.dt_hours if hours is None else hours
-    a, b = params.taper_intercept, params.taper_slope
-    eta = params.port_charge_efficiency[port]
-    cross_soc = (a - cap_kw / car_kw) / b
+    b = params.taper_slope
+    eta = _charge_efficiency(params, port)
+    cross_to_end = cap_kw / (b * car_kw)  # SoC from the cross to a / b, where the taper ends
     hours_per_soc = battery_kwh / (eta * cap_kw)
-    flat_h = np.subtract(cross_soc, soc)
+    to_end = params.taper_intercept / b - soc
+    flat_h = to_end - cross_to_end
     flat_h *= hours_per_soc
     np.maximum(flat_h, 0.0, out=flat_h)
     np.minimum(flat_h, hours, out=flat_h)
-    approach = np.expm1((flat_h - hours) * (b * eta * car_kw / battery_kwh))
-    approach *= (np.maximum(soc, cross_soc) - a / b) * hours_per_soc
-    approach += flat_h
-    approach /= params.dt_hours
-    approach *= cap_kw
-    return approach
+    tail = np.expm1((flat_h - hours) / (hours_per_soc * cross_to_end))
+    tail *= np.minimum(to_end, cross_to_end) * hours_per_soc
+    flat_h -= tail
+    flat_h *= cap_kw * (1.0 / params.dt_hours)
+    return flat_h
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_charge_efficiency(params: SiteParams) -> float | None:
+    efficiency = params.port_charge_efficiency
+    return float(efficiency[0]) if (efficiency == efficiency[0]).all() else None
+
+
+def _charge_efficiency(params: SiteParams, port):
+    uniform = _uniform_charge_efficiency(params)
+    return params.port_charge_efficiency[port] if uniform is None else uniform
 
 
 def taper_start_soc(params: SiteParams, battery_kwh, car_kw, cap_kw, eta):

@@ -3,6 +3,7 @@
     python scripts/bench_env.py                 # caltech at 1, 64 and 1024 envs; city at 1 env
     python scripts/bench_env.py --quick         # short runs
     python scripts/bench_env.py --sites v2g_workplace --num-envs 1 256
+    python scripts/bench_env.py --cpu-time      # CPU seconds of the process, for a busy machine
 
 One env runs through ``gymnasium.make``, batches through ``gymnasium.make_vec`` (the native
 vector env, next-step autoreset). Actions are drawn before timing; every timed episode includes
@@ -25,7 +26,7 @@ DEFAULT_CASES = [("caltech", 1), ("caltech", 64), ("caltech", 1024), ("city", 1)
 ACTION_POOL = 8
 
 
-def run_case(site: str, num_envs: int, seconds: float) -> dict:
+def run_case(site: str, num_envs: int, seconds: float, cpu_time: bool = False) -> dict:
     import gymnasium as gym
     import numpy as np
 
@@ -40,11 +41,12 @@ def run_case(site: str, num_envs: int, seconds: float) -> dict:
     actions = np.random.default_rng(0).uniform(-1, 1, (ACTION_POOL, *env.action_space.shape))
     actions = actions.astype(np.float32)
 
+    clock = time.process_time if cpu_time else time.perf_counter
     reset_times = []
     for seed in range(5 if num_envs > 64 else 20):
-        start = time.perf_counter()
+        start = clock()
         env.reset(seed=seed)
-        reset_times.append(time.perf_counter() - start)
+        reset_times.append(clock() - start)
 
     def episode(first: bool):
         if num_envs == 1 or first:
@@ -55,11 +57,11 @@ def run_case(site: str, num_envs: int, seconds: float) -> dict:
             env.step(actions[t % ACTION_POOL])
 
     episode(first=True)
-    episodes, start = 0, time.perf_counter()
-    while episodes == 0 or time.perf_counter() - start < seconds:
+    episodes, start = 0, clock()
+    while episodes == 0 or clock() - start < seconds:
         episode(first=False)
         episodes += 1
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     env_steps_per_s = episodes * horizon * num_envs / elapsed
     return {
         "site": site,
@@ -88,11 +90,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per case")
     parser.add_argument("--sites", nargs="+", default=None, help="sites to run (default: caltech, city)")
     parser.add_argument("--num-envs", nargs="+", type=int, default=None, help="batch sizes per site")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU seconds instead of the wall clock")
     parser.add_argument("--case", nargs=2, metavar=("SITE", "NUM_ENVS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 3.0)
     if args.case:
-        print(json.dumps(run_case(args.case[0], int(args.case[1]), seconds)))
+        print(json.dumps(run_case(args.case[0], int(args.case[1]), seconds, args.cpu_time)))
         return
 
     from envs.site import builtin_sites
@@ -102,10 +106,12 @@ def main() -> None:
     else:
         cases = [(site, n) for site in args.sites or ["caltech"] for n in args.num_envs or [1, 64, 1024]]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"python {platform.python_version()}, {seconds:g} s per case", flush=True)
+          f"python {platform.python_version()}, {seconds:g} {'CPU' if args.cpu_time else 'wall'} s per case",
+          flush=True)
     results = []
     for site, num_envs in cases:
-        command = [sys.executable, __file__, "--case", site, str(num_envs), "--seconds", str(seconds)]
+        command = [sys.executable, __file__, "--case", site, str(num_envs), "--seconds", str(seconds),
+                   *(["--cpu-time"] if args.cpu_time else [])]
         out = subprocess.run(command, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"# case {site} x {num_envs} failed:\n{out.stderr}", file=sys.stderr)
