@@ -19,6 +19,8 @@ from agents.kpis import KPI_COLUMNS, add_score, episode_kpis, failed_kpis, summa
 from envs import generator_for
 from envs.core import reset, step
 from envs.episode import Episode, Generator
+from envs.errors import ConfigError
+from envs.limits import check_count
 from envs.observation import observe
 from envs.plugging import DEPARTED
 from envs.render import EpisodeTrace
@@ -30,7 +32,7 @@ __all__ = ["KPI_COLUMNS", "Evaluation", "EvaluationError", "evaluate", "episodes
 OPTIMUM_CLASS = "OfflineOptimal"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ConfigError):
     """An evaluation setting that cannot run; the message names the field."""
 
 
@@ -108,7 +110,7 @@ def run_policies(policies: Mapping[str, Any], params: SiteParams, episode: Episo
     total = episode.num_envs
     if trace_episode is not None and not 0 <= trace_episode < total:
         raise EvaluationError(f"plots.episode must be in [0, {total}), got {trace_episode}")
-    batch = total if num_envs is None else max(1, int(num_envs))
+    batch = total if num_envs is None else check_count("num_envs", num_envs, "envs")
     bounds = [(lo, min(lo + batch, total)) for lo in range(0, total, batch)]
     frames, traces, failures = {}, {}, []
     for name, policy in policies.items():
@@ -150,17 +152,24 @@ def _guarded_rollouts(name, policy, params, episode, span, trace_episode, traces
 def episodes_for(params: SiteParams, episodes: Episode | Generator | None = None,
                  num_episodes: int | None = None, seed: int = 0) -> Episode:
     """The episodes to evaluate on: ``episodes`` itself, or ``num_episodes`` sampled from it (or
-    from the site's scenario when None) with ``seed``."""
+    from the site's scenario when None) with ``seed``.
+
+    ``num_episodes`` is a whole number in [1, ``envs.limits`` ``episodes``] and ``seed`` one
+    >= 0 (a whole float or a text of one, as a Hydra override gives, is read as that number);
+    anything else raises ``ConfigError`` naming the key.
+    """
+    seed = check_count("seed", seed, None, low=0)
     if isinstance(episodes, Episode):
         if num_episodes is not None and num_episodes != episodes.num_envs:
             raise EvaluationError(f"num_episodes is {num_episodes} but the given Episode holds "
                                   f"{episodes.num_envs}; pass None to use them all")
         episodes.check(params)
         return episodes
-    if num_episodes is None or num_episodes < 1:
-        raise EvaluationError(f"num_episodes must be >= 1, got {num_episodes}")
+    if num_episodes is None:
+        raise EvaluationError("num_episodes must be given (a whole number >= 1) to sample episodes")
+    num_episodes = check_count("num_episodes", num_episodes, "episodes")
     generator = generator_for(params) if episodes is None else episodes
-    return generator.sample(params, np.random.default_rng(seed), int(num_episodes))
+    return generator.sample(params, np.random.default_rng(seed), num_episodes)
 
 
 def rollout(policy, params: SiteParams, episode: Episode,
@@ -222,13 +231,20 @@ def run_from_config(cfg, output_dir: str | Path | None = None,
     ``csv``, ``md``, ``jsonl``; default ``[csv]``), ``plots`` (``episode``: the episode whose
     day figure is drawn per policy, and the score chart; null: no plots) and ``output_dir``
     (where the files go, instead of ``output_dir``; nothing is written when neither is given).
-    ``policies`` adds policies built by the caller (already made for the site).
+    ``policies`` adds policies built by the caller (already made for the site). A ``num_episodes``,
+    ``seed`` or ``num_envs`` that is not a whole number in range (``num_episodes=2.7``) raises
+    ``ConfigError`` naming the key before anything is built.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from agents.report import print_report, write_report
     from envs.site import load_site
+
+    seed = check_count("seed", cfg.get("seed"), None, low=0)
+    num_envs = None if cfg.get("num_envs") is None else check_count("num_envs", cfg.num_envs, "envs")
+    given = None if cfg.get("num_episodes") is None else check_count("num_episodes", cfg.num_episodes,
+                                                                      "episodes")
 
     overrides = cfg.site.get("overrides")
     overrides = OmegaConf.to_container(overrides, resolve=True) if overrides is not None else {}
@@ -240,16 +256,16 @@ def run_from_config(cfg, output_dir: str | Path | None = None,
         chosen[name] = policy
     source = cfg.get("episodes")
     episodes = instantiate(source) if source is not None else None
-    num_episodes = None if isinstance(episodes, Episode) else int(cfg.num_episodes)
-    episode = episodes_for(params, episodes, num_episodes, int(cfg.seed))
+    num_episodes = None if isinstance(episodes, Episode) else given
+    episode = episodes_for(params, episodes, num_episodes, seed)
     plots = cfg.get("plots")
     trace_episode = None if plots is None else plots.get("episode")
-    result = run_policies(chosen, params, episode, cfg.get("num_envs"),
+    result = run_policies(chosen, params, episode, num_envs,
                           float(cfg.get("min_gap_eur_per_port_day", kpis.MIN_GAP_EUR_PER_PORT_DAY)),
                           None if trace_episode is None else int(trace_episode))
     bootstrap = cfg.get("bootstrap")
     bootstrap = OmegaConf.to_container(bootstrap, resolve=True) if bootstrap is not None else {}
-    origin = f"seed {cfg.seed}" if num_episodes is not None else "given episodes"
+    origin = f"seed {seed}" if num_episodes is not None else "given episodes"
     summary = result.summary(**bootstrap)
     print_report(result, summary, f"{episode.num_envs} episodes, {origin}")
     directory = cfg.get("output_dir") or output_dir

@@ -3,7 +3,9 @@
 ``import envs`` registers ``SmartCharging-v0`` (``gymnasium.make`` builds ``SmartChargingEnv``,
 ``gymnasium.make_vec`` builds ``SmartChargingVectorEnv``). The SB3 adapter
 ``SmartChargingVecEnv`` lives in ``envs.sb3`` and is imported only when asked for, so that
-importing ``envs`` never loads stable_baselines3 or torch.
+importing ``envs`` never loads stable_baselines3 or torch. Bad input raises the project's
+errors, all ``ValueError``s: ``ConfigError`` (a setting or argument; ``SiteError``, a
+``ConfigError`` of a site description) and ``DataError`` (a data file).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gymnasium
 
 from envs.core import reset, step
 from envs.episode import Episode, Generator
+from envs.errors import ConfigError, DataError
 from envs.generators import generator_for
 from envs.gym_env import SmartChargingEnv
 from envs.observation import observation_bounds, observation_layout, observe
@@ -26,6 +29,8 @@ ENV_ID = "SmartCharging-v0"
 __all__ = [
     "ENV_ID",
     "TERMS",
+    "ConfigError",
+    "DataError",
     "Episode",
     "Generator",
     "ParametricGenerator",

@@ -10,23 +10,29 @@ point; it must raise ``error`` (the exact class or a subclass; never a bare ``Ke
 import contextlib
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+import envs
+from agents.evaluate import episodes_for, run_from_config
 from envs import SmartChargingEnv, SmartChargingVectorEnv, generator_for
 from envs.core import reset, step
 from envs.data.errors import DataError
 from envs.data.prices import read_day_ahead_csv, read_tariff
 from envs.data.series import read_building_csv, read_series_csv
-from envs.data.sessions import read_acn_csv, read_acn_json, read_sessions_csv
+from envs.data.sessions import read_acn_csv, read_acn_json, read_sessions, read_sessions_csv
 from envs.errors import ConfigError, SiteError
 from envs.limits import check_count
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 MEMORY_BYTES = 500 << 20
 SECONDS = 2.0
@@ -123,6 +129,51 @@ def core_action(action):
 
 
 SESSION_COLUMNS = {"arrival": "a", "departure": "d", "requested_kwh": "e"}
+SESSIONS_CSV = "a,d,e\n2020-01-01 08:00,2020-01-01 10:00,5\n"
+SERIES_DATES = ["2019-03-25", "2019-03-31"]
+ACN_JSON = {"path": str(FIXTURES / "sessions_acn.json"), "format": "acn_json"}
+
+
+def sessions_csv(**options):
+    return lambda tmp: read_sessions_csv(write(tmp, "s.csv", SESSIONS_CSV), SESSION_COLUMNS, **options)
+
+
+def replay(**sessions):
+    """A replay of the ACN JSON fixture on its day, its ``sessions:`` block changed by ``sessions``."""
+    def run(tmp):
+        block = {key: value(tmp) if callable(value) else value for key, value in sessions.items()}
+        generator_for(load_site({**BASE, "scenario": {"generator": "replay", "days": ["2018-04-25"],
+                                                       "sessions": {**ACN_JSON, **block}}}))
+    return run
+
+
+def replay_csv(**reader):
+    return replay(path=lambda tmp: str(write(tmp, "s.csv", SESSIONS_CSV)), format="csv",
+                  reader={"columns": SESSION_COLUMNS, **reader})
+
+
+def series_block(**block):
+    """A generator built over a ``series:`` block (built only: the checks run at construction)."""
+    return lambda tmp: generator_for(load_site({**BASE, "scenario": {"series": block}}))
+
+
+def pv_file(values, **entry):
+    def run(tmp):
+        rows = "".join(f"2020-01-01T{hour:02d}:00,{value}\n" for hour, value in enumerate(values))
+        path = write(tmp, "pv.csv", "time,kw\n" + rows)
+        series_block(pv=[{"node": "t", "path": str(path), "column": "kw", **entry}])(tmp)
+    return run
+
+
+def forecasts(block):
+    return scenario(forecasts=block)
+
+
+def evaluate_config(**keys):
+    """``run_from_config`` on a small evaluation config (no policies), ``keys`` changed."""
+    config = {"site": {"preset": "caltech", "overrides": {"horizon_steps": 8}}, "policies": {},
+              "num_episodes": 2, "seed": 0, "num_envs": None, "plots": None, **keys}
+    return lambda tmp: run_from_config(OmegaConf.create(config))
 
 CASES = [
     # --- site YAML: sizes, aliases, encoding, structure -----------------------------------------
@@ -357,6 +408,94 @@ CASES = [
     ("series block directory", scenario(series={"price_buy": {"path": "."}}), DataError, ["is a directory"]),
     ("series block not utf-8", lambda tmp: scenario(series={"price_buy": {"path": str(write(
         tmp, "p.csv", b"time,\xff\n"))}})(tmp), DataError, ["p.csv, line 1", "utf-8"]),
+    ("sessions energy_scale -1", sessions_csv(energy_scale=-1), ConfigError, ["energy_scale", "> 0", "-1"]),
+    ("sessions energy_scale nan", sessions_csv(energy_scale=float("nan")), ConfigError,
+     ["energy_scale", "finite"]),
+    ("sessions energy_scale text", sessions_csv(energy_scale="x"), ConfigError, ["energy_scale", "'x'"]),
+    ("sessions unknown time zone",
+     lambda tmp: read_acn_json(FIXTURES / "sessions_acn.json", tz="Mars/Olympus"), ConfigError,
+     ["tz 'Mars/Olympus'", "time zone"]),
+    ("sessions csv unknown time zone", sessions_csv(tz="Nowhere/City"), ConfigError, ["tz 'Nowhere/City'"]),
+    ("sessions time zone a number", lambda tmp: read_acn_csv(FIXTURES / "sessions_acn.csv.gz", tz=5),
+     ConfigError, ["tz", "got 5"]),
+    ("sessions columns a text", lambda tmp: read_sessions_csv(write(tmp, "s.csv", SESSIONS_CSV), "abc"),
+     ConfigError, ["columns", "'abc'"]),
+    ("sessions sep of two characters", sessions_csv(sep=";;"), ConfigError, ["sep", "one character"]),
+    ("sessions decimal a number", sessions_csv(decimal=5), ConfigError, ["decimal", "got 5"]),
+    ("sessions date_format a number", sessions_csv(date_format=5), ConfigError, ["date_format"]),
+    ("sessions skip_invalid text", sessions_csv(skip_invalid="yes"), ConfigError,
+     ["skip_invalid", "true or false"]),
+    ("sessions unknown format", lambda tmp: read_sessions(tmp / "s.csv", "xml"), ConfigError,
+     ["format", "acn_csv", "'xml'"]),
+    ("replay reader unknown time zone", replay(reader={"tz": "Mars/X"}), SiteError,
+     ["scenario.sessions.reader", "tz 'Mars/X'"]),
+    ("replay reader energy_scale -1", replay_csv(energy_scale=-1), SiteError,
+     ["scenario.sessions.reader", "energy_scale", "> 0"]),
+    ("replay reader columns a text", replay_csv(columns="a,d,e"), SiteError,
+     ["scenario.sessions.reader", "columns"]),
+    ("replay report a directory", replay(report=lambda tmp: str(tmp)), SiteError,
+     ["scenario.sessions.report", "cannot be written"]),
+    ("replay path a number", replay(path=5), SiteError,
+     ["scenario.sessions.path", "must be a path", "got 5"]),
+    ("replay data_dir a list", replay(data_dir=[1]), SiteError,
+     ["scenario.sessions.data_dir", "must be a path"]),
+    ("series block a list", scenario(series=[1]), SiteError,
+     ["scenario.series must be a mapping", "got [1]"]),
+    ("series block a text", scenario(series="prices.csv"), SiteError, ["scenario.series must be a mapping"]),
+    ("series eur_kwh text", series_block(tariff={"eur_kwh": "x"}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.tariff.eur_kwh", "must be a number", "'x'"]),
+    ("series eur_kwh nan", series_block(tariff={"eur_kwh": float("nan")}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.tariff.eur_kwh", "finite"]),
+    ("series factor inf", series_block(price_sell={"factor": float("inf")}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.price_sell.factor", "finite"]),
+    ("series scale true", series_block(tariff={"eur_kwh": 1, "scale": True}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.tariff.scale", "must be a number"]),
+    ("series negative pv", pv_file([0, 1, -2, 1]), SiteError,
+     ["scenario.series.pv[0]", "negative PV power of -2 kW", "2020-01-01 02:00"]),
+    ("series pv negative by scale", pv_file([0, 1, 2, 1], scale=-1), SiteError,
+     ["scenario.series.pv[0]", "negative PV power"]),
+    ("series negative pv constant", series_block(pv=[{"node": "t", "eur_kwh": -5}], dates=SERIES_DATES),
+     SiteError, ["scenario.series.pv[0].eur_kwh", "negative PV power"]),
+    ("series column a list", series_block(price_buy={"path": str(FIXTURES / "series_moer.csv"),
+                                                     "column": ["moer"]}), SiteError,
+     ["scenario.series.price_buy.column", "must be a text"]),
+    ("series holidays a text", series_block(tariff={"path": str(FIXTURES / "series_tariff.json"),
+                                                    "holidays": "xmas"}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.tariff.holidays", "list of dates"]),
+    ("series file_tz a number", series_block(price_buy={"path": str(FIXTURES / "series_moer.csv"),
+                                                        "column": "moer", "file_tz": 5}), SiteError,
+     ["scenario.series.price_buy.file_tz", "got 5"]),
+    ("series tz a number", series_block(tz=5, tariff={"eur_kwh": 1}, dates=SERIES_DATES), SiteError,
+     ["scenario.series.tz", "not a time zone name"]),
+    ("series match_weekday text", series_block(match_weekday="no", tariff={"eur_kwh": 1}, dates=SERIES_DATES),
+     SiteError, ["scenario.series.match_weekday", "true or false"]),
+    ("series forecast lead inf", series_block(price_buy={"path": str(FIXTURES / "series_moer.csv"),
+                                                         "column": "moer", "forecast_columns": "f",
+                                                         "forecast_lead_minutes": float("inf")}), SiteError,
+     ["scenario.series.price_buy.forecast_lead_minutes", "finite"]),
+    ("forecasts a list", forecasts([{"price_buy_eur_kwh": "noisy"}]), SiteError,
+     ["scenario.forecasts must be a mapping"]),
+    ("forecasts entry a text", forecasts({"price_buy_eur_kwh": "noisy"}), SiteError,
+     ["scenario.forecasts.price_buy_eur_kwh", "mapping with a mode"]),
+    ("forecasts unknown series", forecasts({"price": {"mode": "noisy"}}), SiteError,
+     ["scenario.forecasts.price", "price_buy_eur_kwh"]),
+    ("forecasts unknown mode", forecasts({"price_buy_eur_kwh": {"mode": "psychic"}}), SiteError,
+     ["scenario.forecasts.price_buy_eur_kwh.mode", "'psychic'"]),
+    ("forecasts noisy std text", forecasts({"price_buy_eur_kwh": {"mode": "noisy", "std_at_horizon": "x"}}),
+     SiteError, ["scenario.forecasts.price_buy_eur_kwh.std_at_horizon", "must be a number"]),
+    ("forecasts noisy std -1", forecasts({"site_load_kw": {"mode": "noisy", "std_at_horizon": -1}}),
+     SiteError, ["scenario.forecasts.site_load_kw.std_at_horizon", ">= 0"]),
+    ("forecasts unknown option", forecasts({"price_buy_eur_kwh": {"mode": "noisy", "colour": 1}}), SiteError,
+     ["scenario.forecasts.price_buy_eur_kwh.colour", "not an option of mode noisy"]),
+    ("forecasts persistence of 0 steps a day",
+     forecasts({"carbon_kg_kwh": {"mode": "persistence", "steps_per_day": 0}}), SiteError,
+     ["scenario.forecasts.carbon_kg_kwh.steps_per_day", ">= 1"]),
+    ("forecasts nonnegative text", forecasts({"site_pv_kw": {"mode": "noisy", "nonnegative": "no"}}),
+     SiteError, ["scenario.forecasts.site_pv_kw.nonnegative", "true or false"]),
+    ("tariff day mask a list", tariff({"dow_mask": ["ALL"]}), DataError, ["schedule[0].dow_mask", "['ALL']"]),
+    ("tariff price 1e300", tariff({"tariffs": [1, 1e300]}), DataError, ["schedule[0].tariffs", "1,000,000"]),
+    ("tariff demand charge 1e300", tariff({"demand_charge": 1e300}), DataError,
+     ["schedule[0].demand_charge", "1,000,000"]),
     # --- actions at every entry point ------------------------------------------------------------------
     ("gym action text", single_action(["0.5"]),
      ValueError, ["action has dtype <U3", "expected a float array"]),
@@ -393,6 +532,18 @@ CASES = [
     ("site of None", lambda tmp: SmartChargingEnv(None), SiteError, ["got None"]),
     ("num_episodes bool", lambda tmp: check_count("num_episodes", True, "episodes"),
      ConfigError, ["whole number"]),
+    ("evaluate num_episodes 2.7", evaluate_config(num_episodes=2.7), ConfigError,
+     ["num_episodes", "whole number", "2.7"]),
+    ("evaluate num_episodes -1", evaluate_config(num_episodes=-1), ConfigError, ["num_episodes", ">= 1"]),
+    ("evaluate num_episodes text", evaluate_config(num_episodes="x"), ConfigError, ["num_episodes", "'x'"]),
+    ("evaluate num_episodes 1e9", evaluate_config(num_episodes=1e9), ConfigError,
+     ["num_episodes", "100,000", "ENVS_MAX_EPISODES"]),
+    ("evaluate seed 0.5", evaluate_config(seed=0.5), ConfigError, ["seed", "whole number"]),
+    ("evaluate seed -1", evaluate_config(seed=-1), ConfigError, ["seed", ">= 0"]),
+    ("evaluate num_envs 2.5", evaluate_config(num_envs=2.5), ConfigError, ["num_envs", "whole number"]),
+    ("evaluate num_envs 0", evaluate_config(num_envs=0), ConfigError, ["num_envs", ">= 1"]),
+    ("episodes_for num_episodes 2.7", lambda tmp: episodes_for(load_site(BASE), num_episodes=2.7),
+     ConfigError, ["num_episodes", "2.7"]),
 ]
 
 
@@ -428,6 +579,20 @@ def test_malformed_input_raises_a_named_error(tmp_path, run, error, words):
 def test_the_table_holds_distinct_cases():
     ids = [case[0] for case in CASES]
     assert len(ids) == len(set(ids)) and len(ids) >= 100
+
+
+def test_the_errors_are_exported_from_envs():
+    assert envs.ConfigError is ConfigError and envs.DataError is DataError and envs.SiteError is SiteError
+    assert {"ConfigError", "DataError", "SiteError"} <= set(envs.__all__)
+
+
+def test_a_bad_hydra_override_is_a_named_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "num_episodes=2.7", "policies=baselines",
+         "+site.overrides.horizon_steps=8", "plots=null", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "ConfigError: num_episodes must be a whole number, got 2.7" in result.stderr, result.stderr[-2000:]
 
 
 def test_the_memory_bound_stops_a_larger_allocation():

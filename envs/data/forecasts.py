@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from envs.errors import SiteError, cut, cut_key
+from envs.scenario_fields import ScenarioFields
 from envs.site import SiteParams
 
 FORECAST_MODES = ("perfect", "persistence", "noisy")
+MODE_OPTIONS = {"perfect": (), "persistence": ("steps_per_day",),
+                "noisy": ("std_at_horizon", "scale", "nonnegative")}  # a scenario's options per mode
 
 
 # --- forecasts -------------------------------------------------------------------------------
@@ -326,17 +330,70 @@ def fit_demand_regression(sessions: pd.DataFrame, dt_minutes: int = 15, tz: str 
                             dt_minutes, special, ridge, gap_days)
 
 
+def check_forecasts(spec, site_name: str | None = None) -> dict[str, dict]:
+    """A scenario's ``forecasts`` block checked: ``FORECAST_BLOCK`` name -> ``{mode, options}``.
+
+    ``mode`` is one of ``FORECAST_MODES`` (default perfect) and the options are those of
+    ``MODE_OPTIONS``: ``steps_per_day`` (a whole number >= 1), ``std_at_horizon`` (>= 0),
+    ``scale`` (>= 0) and ``nonnegative`` (true or false). Anything else raises SiteError naming
+    ``scenario.forecasts.<series>.<option>`` (and the site when ``site_name`` is given).
+    """
+    from envs.episode import FORECAST_BLOCK
+
+    where = "scenario.forecasts" if site_name is None else f"site {site_name!r}: scenario.forecasts"
+    fields = ScenarioFields(where)
+    if not isinstance(spec, Mapping):
+        raise SiteError(f"{where} must be a mapping of series ({', '.join(FORECAST_BLOCK)}) to their "
+                        f"forecast mode and options, got {cut(spec)}")
+    checked = {}
+    for name, options in spec.items():
+        if name not in FORECAST_BLOCK:
+            fields.fail(cut_key(name), f"is not a forecast series (known: {', '.join(FORECAST_BLOCK)})")
+        if not isinstance(options, Mapping):
+            fields.fail(name, f"must be a mapping with a mode ({', '.join(FORECAST_MODES)}), "
+                        f"got {cut(options)}")
+        options = dict(options)
+        mode = options.pop("mode", "perfect")
+        if not isinstance(mode, str) or mode not in FORECAST_MODES:
+            fields.fail(f"{name}.mode", f"must be one of {', '.join(FORECAST_MODES)}, got {cut(mode)}")
+        allowed = MODE_OPTIONS[mode]
+        for key in options:
+            if key not in allowed:
+                fields.fail(f"{name}.{cut_key(key)}", f"is not an option of mode {mode} (its options: "
+                            f"{', '.join(allowed) or 'none'})")
+        out = {"mode": mode}
+        if "steps_per_day" in options:
+            steps = options["steps_per_day"]
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                fields.fail(f"{name}.steps_per_day", f"must be a whole number >= 1, got {cut(steps)}")
+            out["steps_per_day"] = steps
+        for key in ("std_at_horizon", "scale"):
+            if key in options:
+                out[key] = fields.number(f"{name}.{key}", options[key], low=0)
+        if "nonnegative" in options:
+            nonnegative = options["nonnegative"]
+            if not isinstance(nonnegative, bool):
+                fields.fail(f"{name}.nonnegative", f"must be true or false, got {cut(nonnegative)}")
+            out["nonnegative"] = nonnegative
+        checked[name] = out
+    return checked
+
+
 @dataclasses.dataclass(frozen=True)
 class IssuedForecasts:
     """A Generator that adds the forecasts of the scenario's ``forecasts`` block to its base's episodes.
 
     ``spec`` maps ``FORECAST_BLOCK`` names to ``forecast_windows`` options (``mode``: perfect,
-    persistence or noisy); the observation then shows these windows instead of the truth,
-    while rewards keep using the truth.
+    persistence or noisy; checked by ``check_forecasts`` when built); the observation then shows
+    these windows instead of the truth, while rewards keep using the truth.
     """
 
     base: Any
     spec: Mapping[str, Mapping]
+    site_name: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "spec", check_forecasts(self.spec, self.site_name))
 
     def sample(self, params, rng: np.random.Generator, num_envs: int):
         episode = self.base.sample(params, rng, num_envs)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,15 @@ from envs.data.prices import export_prices, read_day_ahead_csv, read_tariff
 from envs.data.series import (
     RESAMPLE_METHODS,
     candidate_dates,
+    check_tz,
     read_building_csv,
     read_series_csv,
     site_step_times,
 )
 from envs.data.series_source import Source, csv_header, infer_format
 from envs.episode import FORECAST_BLOCK, Episode, Generator
+from envs.errors import ConfigError, cut, cut_key, cut_text
+from envs.scenario_fields import ScenarioFields
 from envs.site import SiteError, SiteParams
 
 FORMATS = ("day_ahead", "tou", "building", "csv")
@@ -30,6 +35,7 @@ _TOP = {"tz", "match_weekday", "shared_calendar", "dates", "data_dir", *_SINGLE,
 _ENTRY = {"path", "format", "column", "time_column", "file_tz", "start", "freq", "year", "country", "scale",
           "offset", "method", "holidays", "eur_kwh", "factor", "node", "forecast_columns",
           "forecast_lead_minutes"}
+_TEXT_OPTIONS = ("column", "time_column", "file_tz", "country", "freq")
 _FORECAST_ROWS = {"price_buy": "price_buy_eur_kwh", "price_sell": "price_sell_eur_kwh",
                   "carbon": "carbon_kg_kwh"}
 
@@ -85,27 +91,33 @@ class SeriesOverlay:
     def __init__(self, base_generator: Generator, spec: Mapping[str, Any], site_name: str = ""):
         self.base = base_generator
         self.site_name = site_name
+        self.fields = ScenarioFields(f"site {site_name!r}: scenario.series")
+        if spec is not None and not isinstance(spec, Mapping):
+            raise SiteError(f"site {site_name!r}: scenario.series must be a mapping of entries (price_buy, "
+                            f"tariff, loads, ...), got {cut(spec)}")
         spec = dict(spec or {})
-        unknown = sorted(set(spec) - _TOP)
+        unknown = sorted(map(cut_key, set(spec) - _TOP))
         if unknown:
             self._fail(unknown[0], f"is not a known field (known: {', '.join(sorted(_TOP))})")
         self.tz = spec.get("tz", getattr(base_generator, "tz", None))
-        if self.tz is not None:
-            try:
-                pd.Timestamp("2000-01-01", tz=self.tz)
-            except Exception:
-                self._fail("tz", f"is not a time zone name, got {self.tz!r}")
-        self.match_weekday = bool(spec.get("match_weekday", True))
-        self.shared_calendar = bool(spec.get("shared_calendar", True))
+        if self.tz is not None and not _is_zone(self.tz):
+            self._fail("tz", f"is not a time zone name, got {cut(self.tz)}")
+        for key in ("match_weekday", "shared_calendar"):
+            if not isinstance(spec.get(key, True), bool):
+                self._fail(key, f"must be true or false, got {cut(spec[key])}")
+        self.match_weekday = spec.get("match_weekday", True)
+        self.shared_calendar = spec.get("shared_calendar", True)
+        if spec.get("data_dir") and not isinstance(spec["data_dir"], str | os.PathLike):
+            self._fail("data_dir", f"must be a path, got {cut(spec['data_dir'])}")
         self.data_dir = Path(spec["data_dir"]).expanduser() if spec.get("data_dir") else None
         self.dates = None
         if spec.get("dates") is not None:
             try:
                 first, last = (np.datetime64(pd.Timestamp(d).date(), "D") for d in spec["dates"])
             except (TypeError, ValueError):
-                self._fail("dates", f"must be [first, last] dates, got {spec['dates']!r}")
+                self._fail("dates", f"must be [first, last] dates, got {cut(spec['dates'])}")
             if last < first:
-                self._fail("dates", f"ends before it starts: {spec['dates']!r}")
+                self._fail("dates", f"ends before it starts: {cut(spec['dates'])}")
             self.dates = (first, last)
         self._cache: dict = {}
         self.sources: dict[str, Source] = {}
@@ -120,6 +132,8 @@ class SeriesOverlay:
                 source = self._source(f"{key}[{i}]", entry)
                 if source.node is None:
                     self._fail(f"{key}[{i}].node", "is required")
+                if key == "pv":
+                    self._check_nonnegative(source)
                 self.sources[f"{key}[{i}]"] = source
         dated = [s for s in self.sources.values() if s.range() is not None]
         if not dated and self.dates is None and self.sources:
@@ -131,51 +145,95 @@ class SeriesOverlay:
 
     def _source(self, field: str, entry) -> Source:
         if not isinstance(entry, Mapping):
-            self._fail(field, f"must be a mapping, got {entry!r}")
-        unknown = sorted(set(entry) - _ENTRY)
+            self._fail(field, f"must be a mapping, got {cut(entry)}")
+        unknown = sorted(map(cut_key, set(entry) - _ENTRY))
         if unknown:
             self._fail(f"{field}.{unknown[0]}", f"is not a known field (known: {', '.join(sorted(_ENTRY))})")
         method = entry.get("method", "hold")
-        if method not in RESAMPLE_METHODS:
-            self._fail(f"{field}.method", f"must be one of {RESAMPLE_METHODS}, got {method!r}")
-        node = None if entry.get("node") is None else str(entry["node"])
-        common = {"field": field, "method": method, "node": node}
-        try:
-            common["scale"] = float(entry.get("scale", 1.0))
-            common["offset"] = float(entry.get("offset", 0.0))
-        except (TypeError, ValueError):
-            self._fail(field, "scale and offset must be numbers")
+        if not isinstance(method, str) or method not in RESAMPLE_METHODS:
+            self._fail(f"{field}.method", f"must be one of {RESAMPLE_METHODS}, got {cut(method)}")
+        node = entry.get("node")
+        if node is not None and (isinstance(node, bool) or not isinstance(node, str | int)):
+            self._fail(f"{field}.node", f"must be a node name, got {cut(node)}")
+        common = {"field": field, "method": method, "node": None if node is None else str(node)}
+        common["scale"] = self.fields.number(f"{field}.scale", entry.get("scale", 1.0))
+        common["offset"] = self.fields.number(f"{field}.offset", entry.get("offset", 0.0))
         if "factor" in entry:
             if field != "price_sell":
                 self._fail(f"{field}.factor", "is only for price_sell")
-            return Source(constant=float(entry["factor"]), **{**common, "field": "price_sell.factor"})
+            return Source(constant=self.fields.number(f"{field}.factor", entry["factor"]),
+                          **{**common, "field": "price_sell.factor"})
         if "eur_kwh" in entry:
-            return Source(constant=float(entry["eur_kwh"]), **common)
+            return Source(constant=self.fields.number(f"{field}.eur_kwh", entry["eur_kwh"]), **common)
         if "path" not in entry:
             self._fail(field, "needs a path, eur_kwh" + (" or factor" if field == "price_sell" else ""))
-        path = Path(str(entry["path"])).expanduser()
+        if not isinstance(entry["path"], str | os.PathLike):
+            self._fail(f"{field}.path", f"must be a path, got {cut(entry['path'])}")
+        self._check_options(field, entry)
+        path = Path(entry["path"]).expanduser()
         if not path.is_absolute() and self.data_dir is not None:
             path = self.data_dir / path
         fmt = entry.get("format") or infer_format(path)
-        if fmt not in FORMATS:
-            self._fail(f"{field}.format", f"must be one of {FORMATS}, got {fmt!r}")
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            self._fail(f"{field}.format", f"must be one of {FORMATS}, got {cut(fmt)}")
         forecast_columns = self._forecast_columns(field, path, fmt, entry)
         key = (str(path), fmt, entry.get("column"), entry.get("time_column"), entry.get("file_tz"),
                entry.get("country"), entry.get("year"), entry.get("start"), entry.get("freq"),
                forecast_columns)
         if key not in self._cache:
-            self._cache[key] = self._read(field, path, fmt, entry, list(forecast_columns))
+            try:
+                self._cache[key] = self._read(field, path, fmt, entry, list(forecast_columns))
+            except SiteError:
+                raise
+            except ConfigError as err:  # an option the reader cannot use
+                self._fail(field, f"has an option the {fmt} reader cannot use: {cut_text(err)}")
         loaded = self._cache[key]
         if fmt == "tou":
-            holidays = tuple(pd.Timestamp(d) for d in entry.get("holidays", ()) or ())
-            return Source(tariff=loaded, holidays=holidays, **common)
+            return Source(tariff=loaded, holidays=self._holidays(field, entry.get("holidays")), **common)
         if not forecast_columns:
             return Source(series=loaded, **common)
         step = (loaded.index[1] - loaded.index[0]).total_seconds() / 60
         lead = entry.get("forecast_lead_minutes", step)
-        if isinstance(lead, bool) or not isinstance(lead, (int, float)) or not lead > 0:
-            self._fail(f"{field}.forecast_lead_minutes", f"must be a number of minutes > 0, got {lead!r}")
+        if isinstance(lead, bool) or not isinstance(lead, (int, float)) or not 0 < lead < float("inf"):
+            self._fail(f"{field}.forecast_lead_minutes",
+                       f"must be a finite number of minutes > 0, got {cut(lead)}")
         return Source(series=loaded.iloc[:, 0], forecasts=loaded, lead_minutes=float(lead), **common)
+
+    def _check_options(self, field: str, entry: Mapping) -> None:
+        """The file options that are texts are texts (``start`` may be a date, ``year`` a whole number)."""
+        for key in _TEXT_OPTIONS:
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                self._fail(f"{field}.{key}", f"must be a text, got {cut(entry[key])}")
+        start = entry.get("start")
+        if start is not None and not isinstance(start, str | datetime.date):
+            self._fail(f"{field}.start", f"must be a date or time, got {cut(start)}")
+        year = entry.get("year")
+        if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
+            self._fail(f"{field}.year", f"must be a whole year, got {cut(year)}")
+        if entry.get("file_tz") is not None and not _is_zone(entry["file_tz"]):
+            self._fail(f"{field}.file_tz", f"is not a time zone name, got {cut(entry['file_tz'])}")
+
+    def _holidays(self, field: str, value) -> tuple:
+        if value is None:
+            return ()
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+            self._fail(f"{field}.holidays", f"must be a list of dates, got {cut(value)}")
+        try:
+            return tuple(pd.Timestamp(day) for day in value)
+        except (TypeError, ValueError):
+            self._fail(f"{field}.holidays", f"must be a list of dates, got {cut(value)}")
+
+    def _check_nonnegative(self, source: Source) -> None:
+        """PV power (file value * scale + offset, or a constant) is never negative."""
+        if source.series is not None:
+            values = source.series.to_numpy(dtype=np.float64) * source.scale + source.offset
+            if len(values) and values.min() < 0:
+                at = int(np.argmin(values))
+                self._fail(source.field, f"has a negative PV power of {values[at]:g} kW at "
+                           f"{source.series.index[at]} (file value * scale + offset); PV power is >= 0")
+        elif source.constant is not None and source.constant * source.scale + source.offset < 0:
+            self._fail(f"{source.field}.eur_kwh", f"gives a negative PV power of "
+                       f"{source.constant * source.scale + source.offset:g} kW; PV power is >= 0")
 
     def _forecast_columns(self, field: str, path: Path, fmt: str, entry) -> tuple[str, ...]:
         """The forecast columns an entry names: a list, or a prefix ``f`` for ``f1``, ``f2``, ..."""
@@ -193,11 +251,11 @@ class SeriesOverlay:
                 count += 1
             if not count:
                 self._fail(f"{field}.forecast_columns",
-                           f"prefix {wanted!r} finds no column {wanted}1 in {path}")
+                           f"prefix {cut(wanted)} finds no column {cut(wanted)[1:-1]}1 in {path}")
             return tuple(f"{wanted}{k}" for k in range(1, count + 1))
         if not isinstance(wanted, Sequence) or not wanted or not all(isinstance(c, str) for c in wanted):
             self._fail(f"{field}.forecast_columns",
-                       f"must be a column prefix or a list of columns, got {wanted!r}")
+                       f"must be a column prefix or a list of columns, got {cut(wanted)}")
         return tuple(wanted)
 
     def _read(self, field, path, fmt, entry, forecast_columns: list[str]):
@@ -345,6 +403,14 @@ class SeriesOverlay:
         return dataclasses.replace(episode, **changes), calendar[first]
 
 
+def _is_zone(name) -> bool:
+    """Whether ``name`` is a time zone name pandas knows (a text, never a number of seconds)."""
+    try:
+        return isinstance(name, str) and check_tz(name) == name
+    except ConfigError:
+        return False
+
+
 def with_series(generator: Generator, scenario_block: Mapping[str, Any] | None,
                 params: SiteParams) -> Generator:
     """``generator`` wrapped in a SeriesOverlay when the scenario block has a ``series`` key.
@@ -357,6 +423,6 @@ def with_series(generator: Generator, scenario_block: Mapping[str, Any] | None,
     overlay = SeriesOverlay(generator, spec, site_name=params.name)
     for name, source in overlay.sources.items():
         if source.node is not None and source.node not in params.node_names:
-            overlay._fail(f"{name}.node", f"names unknown node {source.node!r} "
+            overlay._fail(f"{name}.node", f"names unknown node {cut(source.node)} "
                           f"(nodes: {', '.join(params.node_names)})")
     return overlay

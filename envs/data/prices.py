@@ -18,6 +18,7 @@ from envs.data.errors import DataError, file_text
 from envs.data.series import check_tz, number_problem, read_numbers, read_times, regularize, time_problem
 from envs.errors import cut, cut_text
 from envs.limits import above
+from envs.scenario_fields import MAX_MAGNITUDE
 
 DAY_MASKS = {
     "WEEKDAYS": (True,) * 5 + (False,) * 2,
@@ -165,7 +166,7 @@ def read_tariff(path) -> Tariff:
                 fail(f"{where}.{key}", f"must be a month-day like '06-01', got {cut(raw.get(key))}")
             days[key] = (month, day)
         mask = raw.get("dow_mask")
-        if mask not in DAY_MASKS:
+        if not isinstance(mask, str) or mask not in DAY_MASKS:
             fail(f"{where}.dow_mask", f"must be one of {', '.join(DAY_MASKS)}, got {cut(mask)}")
         hours = _numbers(raw.get("times"), f"{where}.times", fail)
         prices = _numbers(raw.get("tariffs"), f"{where}.tariffs", fail)
@@ -173,9 +174,12 @@ def read_tariff(path) -> Tariff:
             fail(f"{where}.times", f"must start at 0 and increase below 24, got {cut(list(hours))}")
         if len(prices) != len(hours) or not np.all(np.isfinite(prices)):
             fail(f"{where}.tariffs", f"must be {len(hours)} finite prices, one per entry of times")
+        if np.any(np.abs(prices) > MAX_MAGNITUDE):
+            fail(f"{where}.tariffs", f"must lie within +-{MAX_MAGNITUDE:,.0f}, got {cut(list(prices))}")
         charge = raw.get("demand_charge", 0)
-        if not _finite(charge) or charge < 0:
-            fail(f"{where}.demand_charge", f"must be a number >= 0, got {cut(charge)}")
+        if not _finite(charge) or not 0 <= charge <= MAX_MAGNITUDE:
+            fail(f"{where}.demand_charge",
+                 f"must be a number in [0, {MAX_MAGNITUDE:,.0f}], got {cut(charge)}")
         schedules.append(TariffSchedule(str(raw.get("id", where)), days["effective_start"],
                                         days["effective_end"], mask, hours, prices, float(charge)))
     return Tariff(str(doc.get("name", path.stem)), tuple(schedules), str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from envs.data.errors import DataError
 from envs.data.replay import REPLAY_FIELDS, REPLAY_KEYS, ReplayGenerator, as_days, replay_days
 from envs.data.sessions import READERS, read_sessions
 from envs.episode import Generator
+from envs.errors import ConfigError, cut, cut_text
 from envs.site import SiteError, SiteParams
 
 SESSIONS_KEYS = ("data_dir", "format", "path", "reader", "report", "stations")
@@ -48,41 +50,51 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams, base: Gene
         fail(f"sessions.{unknown[0]}", f"is not a known field (known: {', '.join(SESSIONS_KEYS)})")
     stations = spec.get("stations")
     if stations is not None and not isinstance(stations, (list, tuple)):
-        fail("sessions.stations", f"must be a list of station ids, got {stations!r}")
+        fail("sessions.stations", f"must be a list of station ids, got {cut(stations)}")
     fmt = spec.get("format", "acn_csv")
-    if fmt not in READERS:
-        fail("sessions.format", f"must be one of {', '.join(READERS)}, got {fmt!r}")
-    base_dir = Path(str(spec.get("data_dir", "."))).expanduser()
+    if not isinstance(fmt, str) or fmt not in READERS:
+        fail("sessions.format", f"must be one of {', '.join(READERS)}, got {cut(fmt)}")
+    for key in ("data_dir", "report"):
+        if spec.get(key) is not None and not isinstance(spec[key], str | os.PathLike):
+            fail(f"sessions.{key}", f"must be a path, got {cut(spec[key])}")
+    base_dir = Path(spec.get("data_dir") or ".").expanduser()
     paths = spec["path"] if isinstance(spec["path"], (list, tuple)) else [spec["path"]]
-    files = [base_dir / Path(str(path)).expanduser() for path in paths]
+    for i, path in enumerate(paths):
+        if not isinstance(path, str | os.PathLike):
+            fail("sessions.path" + (f"[{i}]" if isinstance(spec["path"], (list, tuple)) else ""),
+                 f"must be a path (or a list of paths), got {cut(path)}")
+    files = [base_dir / Path(path).expanduser() for path in paths]
     missing = [file for file in files if not file.is_file()]
     if missing or not files:
-        fail("sessions.path", f"names no session file: {missing[0]}" if missing else "lists no file")
+        fail("sessions.path", f"names no session file: {cut_text(missing[0])}" if missing
+             else "lists no file")
     reader = spec.get("reader") or {}
     if not isinstance(reader, Mapping):
-        fail("sessions.reader", f"must be a mapping of the reader's options, got {reader!r}")
+        fail("sessions.reader", f"must be a mapping of the reader's options, got {cut(reader)}")
     try:
         sessions = read_sessions(files, fmt, stations=stations, **reader)
     except DataError:
         raise
-    except (TypeError, ValueError) as err:  # options the reader does not take, or bad values
-        fail("sessions.reader", f"does not fit the {fmt} reader: {err}")
+    except ConfigError as err:  # an option of the reader with a bad value
+        fail("sessions.reader", f"has an option the {fmt} reader cannot use: {cut_text(err)}")
+    except (TypeError, ValueError) as err:  # options the reader does not take
+        fail("sessions.reader", f"does not fit the {fmt} reader: {cut_text(err)}")
     options = {key: config.pop(key) for key in REPLAY_FIELDS if key in config}
     if not len(sessions):
         fail("sessions", f"leaves no session to replay ({sessions.attrs['report'].summary()})")
     for key in ("shuffle", "carry_over", "cap_request_to_stay"):
         if not isinstance(options.get(key, True), bool):
-            fail(key, f"must be true or false, got {options[key]!r}")
+            fail(key, f"must be true or false, got {cut(options[key])}")
     minimum = options.get("min_sessions", 1)
     if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)) or minimum < 0:
-        fail("min_sessions", f"must be a whole number >= 0, got {minimum!r}")
+        fail("min_sessions", f"must be a whole number >= 0, got {cut(minimum)}")
     for key in ("days", "special_days"):
         if options.get(key) is None:
             continue
         try:
             dates = as_days(options[key])
         except (TypeError, ValueError):
-            fail(key, f"must be a list of dates, got {options[key]!r}")
+            fail(key, f"must be a list of dates, got {cut(options[key])}")
         if key == "days" and not len(dates):
             fail(key, "must list at least one date")
     date_range = config.pop("date_range", None)
@@ -95,11 +107,11 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams, base: Gene
         try:
             first, last = as_days(date_range)
         except (TypeError, ValueError):
-            fail("date_range", f"must be [first, last] dates, got {date_range!r}")
+            fail("date_range", f"must be [first, last] dates, got {cut(date_range)}")
         try:
             days = replay_days(sessions, params, minimum)
         except ValueError as err:
-            fail("sessions", str(err))
+            fail("sessions", cut_text(err))
         days = np.asarray(days, dtype="datetime64[D]")
         options["days"] = [str(day) for day in days[(days >= first) & (days <= last)]]
         if not options["days"]:
@@ -107,13 +119,16 @@ def replay_from_config(config: Mapping[str, Any], params: SiteParams, base: Gene
     try:
         generator = ReplayGenerator(sessions, base=base, **options)
     except (TypeError, ValueError) as err:
-        fail("sessions", str(err))
+        fail("sessions", cut_text(err))
     try:
         generator.days_for(params)
     except ValueError as err:
-        fail("days", str(err))
+        fail("days", cut_text(err))
     report = generator.report(params)
     _LOG.info("replayed sessions: %s", report.summary())
     if spec.get("report") is not None:
-        report.write(Path(str(spec["report"])))
+        try:
+            report.write(Path(spec["report"]).expanduser())
+        except OSError as err:
+            fail("sessions.report", f"cannot be written: {cut_text(err)}")
     return generator

@@ -20,17 +20,19 @@ announced departure were set to the delivered energy and the real departure beca
 driver gave none) and ``skipped``: a dict with the ``count``, ``lines`` and ``messages`` of the
 invalid rows left out with ``skip_invalid=True`` (``count`` 0 otherwise).
 
-Bad input raises ``DataError`` (``envs.data.errors``, a ``ValueError``) whose message names
-the file, the line (1-based line of the file, the header being line 1; for Parquet the 1-based
-row) and the field: a malformed file, a missing column, an empty required value, an
-unparseable date or number, a negative energy, a departure before the arrival, or a session id
-used twice. Nothing is
-dropped silently: with ``skip_invalid=True`` the invalid rows (and the later rows of a
-duplicated session id) are left out, counted in ``attrs["skipped"]`` and reported by a
-warning. Rows whose fields are all empty (blank lines) are not sessions and are passed over.
-Times written with a UTC offset (``+02:00``, ``Z``, ``GMT``) are converted to the reader's
-``tz``; naive times are read as wall-clock times of ``tz`` (an ambiguous time at the end of
-summer time is taken as summer time, a time that does not exist is moved forward).
+A bad argument (an unknown ``tz``, an ``energy_scale`` that is not a finite number > 0, a
+``columns`` mapping without the required names, a ``sep`` of more than one character) raises
+``ConfigError`` naming it. Bad input raises ``DataError`` (``envs.data.errors``, a
+``ValueError``) whose message names the file, the line (1-based line of the file, the header
+being line 1; for Parquet the 1-based row) and the field: a malformed file, a missing column,
+an empty required value, an unparseable date or number, a negative energy, a departure before
+the arrival, or a session id used twice. Nothing is dropped silently: with
+``skip_invalid=True`` the invalid rows (and the later rows of a duplicated session id) are
+left out, counted in ``attrs["skipped"]`` and reported by a warning. Rows whose fields are
+all empty (blank lines) are not sessions and are passed over. Times written with a UTC
+offset (``+02:00``, ``Z``, ``GMT``) are converted to the reader's ``tz``; naive times are read
+as wall-clock times of ``tz`` (an ambiguous time at the end of summer time is taken as summer
+time, a time that does not exist is moved forward).
 
 The readers here know the formats; ``envs.data.session_files`` reads a file's raw columns and
 ``envs.data.session_rows`` checks them into the table.
@@ -38,7 +40,10 @@ The readers here know the formats; ``envs.data.session_files`` reads a file's ra
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,9 +52,11 @@ import numpy as np
 import pandas as pd
 
 from envs.data.errors import DataError
+from envs.data.series import check_tz
 from envs.data.session_files import csv_columns, json_items, line_numbers, parquet_columns, read_text
 from envs.data.session_report import OTHER_STATION, OUTSIDE_RANGE, REPEATED_ACROSS_FILES, combined, dropping
 from envs.data.session_rows import ENERGY_COLUMNS, SessionRows, assemble
+from envs.errors import ConfigError, cut, cut_key
 
 SESSION_COLUMNS = ("arrival", "departure", "announced_departure", "requested_kwh", "delivered_kwh",
                    "station_id", "session_id", "battery_kwh", "max_charge_kw")
@@ -85,6 +92,7 @@ def read_acn_json(path, tz: str = "America/Los_Angeles", *, skip_invalid: bool =
     left out with a warning and counted in the report (``dropped["outside the file's date range"]``).
     """
     path = Path(path)
+    _check_options(tz, skip_invalid)
     text = read_text(path, "utf-8-sig")
     meta: dict = {}
     starts, items = json_items(text, path, meta)
@@ -124,6 +132,7 @@ def read_acn_csv(path, tz: str = "America/Los_Angeles", *, skip_invalid: bool = 
     (counted in ``attrs["requested_from_delivered"]``).
     """
     path = Path(path)
+    _check_options(tz, skip_invalid)
     rows, raw = csv_columns(path, {**_ACN_CSV_COLUMNS, "claimed": "claimed"}, ",", "utf-8-sig")
     claimed_text = raw["claimed"].astype("string").str.strip().str.lower()
     unclaimed = claimed_text.isin(["false", "0"]).to_numpy()
@@ -151,15 +160,26 @@ def read_sessions_csv(path, columns: Mapping[str, str], *, sep: str = ",", decim
     ``01.02.2021``); ``energy_scale`` multiplies energies (0.001 for Wh).
     """
     path = Path(path)
+    _check_options(tz, skip_invalid)
+    if not isinstance(columns, Mapping):
+        raise ConfigError(f"columns must map canonical names to the file's columns, got {cut(columns)}")
     columns = dict(columns)
-    unknown = sorted(set(columns) - set(SESSION_COLUMNS))
+    unknown = sorted(map(cut_key, set(columns) - set(SESSION_COLUMNS)))
     if unknown:
-        raise ValueError(f"columns: unknown canonical name {unknown[0]!r} "
-                         f"(known: {', '.join(SESSION_COLUMNS)})")
+        raise ConfigError(f"columns: unknown canonical name {unknown[0]!r} "
+                          f"(known: {', '.join(SESSION_COLUMNS)})")
     missing = [name for name in ("arrival", "departure") if name not in columns]
     if missing or not set(ENERGY_COLUMNS) & set(columns):
-        raise ValueError("columns must map 'arrival', 'departure' and 'requested_kwh' or 'delivered_kwh' "
-                         f"to the file's columns, got {columns}")
+        raise ConfigError("columns must map 'arrival', 'departure' and 'requested_kwh' or 'delivered_kwh' "
+                          f"to the file's columns, got {cut(columns)}")
+    for name, value in {"sep": sep, "decimal": decimal, "thousands": thousands}.items():
+        if not (isinstance(value, str) and len(value) == 1) and not (name == "thousands" and value is None):
+            raise ConfigError(f"{name} must be one character, got {cut(value)}")
+    if date_format is not None and not isinstance(date_format, str):
+        raise ConfigError(f"date_format must be a strftime format text or None, got {cut(date_format)}")
+    if not isinstance(dayfirst, bool):
+        raise ConfigError(f"dayfirst must be true or false, got {cut(dayfirst)}")
+    energy_scale = _energy_scale(energy_scale)
     if path.suffix.lower() in (".parquet", ".pq"):
         rows, raw = parquet_columns(path, columns)
     else:
@@ -185,10 +205,10 @@ def read_sessions(path, format: str = "acn_csv", *, stations: Sequence[str] | No
     ``stations`` keeps only the sessions of those station ids. ``attrs["report"]`` is the
     ``SessionReport`` of all files (each file's in its ``per_file``).
     """
-    if format not in READERS:
-        raise ValueError(f"format must be one of {', '.join(READERS)}, got {format!r}")
+    if not isinstance(format, str) or format not in READERS:
+        raise ConfigError(f"format must be one of {', '.join(READERS)}, got {cut(format)}")
     if isinstance(stations, (str, bytes)):
-        raise ValueError(f"stations must be a list of station ids, got the string {stations!r}")
+        raise ConfigError(f"stations must be a list of station ids, got the string {cut(stations)}")
     read = {"acn_csv": read_acn_csv, "acn_json": read_acn_json, "csv": read_sessions_csv}[format]
     paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
     tables = [read(p, **options) for p in paths]
@@ -210,6 +230,25 @@ def read_sessions(path, format: str = "acn_csv", *, stations: Sequence[str] | No
         wanted = {str(station) for station in stations}
         table, report = dropping(report, table, table["station_id"].isin(wanted).to_numpy(), OTHER_STATION)
     return table
+
+
+def _check_options(tz, skip_invalid) -> None:
+    """ConfigError for a ``tz`` that is not a time zone name or a ``skip_invalid`` that is not a bool."""
+    if not isinstance(tz, str | datetime.tzinfo):
+        raise ConfigError(f"tz must be a time zone name, got {cut(tz)}")
+    check_tz(tz)
+    if not isinstance(skip_invalid, bool):
+        raise ConfigError(f"skip_invalid must be true or false, got {cut(skip_invalid)}")
+
+
+def _energy_scale(value) -> float:
+    """``energy_scale`` as a float, finite and > 0 (0.001 for a file in Wh), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"energy_scale must be a number (0.001 for a file in Wh), got {cut(value)}")
+    if not math.isfinite(value) or not value > 0:
+        raise ConfigError(f"energy_scale must be a finite number > 0 (0.001 for a file in Wh), "
+                          f"got {cut(value)}")
+    return float(value)
 
 
 def _within_meta(table: pd.DataFrame, meta: dict, path: Path, tz: str) -> pd.DataFrame:
