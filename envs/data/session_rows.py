@@ -18,6 +18,7 @@ import pandas as pd
 
 from envs.data.errors import DataError
 from envs.data.session_report import file_report
+from envs.errors import ConfigError, cut, cut_text
 
 ENERGY_COLUMNS = ("delivered_kwh", "requested_kwh")
 _CAR_COLUMNS = ("battery_kwh", "max_charge_kw")
@@ -143,8 +144,12 @@ def _times(rows: SessionRows, raw: pd.Series, name: str, tz: str, fmt: str | Non
             warnings.simplefilter("ignore", UserWarning)
             for subset, utc in ((aware & ~missing, True), (~aware & ~missing, False)):
                 if subset.any():
-                    values = pd.to_datetime(text[subset], format=fmt, dayfirst=dayfirst, utc=utc,
-                                            errors="coerce")
+                    try:
+                        values = pd.to_datetime(text[subset], format=fmt, dayfirst=dayfirst, utc=utc,
+                                                errors="coerce")
+                    except ValueError as err:  # a format pandas cannot use ('%Q'); bad values coerce
+                        raise ConfigError(f"date_format {cut(fmt)} is not a usable strftime format "
+                                          f"({cut_text(err)})") from None
                     values = values.dt.tz_convert(tz) if utc else _localize(values, tz)
                     parsed[subset] = values.astype(dtype)
         rows.flag(~missing & parsed.isna().to_numpy(), name, "cannot be read as a date", raw)

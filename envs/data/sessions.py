@@ -44,8 +44,9 @@ import datetime
 import email.utils
 import math
 import numbers
+import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,10 @@ def read_sessions_csv(path, columns: Mapping[str, str], *, sep: str = ",", decim
     for name, value in {"sep": sep, "decimal": decimal, "thousands": thousands}.items():
         if not (isinstance(value, str) and len(value) == 1) and not (name == "thousands" and value is None):
             raise ConfigError(f"{name} must be one character, got {cut(value)}")
+    if decimal == sep or thousands in (sep, decimal):
+        raise ConfigError(f"sep {sep!r}, decimal {decimal!r} and thousands {thousands!r} must differ")
+    if not isinstance(encoding, str):
+        raise ConfigError(f"encoding must be the name of a text encoding, got {cut(encoding)}")
     if date_format is not None and not isinstance(date_format, str):
         raise ConfigError(f"date_format must be a strftime format text or None, got {cut(date_format)}")
     if not isinstance(dayfirst, bool):
@@ -209,8 +214,15 @@ def read_sessions(path, format: str = "acn_csv", *, stations: Sequence[str] | No
         raise ConfigError(f"format must be one of {', '.join(READERS)}, got {cut(format)}")
     if isinstance(stations, (str, bytes)):
         raise ConfigError(f"stations must be a list of station ids, got the string {cut(stations)}")
+    if stations is not None and not isinstance(stations, Iterable):
+        raise ConfigError(f"stations must be a list of station ids, got {cut(stations)}")
     read = {"acn_csv": read_acn_csv, "acn_json": read_acn_json, "csv": read_sessions_csv}[format]
     paths = [path] if isinstance(path, (str, bytes)) or not isinstance(path, Sequence) else list(path)
+    if not paths:
+        raise ConfigError("path must name a session file or a list of them, got an empty list")
+    for one in paths:
+        if not isinstance(one, str | os.PathLike):
+            raise ConfigError(f"path must name a session file or a list of them, got {cut(one)}")
     tables = [read(p, **options) for p in paths]
     table = pd.concat(tables, ignore_index=True)
     table.attrs = dict(tables[0].attrs)
