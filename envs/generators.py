@@ -56,7 +56,7 @@ def generator_for(params: SiteParams) -> Generator:
     if forecasts is not None:
         from envs.data.forecasts import IssuedForecasts
 
-        generator = IssuedForecasts(generator, forecasts)
+        generator = IssuedForecasts(generator, forecasts, site_name=params.name)
     return generator
 
 
