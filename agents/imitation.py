@@ -114,6 +114,8 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
 def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np.ndarray, seed: int) -> dict:
     """Clone the configured teacher into ``model.policy`` before RL; returns what to log.
 
+    ``params`` is the site with the training reward: the teacher plans for it.
+
     ``imitation_cfg``: ``teacher`` (a ``_target_`` policy built with ``params``), ``episodes``
     and ``seed`` (demonstration episodes of the site's scenario), ``tie_break_eur_kwh_per_step``
     (see ``collect_demonstrations``), ``epochs``, ``batch_size``,

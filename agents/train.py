@@ -162,8 +162,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     if checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
-        coefficients = training_params(params, cfg["env"]).reward.coefficients()
-        for key, value in pretrain(model, cfg["imitation"], params, coefficients, cfg["seed"]).items():
+        rewarded = training_params(params, cfg["env"])
+        for key, value in pretrain(model, cfg["imitation"], rewarded, rewarded.reward.coefficients(),
+                                   cfg["seed"]).items():
             model.logger.record(key, value)
     steps = model.num_timesteps
     eval_freq, checkpoint_freq = cfg.get("eval_freq", 0), cfg.get("checkpoint_freq", 0)
