@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.action_layer import fill_in_order
 from envs.dynamics import node_flows, project_to_limits
 from envs.observation import layout_size, observation_layout
 from envs.site import SiteParams
@@ -38,9 +39,6 @@ class RuleBasedPolicy:
         self.params = params
         self.layout = observation_layout(params)
         self.obs_size = layout_size(params)
-        self._level_slots = tuple(zip(params.levels_bottom_up, params.level_port_slot, strict=True))
-        self._sort_keys = tuple(slot.astype(np.int16 if len(level) < np.iinfo(np.int16).max else np.int64)
-                                for level, slot in self._level_slots)
         self._charge_kwh_per_kw_step = params.port_charge_efficiency * params.dt_hours
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
@@ -86,27 +84,12 @@ class RuleBasedPolicy:
     def fill_in_order(self, priority: np.ndarray, request_kw: np.ndarray, headroom_kw: np.ndarray):
         """Grant (B, P) kW: ports in increasing ``priority`` take their request while it fits.
 
-        Levels go bottom-up; at each node, a port gets at most the node's headroom less what
-        the earlier ports below it were granted so far. Later cuts higher up only lower the
-        grants, so every node ends within its headroom; on a single binding node this is the
-        exact greedy fill.
+        ``envs.action_layer.fill_in_order`` (the fill of the env's ``priority`` action mode), ties
+        in port order: levels go bottom-up; at each node, a port gets at most the node's headroom
+        less what the earlier ports below it were granted so far, so every node ends within its
+        headroom.
         """
-        b = request_kw.shape[0]
-        rows = np.arange(b)[:, None]
-        by_priority = np.argsort(priority, axis=1, kind="stable")
-        grant = request_kw.copy()
-        zeros, unlimited = np.zeros((b, 1)), np.full((b, 1), np.inf)
-        for (level, slot), key in zip(self._level_slots, self._sort_keys, strict=True):
-            order = np.take_along_axis(by_priority, np.argsort(key[by_priority], axis=1, kind="stable"), 1)
-            sorted_grant = grant[rows, order]
-            before = np.cumsum(sorted_grant, axis=1) - sorted_grant
-            segment = np.concatenate([self.node_sums(grant)[:, level], zeros], axis=1)
-            segment_start = np.cumsum(segment, axis=1) - segment
-            sorted_slot = slot[order]
-            room = np.concatenate([headroom_kw[:, level], unlimited], axis=1)[rows, sorted_slot]
-            room -= before - segment_start[rows, sorted_slot]
-            grant[rows, order] = np.minimum(sorted_grant, np.maximum(room, 0.0))
-        return grant
+        return fill_in_order(self.params, priority, request_kw, headroom_kw)
 
     def fractions(self, grant_kw: np.ndarray, max_kw: np.ndarray) -> np.ndarray:
         """Action magnitudes that ask for ``grant_kw`` on ports offering ``max_kw`` (0 where none)."""

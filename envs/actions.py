@@ -24,3 +24,14 @@ def action_array(action, expected_shape: tuple[int, ...], context: str) -> np.nd
     if array.dtype.kind not in ACTION_KINDS:
         raise ValueError(f"action has dtype {array.dtype}, expected a float array")
     return array.astype(np.float64, copy=False)
+
+
+def action_space(params):
+    """One env's ``Box`` of actions in the site's ``action_mode``: (P,) in [-1, 1] (``signed``),
+    (P,) in [0, 1] (``unit``) or (2P,) in [-1, 1] (``priority``: power, priority per port)."""
+    from gymnasium import spaces
+
+    from envs.action_layer import action_bounds, action_width
+
+    low, high = action_bounds(params)
+    return spaces.Box(low, high, (action_width(params),), dtype=np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from envs.action_layer import action_bounds, action_width, fill_by_priority, signed_fraction
 from envs.actions import action_array
 from envs.dynamics import available_power, battery_energy_kwh, project_to_limits, split_power
 from envs.episode import Episode
@@ -54,7 +55,8 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     """Advance every env of the batch by one step.
 
     ``action`` (B, P) in [-1, 1] is the fraction of each port's available charge (> 0) or
-    discharge (< 0) power; it is read, never modified. Returns ``(state, terms, info)`` where
+    discharge (< 0) power, or as the site's ``action_mode`` says (``envs.action_layer``); it is
+    read, never modified. Returns ``(state, terms, info)`` where
     ``terms`` (B, len(TERMS)) are this step's reward terms in physical units and ``info`` holds
     per-env arrays for the diagnostics that are not reward terms.
     """
@@ -62,10 +64,17 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     if t >= params.horizon_steps:
         raise RuntimeError(f"the episode ended at step {t} (horizon_steps); reset before stepping")
     fraction, clipped = check_action(params, state, action)
+    priority = None
+    if params.action_mode != "signed":
+        fraction, priority = signed_fraction(params, fraction)
     charge_kw, discharge_kw = split_power(fraction)
     charge_kw *= state.max_charge_kw
     discharge_kw *= state.max_discharge_kw
-    requested = charge_kw + discharge_kw
+    if priority is None:
+        requested = charge_kw + discharge_kw
+    else:
+        requested = fill_by_priority(params, charge_kw, discharge_kw, priority, state.node_exo_kw[:, t])
+        charge_kw, discharge_kw = split_power(requested)
     power, site_kw, violation_kw = project_to_limits(params, requested, state.node_exo_kw[:, t])
     if power is not requested:
         charge_kw, discharge_kw = split_power(power)
@@ -89,7 +98,7 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
     terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
     terms[:, TERM_INDEX["overload_requested_kwh"]] = (
-        _row_sum(np.abs(requested - power)) * dt if power is not requested else 0.0)
+        _row_sum(np.abs(requested - power)) * dt if power is not requested and priority is None else 0.0)
     terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
     terms[:, TERM_INDEX["peak_increase_kw"]] = peak - state.peak_import_kw
     terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
@@ -115,21 +124,30 @@ def step(params: SiteParams, state: State, action: np.ndarray):
 
 
 def check_action(params: SiteParams, state: State, action) -> tuple[np.ndarray, np.ndarray]:
-    """The action clipped to [-1, 1] and the count of clipped entries per env.
+    """The action clipped to the mode's bounds and the count of clipped entries per env.
 
-    Raises ValueError naming the env and port of a NaN or infinite entry, or naming the expected
+    The action is (B, P), or (B, 2P) in ``priority`` mode (``envs.action_layer``). Raises
+    ValueError naming the env and port of a NaN or infinite entry, or naming the expected
     shape. The caller's array is never modified.
     """
-    expected = state.port_ev.shape
-    action = action_array(action, expected, f" (envs, ports of site {params.name!r})")
-    largest = np.maximum.reduce(np.abs(action), axis=None)
-    if largest <= 1.0:
+    expected = (state.port_ev.shape[0], action_width(params))
+    per_port = "2 per port: power, priority" if params.action_mode == "priority" else "ports"
+    action = action_array(action, expected, f" (envs, {per_port} of site {params.name!r})")
+    low, high = action_bounds(params)
+    if low == -1.0:
+        largest = np.maximum.reduce(np.abs(action), axis=None)
+        if largest <= 1.0:
+            return action, np.zeros(expected[0], dtype=np.int64)
+    elif np.minimum.reduce(action, axis=None) >= low and np.maximum.reduce(action, axis=None) <= high:
         return action, np.zeros(expected[0], dtype=np.int64)
-    if not np.isfinite(largest):
-        env, port = np.argwhere(~np.isfinite(action))[0]
-        raise ValueError(f"action for env {env}, port {port} ({params.port_names[port]}) is "
-                         f"{action[env, port]}; actions must be finite")
-    return np.clip(action, -1.0, 1.0), np.count_nonzero(np.abs(action) > 1.0, axis=1)
+    if not np.isfinite(action).all():
+        env, column = np.argwhere(~np.isfinite(action))[0]
+        port, what = column, ""
+        if params.action_mode == "priority":
+            port, what = column // 2, (" power", " priority")[column % 2]
+        raise ValueError(f"action for env {env}, port {port} ({params.port_names[port]}){what} is "
+                         f"{action[env, column]}; actions must be finite")
+    return np.clip(action, low, high), np.count_nonzero((action < low) | (action > high), axis=1)
 
 
 def _row_sum(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs import core
-from envs.actions import action_array
+from envs.actions import action_array, action_space
 from envs.episode import Generator
 from envs.generators import generator_for
 from envs.observation import observation_bounds, observation_layout, observe
@@ -41,7 +41,20 @@ class SmartChargingEnv(gymnasium.Env):
 
     ## Action Space
 
-    ``Box(-1, 1, (num_ports,), float32)``. Entry ``i`` is the fraction of port ``i``'s available
+    Set by the site's ``action_mode`` (``envs.action_layer``):
+
+    * ``signed`` (default): ``Box(-1, 1, (num_ports,), float32)``, described below.
+    * ``unit``: ``Box(0, 1, (num_ports,), float32)``. On a one-way site entry ``i`` is the
+      fraction of port ``i``'s available charge power (0 off, 1 full); on a bidirectional site
+      it reads as the signed fraction ``2 a - 1`` (0 full discharge, 0.5 idle, 1 full charge).
+    * ``priority``: ``Box(-1, 1, (2 * num_ports,), float32)``, port-major: entries ``2 i`` and
+      ``2 i + 1`` are port ``i``'s signed fraction and its priority. A safety layer grants the
+      requested powers in priority order (higher first, equal priorities sharing in proportion
+      to their requests): discharging fills each node's export room, then charging each node's
+      import headroom, so every node stays within its limits whenever its inflexible load and PV
+      alone do, no headroom a port asked for is left idle, and ``overload_requested_kwh`` is 0.
+
+    In ``signed`` mode, entry ``i`` is the fraction of port ``i``'s available
     charge power (``> 0``) or available discharge power (``< 0``) to use for this step. The
     available charge power (grid side, a step average) is what the car takes at full power over
     the step: the lower of the port limit and the car's limit, which tapers linearly from full
@@ -51,8 +64,8 @@ class SmartChargingEnv(gymnasium.Env):
     available discharge power is nonzero only for V2G: a bidirectional port, a car that can
     discharge and a driver who consented; it never takes the battery below the EV's minimum
     SoC. Empty or failed ports have no available power, so their entries do nothing. Values
-    outside [-1, 1] are clipped (counted in ``info["action_clipped"]``); NaN or infinite values
-    raise ``ValueError`` naming the env and port, a wrong shape one naming the expected shape.
+    outside the mode's bounds are clipped (counted in ``info["action_clipped"]``); NaN or
+    infinite values raise ``ValueError`` naming the env and port, a wrong shape one naming the expected shape.
     The caller's action array is never modified.
 
     The requested port powers are then made feasible through the node tree (each node's net
@@ -140,10 +153,12 @@ class SmartChargingEnv(gymnasium.Env):
         self.layout = observation_layout(self.params)
         low, high = observation_bounds(self.params)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, (self.params.num_ports,), dtype=np.float32)
+        self.action_space = action_space(self.params)
         self.state: State | None = None
         self._coefficients = self.params.reward.coefficients()
-        self._action_shape = (self.params.num_ports,)
+        self._action_shape = self.action_space.shape
+        self._per_port = ("two values per port (power, priority)" if self.params.action_mode == "priority"
+                          else "one value per port")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -155,7 +170,7 @@ class SmartChargingEnv(gymnasium.Env):
         if self.state is None:
             raise RuntimeError("call reset before step")
         action = action_array(action, self._action_shape,
-                              f": one value per port of site {self.params.name!r} (env 0)")
+                              f": {self._per_port} of site {self.params.name!r} (env 0)")
         self.state, terms, diagnostics = core.step(self.params, self.state, action[None])
         row = terms[0]
         info = dict(zip(TERMS, row.tolist(), strict=True))

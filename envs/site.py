@@ -17,6 +17,7 @@ from envs.yaml_io import load_yaml
 
 MINUTES_PER_DAY = 1440
 MAX_WEIGHT = 1e6  # a reward weight; larger ones overflow float32 rewards
+ACTION_MODES = ("signed", "unit", "priority")  # meanings: envs.action_layer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,10 +53,14 @@ class SiteParams:
     forecast_steps: int = 8
     demand_forecast: bool = False
     stay_timing: str = "rounded"  # or "exact": first and last steps of a stay count only in part
+    action_mode: str = "signed"  # one of ACTION_MODES: how core.step reads an action
     reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
     scenario: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        if self.action_mode not in ACTION_MODES:
+            raise SiteError(f"site {cut(self.name)}: action_mode must be one of {', '.join(ACTION_MODES)}, "
+                            f"got {cut(self.action_mode)}")
         parent = self.node_parent
         n = len(parent)
         depth = np.zeros(n, dtype=np.int64)
@@ -225,7 +230,8 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     name = str(name)
     r = _Reader(origin, name)
     known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
-             "battery", "queue", "forecast_steps", "demand_forecast", "stay_timing", "reward", "scenario"}
+             "battery", "queue", "forecast_steps", "demand_forecast", "stay_timing", "action_mode", "reward",
+             "scenario"}
     for key in spec:
         if key not in known:
             r.fail(cut_key(key), f"is not a known field (known: {', '.join(sorted(known))})")
@@ -267,6 +273,9 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     stay_timing = spec.get("stay_timing", "rounded")
     if stay_timing not in ("rounded", "exact"):
         r.fail("stay_timing", f"must be rounded or exact, got {cut(stay_timing)}")
+    action_mode = spec.get("action_mode", "signed")
+    if not isinstance(action_mode, str) or action_mode not in ACTION_MODES:
+        r.fail("action_mode", f"must be one of {', '.join(ACTION_MODES)}, got {cut(action_mode)}")
     knee = r.number(battery, "taper_knee_soc", "battery.taper_knee_soc", 0.8, 0, 1)
     if knee >= 1:
         r.fail("battery.taper_knee_soc", f"must be < 1, got {knee:g}")
@@ -294,6 +303,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         forecast_steps=forecast_steps,
         demand_forecast=demand_forecast,
         stay_timing=stay_timing,
+        action_mode=action_mode,
         reward=weights,
         scenario=dict(spec.get("scenario", {}) or {}),
     )

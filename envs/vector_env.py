@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs import core
-from envs.actions import action_array
+from envs.actions import action_array, action_space
 from envs.episode import Generator
 from envs.errors import cut
 from envs.generators import generator_for
@@ -81,9 +81,10 @@ class SmartChargingVectorEnv(VectorEnv):
         self.layout = observation_layout(self.params)
         low, high = observation_bounds(self.params)
         self.single_observation_space = spaces.Box(low, high, dtype=np.float32)
-        self.single_action_space = spaces.Box(-1.0, 1.0, (self.params.num_ports,), dtype=np.float32)
+        self.single_action_space = action_space(self.params)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._per_port = "2 per port: power, priority" if self.params.action_mode == "priority" else "ports"
         self.state: State | None = None
         self._coefficients = self.params.reward.coefficients()
 
@@ -109,8 +110,8 @@ class SmartChargingVectorEnv(VectorEnv):
                 return self._new_episodes(), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), {}
             raise RuntimeError(f"every env was truncated at step {horizon}; with autoreset_mode "
                                f"{self.autoreset_mode.name} call reset() before stepping again")
-        actions = action_array(actions, (n, self.params.num_ports),
-                               f" (envs, ports of site {self.params.name!r})")
+        actions = action_array(actions, (n, *self.single_action_space.shape),
+                               f" (envs, {self._per_port} of site {self.params.name!r})")
         self.state, terms, diagnostics = core.step(self.params, self.state, actions)
         rewards = terms @ self._coefficients
         done = self.state.t >= horizon
