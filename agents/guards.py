@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.baselines import AsLateAsPossible
+from envs.errors import ConfigError
 from envs.site import SiteParams
 
 
@@ -30,6 +31,9 @@ class DeadlineGuard:
     """
 
     def __init__(self, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False):
+        if params.action_mode == "priority" or (params.action_mode == "unit" and params.bidirectional):
+            raise ConfigError(f"site {params.name!r}: the deadline guard raises signed actions; with "
+                              f"action_mode {params.action_mode!r} they mean something else")
         self.params = params
         self.margin_hours = float(margin_hours)
         self.fit_headroom = bool(fit_headroom)

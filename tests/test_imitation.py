@@ -134,3 +134,13 @@ def test_guard_fitting_headroom_leaves_nothing_for_the_env_to_cut():
     assert results[False][0] > 1.0, "full power on a busy site asks beyond the transformer"
     assert results[True][0] == pytest.approx(0.0, abs=1e-6)
     assert results[True][1] <= results[False][1] + 1e-6
+
+
+def test_guard_refuses_action_modes_whose_actions_mean_something_else():
+    from envs.errors import ConfigError
+
+    assert DeadlineGuard(load_site("caltech", action_mode="unit")).params.action_mode == "unit"
+    with pytest.raises(ConfigError, match="priority"):
+        DeadlineGuard(load_site("caltech", action_mode="priority"))
+    with pytest.raises(ConfigError, match="unit"):
+        DeadlineGuard(load_site("v2g_workplace", action_mode="unit"))

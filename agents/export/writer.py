@@ -67,6 +67,9 @@ def export_policy(run: str | Path, out: str | Path, site: SiteParams | str | Pat
         params = load_site(config["site"]["preset"], **(config["site"].get("overrides") or {}))
     else:
         params = site if isinstance(site, SiteParams) else load_site(site)
+    if params.action_mode != "signed":
+        raise ExportError(f"site {params.name!r} has action_mode {params.action_mode!r}; the scheduler "
+                          "runtime reads signed actions only (action_mode: signed)")
     if trained.recurrent:
         raise ExportError(f"{run}: recurrent policies ({config['policy']}) keep a hidden state; the "
                           "scheduler exports feed-forward actors only")

@@ -79,6 +79,9 @@ class Scheduler:
 
     def __init__(self, artifact: str | Path, site: SiteParams | str | Path, threads: int = 1):
         params = site if isinstance(site, SiteParams) else load_site(site)
+        if params.action_mode != "signed":
+            raise ArtifactError(f"site {params.name!r} has action_mode {params.action_mode!r}; this runtime "
+                                "turns signed actions into setpoints only")
         self.artifact = Path(artifact)
         self.manifest = read_manifest(self.artifact)
         check_site(self.manifest, params)
