@@ -190,7 +190,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         "site": params.name,
         "agent": cfg["agent"]["_target_"],
         "seed": cfg["seed"],
-        "policy": str(policy_dir),
+        "policy": policy_dir.name,
     }
     if resumed_from is not None:
         metrics["resumed_from_timestep"] = int(resumed_from)
