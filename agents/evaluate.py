@@ -22,7 +22,7 @@ from envs.episode import Episode, Generator
 from envs.errors import ConfigError
 from envs.limits import check_count
 from envs.observation import observe
-from envs.plugging import DEPARTED
+from envs.outcome import episode_outcome
 from envs.render import EpisodeTrace
 from envs.site import SiteParams
 
@@ -194,21 +194,9 @@ def rollout(policy, params: SiteParams, episode: Episode,
             trace.record(state, info)
         charged += info["charged_kwh"]
         discharged += info["discharged_kwh"]
-    schedule = state.schedule
-    departed = schedule.ev_status == DEPARTED
     fallbacks = getattr(policy, "solver_fallbacks", None)
-    return {
-        "totals": state.totals,
-        "charged_kwh": charged,
-        "discharged_kwh": discharged,
-        "peak_import_kw": state.peak_import_kw,
-        "requested_kwh": np.where(departed, episode.ev_requested_kwh, 0.0).sum(axis=1),
-        "turned_away": schedule.turned_away.sum(axis=1),
-        "abandoned": schedule.abandoned.sum(axis=1),
-        "arrived": schedule.arrived.sum(axis=1),
-        "wait_hours": schedule.wait_steps.sum(axis=1) * params.dt_hours,
-        "solver_fallbacks": np.zeros(episode.num_envs) if fallbacks is None else np.asarray(fallbacks, float),
-    }
+    counted = np.zeros(episode.num_envs) if fallbacks is None else np.asarray(fallbacks, float)
+    return {**episode_outcome(params, state, charged, discharged), "solver_fallbacks": counted}
 
 
 def _find(policies: Mapping[str, Any], test) -> str | None:

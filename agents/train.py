@@ -18,7 +18,7 @@ from envs.errors import ConfigError
 from envs.limits import check_count
 from envs.observation import layout_size
 from envs.reward import RewardWeights
-from envs.site import SiteParams, load_site
+from envs.site import SiteParams, deep_update, load_site
 
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
@@ -47,8 +47,12 @@ def checked_config(cfg: Mapping[str, Any]) -> dict:
 
 def site_params(cfg: Mapping[str, Any]) -> SiteParams:
     """The site of a run config: ``site.preset`` with ``site.overrides`` and ``env.overrides``."""
-    overrides = _merged(dict(cfg["site"].get("overrides") or {}), cfg.get("env", {}).get("overrides") or {})
-    return load_site(cfg["site"]["preset"], **overrides)
+    return load_site(cfg["site"]["preset"], **site_overrides(cfg))
+
+
+def site_overrides(cfg: Mapping[str, Any]) -> dict:
+    """The site fields a run changes: ``site.overrides`` with ``env.overrides`` merged over them."""
+    return deep_update(dict(cfg["site"].get("overrides") or {}), cfg.get("env", {}).get("overrides") or {})
 
 
 def training_params(params: SiteParams, env_cfg: Mapping[str, Any]) -> SiteParams:
@@ -219,12 +223,11 @@ def save_trained_policy(model, cfg: Mapping[str, Any], params: SiteParams, direc
 def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
     """The plain config ``agents.policy_io.build_policy`` rebuilds the policy from."""
     agent = cfg["agent"]
-    overrides = _merged(dict(cfg["site"].get("overrides") or {}), cfg["env"].get("overrides") or {})
     return {
         "algorithm": agent["_target_"],
         "policy": agent["policy"],
         "policy_kwargs": agent.get("policy_kwargs") or {},
-        "site": {"preset": cfg["site"]["preset"], "overrides": overrides},
+        "site": {"preset": cfg["site"]["preset"], "overrides": site_overrides(cfg)},
         "site_name": params.name,
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
@@ -238,11 +241,3 @@ def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
     progress = folder / "progress.csv"
     if progress.is_file():
         progress.rename(folder / f"progress.until_{timesteps}.csv")
-
-
-def _merged(base: dict, changes: Mapping) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = _merged(out[key], value) if nested else value
-    return out

@@ -7,8 +7,6 @@ import pandas as pd
 from agents.baselines import Uncontrolled
 from agents.evaluate import episodes_for, rollout
 from agents.kpis import add_score, episode_kpis, min_gap_eur, summarize
-from envs.core import reset, step
-from envs.observation import observe
 from envs.render import EpisodeTrace
 from envs.site import SiteParams
 
@@ -46,15 +44,6 @@ class Validation:
 
     def figure(self, policy, episode: int = 0):
         """The day figure (``envs.render.EpisodeTrace``) of ``policy`` on one validation episode."""
-        one = self.episodes.take([episode % self.episodes.num_envs])
-        begin = getattr(policy, "begin", None)
-        if callable(begin):
-            begin(self.params, one)
-        state = reset(self.params, one)
         trace = EpisodeTrace(self.params)
-        trace.record(state)
-        while state.t < self.params.horizon_steps:
-            action, _ = policy.predict(observe(self.params, state), deterministic=True)
-            state, _, info = step(self.params, state, action)
-            trace.record(state, info)
+        rollout(policy, self.params, self.episodes.take([episode % self.episodes.num_envs]), trace)
         return trace.figure()

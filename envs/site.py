@@ -163,14 +163,15 @@ def load_site(site: str | Path | Mapping[str, Any] | SiteParams, **overrides) ->
             raise SiteError(f"site {err}") from None
         if not isinstance(spec, Mapping):
             raise SiteError(f"site {origin}: top level must be a mapping")
-    spec = _deep_update(dict(spec), overrides)
+    spec = deep_update(dict(spec), overrides)
     return _parse(spec, origin)
 
 
-def _deep_update(base: dict, changes: Mapping) -> dict:
+def deep_update(base: dict, changes: Mapping) -> dict:
+    """``base`` with ``changes`` merged in (nested mappings merged key by key, in place); returned."""
     for key, value in changes.items():
         if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-            base[key] = _deep_update(dict(base[key]), value)
+            base[key] = deep_update(dict(base[key]), value)
         else:
             base[key] = value
     return base
