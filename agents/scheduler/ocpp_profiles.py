@@ -28,6 +28,7 @@ SCHEMA_FILES = {"1.6": "v16/schemas/SetChargingProfile.json",
                 "2.0.1": "v201/schemas/SetChargingProfileRequest.json",
                 "2.1": "v21/schemas/SetChargingProfileRequest.json"}
 PORT_LIMIT_TOLERANCE_KW = 1e-6
+_UNDER_1_W_KW = 0.0009  # |kW| below which a setpoint is 0 whole watts
 
 
 class ProfileError(ValueError):
@@ -151,14 +152,15 @@ class ChargingProfiles:
             raise ProfileError(f"version must be one of {', '.join(VERSIONS)}, got {cut(version)}")
         if unit not in ("W", "A") or (unit == "A" and version != "1.6"):
             raise ProfileError(f"unit must be 'W' (or 'A' with version 1.6), got {cut(unit)} for {version}")
-        kw = self._setpoints_kw(decision, ports)
+        kw = self._setpoints_kw(decision, ports).tolist()
         when = rfc3339(start)
+        absolute, version_v2x = self.kind == "Absolute", version == "2.1"
         calls, refused = [], []
         for index, name in enumerate(self.params.port_names):
             if name not in ports:
                 continue
             binding, power_w = _binding(ports[name], name, version), _whole_watts(kw[index])
-            v2x = version == "2.1" and binding.v2x
+            v2x = version_v2x and binding.v2x
             if power_w < 0 and not v2x:
                 refused.append(f"{name} ({power_w} W)")
                 continue
@@ -172,10 +174,9 @@ class ChargingProfiles:
                           "limit": max(power_w, 0), "dischargeLimit": min(power_w, 0)}
             else:
                 period = {"startPeriod": 0, "limit": power_w}
-            schedule = {}
-            if self.kind == "Absolute":
-                schedule.update(duration=self.step_seconds, startSchedule=when)
-            schedule.update(chargingRateUnit=unit, chargingSchedulePeriod=[period])
+            schedule = {"duration": self.step_seconds, "startSchedule": when} if absolute else {}
+            schedule["chargingRateUnit"] = unit
+            schedule["chargingSchedulePeriod"] = [period]
             profile_id = self.first_profile_id + index
             payload = self._payload(version, binding, profile_id, schedule)
             calls.append(ProfileCall(name, binding.charge_point, version, float(power_w), payload))
@@ -195,14 +196,24 @@ class ChargingProfiles:
                                f"{params.name!r}'s ports")
         if not isinstance(ports, Mapping):
             raise ProfileError(f"ports must map port names to PortBinding, got {cut(ports)}")
+        known = _port_set(params.port_names)
         for name in ports:
-            if name not in params.port_names:
+            if name not in known:
                 raise ProfileError(f"ports: {cut(name)} is not a port of site {params.name!r}")
         kw = np.asarray(decision.setpoint_kw, dtype=np.float64)
         if kw.shape != (params.num_ports,):
             raise ProfileError(f"setpoint_kw has shape {kw.shape}, expected ({params.num_ports},)")
         high, low = params.port_max_charge_kw, -params.port_max_discharge_kw
-        for index, name in enumerate(params.port_names):
+        tolerance = PORT_LIMIT_TOLERANCE_KW
+        with np.errstate(invalid="ignore"):
+            inside = bool(((kw >= low - tolerance) & (kw <= high + tolerance)).all())  # False on NaN
+        if inside and (len(ports) == params.num_ports or all(
+                name in ports or (session is None and (-_UNDER_1_W_KW < value < _UNDER_1_W_KW
+                                                        or _whole_watts(value) == 0))
+                for name, session, value in zip(params.port_names, decision.session_ids, kw.tolist(),
+                                                strict=True))):
+            return np.clip(kw, low, high)
+        for index, name in enumerate(params.port_names):  # the first port at fault, named
             value, session = kw[index], decision.session_ids[index]
             if not math.isfinite(value):
                 raise ProfileError(f"port {name!r}: setpoint_kw is {value}; it must be finite")
@@ -229,12 +240,19 @@ class ChargingProfiles:
         return {"evseId": binding.connector_id, "chargingProfile": profile}
 
 
+@functools.lru_cache(maxsize=16)
+def _port_set(port_names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(port_names)
+
+
 def _whole_watts(kw: float) -> int:
     """W rounded toward zero after rounding to 1e-6 W (which undoes float noise)."""
     return int(math.trunc(round(float(kw) * 1000.0, 6)))
 
 
 def _binding(binding: PortBinding, port: str, version: str) -> PortBinding:
+    if type(binding) is PortBinding and _plain_binding(binding, version):
+        return binding
     where = f"ports[{port!r}]"
     if not isinstance(binding, PortBinding):
         raise ProfileError(f"{where} must be a PortBinding, got {type(binding).__name__}")
@@ -259,6 +277,21 @@ def _binding(binding: PortBinding, port: str, version: str) -> PortBinding:
         raise ProfileError(f"{where}.transaction_id must be a string of 1 to 36 characters (or an int) in "
                            f"OCPP {version}, got {cut(tx)}")
     return binding
+
+
+def _plain_binding(binding: PortBinding, version: str) -> bool:
+    """The common binding (built-in types, in range) checked at once; anything else goes through
+    ``_binding``'s checks, which name the field."""
+    tx, connector, phases, volts = (binding.transaction_id, binding.connector_id, binding.phases,
+                                    binding.voltage_v)
+    if version == "1.6":
+        tx_ok = tx is None or type(tx) is int
+    else:
+        tx_ok = (type(tx) is int or type(tx) is str) and 1 <= len(str(tx)) <= 36
+    return (tx_ok and type(binding.charge_point) is str and binding.charge_point != ""
+            and type(connector) is int and connector >= 1 and type(phases) is int and 1 <= phases <= 3
+            and (type(volts) is float or type(volts) is int) and 0 < volts < math.inf
+            and type(binding.v2x) is bool)
 
 
 def rfc3339(moment: dt.datetime) -> str:
