@@ -1,0 +1,257 @@
+"""Whatever the policy outputs, the scheduler's setpoints keep every port, car, SoC and node limit.
+
+Artifacts hold ONNX graphs built here (onnx.helper) that answer with huge finite values,
++/-inf, NaN or mixtures that depend on the state; each runs through whole rollouts of a site
+(unidirectional caltech, the V2G workplace, the 1100-port city) that its own setpoints drive,
+and every decision is checked against the env's state with independent arithmetic. A
+non-finite output must be replaced by the declared fallback's decision. The checker itself is
+shown to fail on a runtime without the node projection or with oversized setpoints.
+"""
+
+import hashlib
+import json
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from agents.export.writer import build_manifest
+from agents.scheduler import Scheduler, runtime
+from agents.scheduler.artifact import INPUT_NAME, MANIFEST_FILE, OUTPUT_NAME, POLICY_FILE
+from agents.scheduler.replay import site_state_from_env
+from envs.core import reset, step
+from envs.dynamics import battery_energy_kwh, node_flows, split_power
+from envs.generators import generator_for
+from envs.observation import declared_layout, layout_size
+from envs.site import load_site
+
+TOLERANCE_KW = 1e-6
+TOLERANCE_SOC = 1e-9
+KINDS = ("huge", "constant", "overflow", "saturate", "nan_some_hours")
+WEEKDAY = {"scenario": {"weekday": [1]}}  # a busy Tuesday
+# site -> (overrides, steps per rollout, variants): whole days on the small sites, a busy morning on city
+SITES = {
+    "caltech": (WEEKDAY, 96, 10),
+    "v2g_workplace": (WEEKDAY, 96, 10),
+    "city": ({**WEEKDAY, "start_hour": 7}, 12, 5),
+}
+FALLBACKS = ("agents.baselines.EarliestDeadlineFirst", "agents.baselines.Uncontrolled",
+             "agents.baselines.V2GArbitrage")
+GUARDS = ((None, False), (1.0, False), (2.0, True))  # deadline guard hours, fits headroom
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e30, -1e30, 1.0, -1.0, 0.0, -0.0, 1e-30,
+                     0.5, -0.5, 2.0, -2.0], dtype=np.float32)
+
+
+def adversarial_graph(params, kind: str, rng: np.random.Generator) -> bytes:
+    """An ONNX model observation (batch, D) -> action (batch, ports) of the given kind, read from
+    a few observation columns times W, plus b: ``huge`` of scale up to 1e6 from 16 random
+    columns (finite); ``constant`` special values (NaN, +/-inf, +/-3.4e38, ...; finite on some
+    seeds); ``saturate`` +/-3.4e38 per port, mostly positive (every port at full power);
+    ``overflow`` 1e38 times a wave over the time of day (+/-inf on some hours, huge and finite on
+    others); ``nan_some_hours`` that minus itself (NaN where it overflowed, else 0)."""
+    obs_size, ports = layout_size(params), params.num_ports
+    columns, bias, gain = [0], np.zeros(ports), None
+    if kind == "constant":
+        bias = rng.choice(SPECIALS, ports)
+        if rng.random() < 0.4:
+            bias = np.where(np.isfinite(bias), bias, np.float32(-1e30))
+        weights = np.zeros((1, ports))
+    elif kind == "saturate":
+        bias = np.where(rng.random(ports) < 0.8, 3.4e38, -3.4e38)
+        weights = np.zeros((1, ports))
+    elif kind == "huge":
+        scale = 10.0 ** rng.uniform(0, 6)
+        columns = rng.choice(obs_size, 16, replace=False)
+        weights, bias = rng.normal(0.0, scale, (16, ports)), rng.normal(0.0, scale, ports)
+    else:
+        columns = list(range(obs_size)[declared_layout(params).slices["time_of_day"]])
+        phase, port_gain = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0, ports)
+        weights = 5 * np.stack([np.cos(phase) * port_gain, np.sin(phase) * port_gain])
+        gain = 1e38
+    initializers = [numpy_helper.from_array(np.asarray(columns, dtype=np.int64), "columns")] + [
+        numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+        for name, array in (("weights", weights), ("bias", bias), ("gain", gain or 1.0))]
+    last = OUTPUT_NAME if kind != "nan_some_hours" else "blown"
+    nodes = [helper.make_node("Gather", [INPUT_NAME, "columns"], ["picked"], axis=1),
+             helper.make_node("MatMul", ["picked", "weights"], ["product"]),
+             helper.make_node("Mul", ["product", "gain"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "bias"], [last])]
+    if kind == "nan_some_hours":
+        nodes.append(helper.make_node("Sub", ["blown", "blown"], [OUTPUT_NAME]))
+    graph = helper.make_graph(
+        nodes, f"adversarial_{kind}",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", obs_size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", ports])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_artifact(folder, params, model: bytes, fallback: str, guard_hours, fits: bool):
+    folder.mkdir(parents=True)
+    (folder / POLICY_FILE).write_bytes(model)
+    policy = {"file": POLICY_FILE, "sha256": hashlib.sha256(model).hexdigest(), "input": INPUT_NAME,
+              "output": OUTPUT_NAME}
+    manifest = build_manifest(params, policy, {"class": fallback, "arguments": {}}, guard_hours, fits)
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+def check_decision(params, state, env: int, decision) -> None:
+    """Every limit the env enforces, from the env's own state, with independent arithmetic."""
+    kw = decision.setpoint_kw
+    b = env
+    assert kw.shape == (params.num_ports,) and np.isfinite(kw).all()
+    present = state.port_ev[b] >= 0
+    if state.episode.port_down is not None:
+        present &= ~state.episode.port_down[b, state.t]
+    assert np.all(np.abs(kw[~present]) <= TOLERANCE_KW), "power on an empty or unavailable port"
+    assert np.all(kw <= params.port_max_charge_kw + TOLERANCE_KW), "port charge limit"
+    assert np.all(kw >= -params.port_max_discharge_kw - TOLERANCE_KW), "port discharge limit"
+    assert np.all(kw <= state.ev_max_charge_kw[b] + TOLERANCE_KW), "car charge limit"
+    assert np.all(kw >= -state.ev_max_discharge_kw[b] - TOLERANCE_KW), "car discharge limit or no consent"
+    assert np.all(kw <= state.max_charge_kw[b] + TOLERANCE_KW), "available charge power"
+    assert np.all(kw >= -state.max_discharge_kw[b] - TOLERANCE_KW), "available discharge power"
+    charge, discharge = split_power(kw[None])
+    energy = battery_energy_kwh(params, charge, discharge)[0]
+    battery = np.where(present, state.ev_on_port[0, b], 1.0)
+    soc, min_soc = state.soc[b], state.min_soc[b]
+    soc_next = soc + np.where(present, energy / battery, 0.0)
+    discharging = kw < -TOLERANCE_KW
+    assert np.all(soc_next[discharging] >= np.minimum(min_soc, soc)[discharging] - TOLERANCE_SOC), "min SoC"
+    assert not np.any(discharging & (soc <= min_soc)), "discharge at or below min SoC"
+    assert np.all(soc_next[present] <= 1.0 + TOLERANCE_SOC), "battery over full"
+    assert np.all(energy <= np.maximum(state.remaining_kwh[b], 0.0) + TOLERANCE_SOC), "beyond the request"
+    exo = state.node_exo_kw[b, state.t][None]
+    flows = node_flows(params, kw[None], exo)[0]
+    excess = (np.maximum(flows - params.node_import_limit_kw, 0)
+              + np.maximum(-params.node_export_limit_kw - flows, 0))
+    idle = node_flows(params, np.zeros((1, params.num_ports)), exo)[0]
+    unavoidable = (np.maximum(idle - params.node_import_limit_kw, 0)
+                   + np.maximum(-params.node_export_limit_kw - idle, 0)).sum()
+    if unavoidable <= TOLERANCE_KW:
+        assert excess.max() <= TOLERANCE_KW, (
+            f"node limit broken by {excess.max():.4g} kW at {params.node_names[int(excess.argmax())]}")
+    else:
+        assert excess.sum() <= unavoidable + TOLERANCE_KW, "more violation than all ports off"
+    assert decision.violation_kw == pytest.approx(excess.sum(), abs=TOLERANCE_KW)
+    assert decision.site_import_kw == pytest.approx(flows[0], abs=TOLERANCE_KW)
+
+
+def check_source(scheduler, raw_session, decision) -> bool:
+    """The action comes from the policy when its output is finite, else from the declared fallback
+    (``fell_back`` with a reason); returns whether it fell back."""
+    obs = decision.observation[None]
+    raw = raw_session.run(None, {INPUT_NAME: obs})[0]
+    if np.isfinite(raw).all():
+        assert not decision.fell_back and decision.reason is None
+        action = np.clip(raw[0], -1.0, 1.0)
+    else:
+        assert decision.fell_back, "a non-finite output was not replaced"
+        assert "not finite" in decision.reason and scheduler.fallback_name.rsplit(".")[-1] in decision.reason
+        action = np.clip(np.asarray(scheduler.fallback.predict(obs)[0], dtype=np.float32), -1.0, 1.0)
+    if scheduler.guard is not None:
+        action = scheduler.guard.apply(obs, action)
+    np.testing.assert_array_equal(decision.action, np.reshape(action, -1))
+    return decision.fell_back
+
+
+def fractions(setpoint_kw, max_charge_kw, max_discharge_kw):
+    """The env action that applies ``setpoint_kw``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        discharge = np.where((setpoint_kw < 0) & (max_discharge_kw > 0), setpoint_kw / max_discharge_kw, 0.0)
+        action = np.where((setpoint_kw > 0) & (max_charge_kw > 0), setpoint_kw / max_charge_kw, discharge)
+    return np.clip(action, -1.0, 1.0)
+
+
+def drive(scheduler, raw_session, params, steps: int, seed: int) -> tuple[int, int]:
+    """A rollout of one env driven by the scheduler's setpoints, every decision checked;
+    (decisions, fallbacks)."""
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(seed), 1))
+    decisions = fallbacks = 0
+    for _ in range(min(steps, params.horizon_steps)):
+        decision = scheduler.decide(site_state_from_env(params, state, 0))
+        check_decision(params, state, 0, decision)
+        fallbacks += check_source(scheduler, raw_session, decision)
+        decisions += 1
+        action = fractions(decision.setpoint_kw, state.max_charge_kw[0], state.max_discharge_kw[0])
+        state, _, _ = step(params, state, action[None])
+    return decisions, fallbacks
+
+
+def variants(site: str, count: int, tmp_path):
+    """(scheduler, a plain onnxruntime session of the same graph) for ``count`` adversarial artifacts."""
+    overrides, _, _ = SITES[site]
+    params = load_site(site, **overrides)
+    rng = np.random.default_rng(zlib.crc32(site.encode()))
+    for index in range(count):
+        kind = KINDS[index % len(KINDS)]
+        model = adversarial_graph(params, kind, rng)
+        guard_hours, fits = GUARDS[index % len(GUARDS)]
+        folder = write_artifact(tmp_path / f"{site}_{index}_{kind}", params, model,
+                                FALLBACKS[index % len(FALLBACKS)], guard_hours, fits)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        yield params, Scheduler(folder, params), onnxruntime.InferenceSession(model, options)
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_no_policy_output_breaks_a_limit(site, tmp_path):
+    _, steps, count = SITES[site]
+    decisions = fallbacks = 0
+    for seed, (params, scheduler, raw) in enumerate(variants(site, count, tmp_path)):
+        made, fell = drive(scheduler, raw, params, steps, seed)
+        decisions, fallbacks = decisions + made, fallbacks + fell
+    assert 0 < fallbacks < decisions  # both paths ran
+
+
+def test_the_v2g_site_is_driven_into_discharge_and_min_soc(tmp_path):
+    """The property is not vacuous on the V2G site: a constant -1 policy discharges consenting EVs
+    down to their min SoC and no further."""
+    params = load_site("v2g_workplace", **WEEKDAY)
+    model = _constant_graph(params, -1.0)
+    folder = write_artifact(tmp_path / "discharge", params, model, FALLBACKS[0], None, False)
+    scheduler = Scheduler(folder, params)
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(3), 1))
+    discharged = at_min = 0
+    for _ in range(params.horizon_steps):
+        decision = scheduler.decide(site_state_from_env(params, state, 0))
+        check_decision(params, state, 0, decision)
+        discharged += int((decision.setpoint_kw < -1.0).sum())
+        consenting = (state.port_ev[0] >= 0) & (state.ev_max_discharge_kw[0] > 0)
+        at_min += int((consenting & (state.soc[0] <= state.min_soc[0] + 1e-6)).sum())
+        action = fractions(decision.setpoint_kw, state.max_charge_kw[0], state.max_discharge_kw[0])
+        state, _, _ = step(params, state, action[None])
+    assert discharged > 20 and at_min > 0
+
+
+def _constant_graph(params, value: float) -> bytes:
+    rng = np.random.default_rng(0)
+    model = onnx.load_from_string(adversarial_graph(params, "constant", rng))
+    for tensor in model.graph.initializer:
+        if tensor.name == "bias":
+            tensor.CopyFrom(numpy_helper.from_array(np.full(params.num_ports, value, np.float32), "bias"))
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("broken", ["no_projection", "oversized_setpoints"])
+def test_the_checker_catches_a_broken_runtime(broken, tmp_path, monkeypatch):
+    params = load_site("caltech", **WEEKDAY)
+    model = _constant_graph(params, 1.0)
+    folder = write_artifact(tmp_path / "full", params, model, FALLBACKS[0], None, False)
+    if broken == "no_projection":
+        monkeypatch.setattr(runtime, "project_to_limits", lambda params, power, exo: (
+            power, node_flows(params, power, exo)[:, 0], np.zeros(power.shape[0])))
+    else:
+        monkeypatch.setattr(runtime, "split_power", lambda power: split_power(power * 1.5))
+    scheduler = Scheduler(folder, params)
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(1), 1))
+    with pytest.raises(AssertionError):
+        for _ in range(params.horizon_steps):
+            decision = scheduler.decide(site_state_from_env(params, state, 0))
+            check_decision(params, state, 0, decision)
+            state, _, _ = step(params, state, np.ones((1, params.num_ports)))
