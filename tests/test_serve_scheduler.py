@@ -1,0 +1,207 @@
+"""The OCPP central system and simulated charge points: over websockets, the central system's live state is
+the env's, the charge points draw, step by step, what the scheduler decides on the env's own state (to OCPP's
+rounding), a whole episode draws what the env driven by the artifact draws, and unknown charge points and
+malformed messages get clear errors while the central system keeps serving."""
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+from test_export import SEED_SITE, exported
+from test_scheduler import BLOCKED_RUN, fractions
+
+from agents.export import export_baseline
+from agents.scheduler import Scheduler
+from agents.scheduler.central_system import CentralSystem, charge_point_layout
+from agents.scheduler.charge_point_sim import SimulatedSite, replay_over_ocpp
+from agents.scheduler.replay import site_state_from_env
+from envs.core import reset, step
+from envs.generators import generator_for
+from envs.site import load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60.0  # a whole served episode takes 1-3 s
+AMPERE_STEP_KW = 0.1 * 3 * 230.0 / 1000.0  # 1.6 in A: limits round down to 0.1 A on 3 phases at 230 V
+
+
+def caltech():
+    return load_site("caltech", **SEED_SITE)
+
+
+def episode(params, seed=3):
+    return generator_for(params).sample(params, np.random.default_rng(seed), 1)
+
+
+def env_rollout(scheduler, params, episode, steps):
+    """The env driven by ``scheduler`` through ``site_state_from_env``: its setpoints per step (steps, P)."""
+    state, setpoints = reset(params, episode), []
+    for _ in range(steps):
+        decision = scheduler.decide(site_state_from_env(params, state))
+        setpoints.append(decision.setpoint_kw)
+        action = fractions(decision.setpoint_kw, state.max_charge_kw[0], state.max_discharge_kw[0])
+        state, _, _ = step(params, state, action[None])
+    return np.array(setpoints)
+
+
+async def served(scheduler, episode, version, unit, steps, check_step):
+    """Serves ``steps`` steps; before each dispatch ``check_step(site, central, now)`` runs."""
+    params = scheduler.params
+    layout = charge_point_layout(params, 3)
+    site = SimulatedSite(params, episode, layout, version)
+    central = CentralSystem(scheduler, layout, site.feed, version, unit, response_timeout_s=5.0)
+
+    async def decide(now):
+        check_step(site, central, now)
+        dispatch = await central.dispatch(now)
+        assert dispatch.error is None and dispatch.rejected == ()
+
+    try:
+        await site.connect(await central.start())
+        return await site.run(steps, decide)
+    finally:
+        await site.close()
+        await central.close()
+
+
+# (version, unit, decision tolerance kW: the scheduler's decision on the central system's state against
+#  its decision on the env's state; 2.0.1's charging needs are whole W and Wh, and half a Wh of energy
+#  still wanted moves the power that finishes it within a 15-minute step by up to 2.2 W)
+ROUNDINGS = [("1.6", "W", 0.0), ("1.6", "A", 0.0), ("2.0.1", "W", 3e-3), ("2.1", "W", 0.0)]
+
+
+@pytest.mark.parametrize(("version", "unit", "decision_kw"), ROUNDINGS)
+def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version, unit, decision_kw):
+    """Every step, the SiteState the central system built from OCPP reports equals ``site_state_from_env``
+    on the env the charge points replay (SoC, battery, energy still wanted, departure, limits, ports
+    down), and the kW each port then draws is the scheduler's setpoint for the env's own state, rounded
+    down by OCPP: under 1 W (whole watts), under 0.1 A x 3 x 230 V (1.6 amperes)."""
+    params = caltech()
+    scheduler = Scheduler(exported("per_port"), params)
+    expected, compared = [], []
+
+    def check_step(site, central, now):
+        live, truth = central.site_state(now), site_state_from_env(params, site.state)
+        assert live.now.replace(tzinfo=None) == truth.now
+        assert live.unavailable_ports == truth.unavailable_ports
+        mine = {s.port: s for s in live.sessions}
+        assert set(mine) == {s.port for s in truth.sessions}
+        for env in truth.sessions:
+            got = mine[env.port]
+            assert got.soc == pytest.approx(env.soc, abs=1e-12)
+            assert got.battery_kwh == pytest.approx(env.battery_kwh, abs=1e-3)
+            assert got.max_charge_kw == pytest.approx(env.max_charge_kw, abs=1e-3)
+            assert got.energy_requested_kwh - got.energy_delivered_kwh == pytest.approx(
+                env.energy_requested_kwh - env.energy_delivered_kwh, abs=1e-3)
+            assert got.departure.replace(tzinfo=None) == env.departure
+        expected.append(scheduler.decide(truth).setpoint_kw)
+        compared.append(scheduler.decide(live).setpoint_kw)
+
+    drawn = asyncio.run(asyncio.wait_for(served(scheduler, episode(params), version, unit, 24, check_step),
+                                         TIMEOUT_S))
+    expected, compared = np.array(expected), np.array(compared)
+    assert drawn.shape == (24, params.num_ports) and expected.sum() * params.dt_hours > 100.0
+    np.testing.assert_allclose(compared, expected, atol=decision_kw + 1e-9, rtol=0)
+    rounding_kw = AMPERE_STEP_KW if unit == "A" else 1e-3
+    below = expected - drawn
+    assert below.min() >= -decision_kw - 1e-9, "a charge point drew more than the decision"
+    assert below.max() < rounding_kw + decision_kw
+    if unit == "A":
+        assert below.max() > 0.01  # amperes do round
+
+
+def test_an_episode_over_ocpp_draws_what_the_env_driven_by_the_artifact_draws(tmp_path):
+    """The whole episode against an independent env rollout: whole-watt rounding (< 1 W a port a step)
+    carries into the next states, so the setpoints move apart by a few W (6 W seen), far below
+    the kW a different decision makes; the same check against another policy's rollout fails."""
+    params = caltech()
+    scheduler = Scheduler(exported("per_port"), params)
+    data = episode(params, seed=4)
+    replay = asyncio.run(asyncio.wait_for(replay_over_ocpp(scheduler, data, version="1.6"), TIMEOUT_S))
+    expected = env_rollout(scheduler, params, data, params.horizon_steps)
+    assert len(replay.dispatches) == params.horizon_steps and replay.state.t == params.horizon_steps
+    assert all(d.error is None and d.rejected == () and not d.decision.fell_back for d in replay.dispatches)
+    assert expected.sum() * params.dt_hours > 100.0 and (expected > 0.1).any(axis=0).sum() > 10
+    np.testing.assert_allclose(replay.drawn_kw, expected, atol=0.02, rtol=0)
+    assert replay.drawn_kw.sum() == pytest.approx(expected.sum(), rel=1e-4)
+    export_baseline({"_target_": "agents.baselines.EarliestDeadlineFirst"}, tmp_path / "edf", params)
+    other = env_rollout(Scheduler(tmp_path / "edf", params), params, data, params.horizon_steps)
+    assert np.abs(replay.drawn_kw - other).max() > 1.0
+
+
+async def _refused_and_answered(url):
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await websockets.connect(f"{url}/CP-99", subprotocols=["ocpp1.6"], open_timeout=5)
+    answers = []
+    async with websockets.connect(f"{url}/CP-1", subprotocols=["ocpp1.6"], open_timeout=5) as connection:
+        for frame in ("this is not json", "[7]", '[2, "a1", "BootNotification", {}]',
+                      '[2, "a2", "StartTransaction", {"connectorId": 99, "idTag": "x", "meterStart": 0, '
+                      '"timestamp": "2024-01-01T07:00:00Z"}]',
+                      '[2, "a3", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]'):
+            await connection.send(frame)
+            answers.append(json.loads(await asyncio.wait_for(connection.recv(), 5)))
+    return refused.value.response, answers
+
+
+def test_unknown_charge_points_and_malformed_messages_get_clear_errors():
+    params = caltech()
+    scheduler = Scheduler(exported("per_port"), params)
+    layout = charge_point_layout(params, 3)
+
+    async def scenario():
+        central = CentralSystem(scheduler, layout, lambda now: {}, "1.6")
+        try:
+            return await _refused_and_answered(await central.start())
+        finally:
+            await central.close()
+
+    response, answers = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT_S))
+    assert response.status_code == 404 and b"unknown charge point 'CP-99'" in response.body
+    not_json, bad_type, no_vendor, no_connector, booted = answers
+    assert not_json[:3] == [4, "-1", "FormatViolation"] and "not valid JSON" in not_json[3]
+    assert bad_type[0] == 4 and bad_type[2] in ("PropertyConstraintViolation", "ProtocolError")
+    assert no_vendor[:2] == [4, "a1"] and "chargePointVendor" in json.dumps(no_vendor)
+    assert no_connector[:3] == [4, "a2", "PropertyConstraintViolation"]
+    assert "CP-1 has no connector 99 (it has 1..18)" in no_connector[3]
+    assert booted[:2] == [3, "a3"] and booted[2]["status"] == "Accepted"
+
+
+def test_the_script_serves_a_baseline_artifact(tmp_path):
+    spec = {"_target_": "agents.baselines.PriceAware", "margin_hours": 2.0}
+    export_baseline(spec, tmp_path / "pa", caltech())
+    result = subprocess.run(
+        [sys.executable, "scripts/serve_scheduler.py", f"artifact={tmp_path / 'pa'}", "ocpp_version=2.0.1",
+         "steps=4", "+site.overrides.horizon_steps=24", "+site.overrides.start_hour=7",
+         f"hydra.run.dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "served 4 steps of site 'caltech' over OCPP 2.0.1" in result.stdout
+    assert "0 steps with errors or rejected profiles" in result.stdout
+
+
+SERVE_BLOCKED = """
+import asyncio
+import numpy as np
+from agents.scheduler import Scheduler
+from agents.scheduler.charge_point_sim import replay_over_ocpp
+from envs.generators import generator_for
+from envs.site import load_site
+
+params = load_site("caltech", horizon_steps=24, start_hour=7)
+episode = generator_for(params).sample(params, np.random.default_rng(2), 1)
+replay = asyncio.run(asyncio.wait_for(replay_over_ocpp(Scheduler(sys.argv[1], params), episode, steps=3), 60))
+leaked = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
+print(json.dumps({"kwh": float(replay.drawn_kw.sum()), "leaked": leaked}))
+"""
+
+
+def test_the_central_system_and_charge_points_run_without_torch_or_sb3():
+    program = BLOCKED_RUN.split("import numpy as np")[0] + SERVE_BLOCKED
+    result = subprocess.run([sys.executable, "-c", program, str(exported("per_port"))], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["leaked"] == [] and report["kwh"] > 0
