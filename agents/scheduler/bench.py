@@ -156,7 +156,7 @@ def export_artifact(run: str | Path, site: str, out: Path, check_observations: i
         with mock.patch.object(writer, "PARITY_TOLERANCE", LOOSE_PARITY_TOLERANCE):
             manifest = export_policy(run, out, site, check_observations=check_observations)
         manifest["policy"]["export_check"]["tolerance"] = LOOSE_PARITY_TOLERANCE
-        return manifest
+        return writer.write_manifest(Path(out), manifest)
 
 
 def bench_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
