@@ -20,7 +20,9 @@ class RuleBasedPolicy:
     ``envs.observation.observe`` and returns ``(actions, None)`` with actions (P,) or (B, P)
     float32 in [-1, 1], like an SB3 model, so one evaluator scores every policy. Subclasses
     implement ``act(obs)`` on a float64 batch and read it only through ``field``; they keep no
-    state between calls.
+    state between calls. So at an ``observability`` level other than ``full``
+    (``envs.observability``) they act on the site's estimates of the SoC, the request and the
+    departure that the observation shows, never on the simulator's truth.
 
     The allocation helpers respect every node of the site's tree: they grant port power so
     that no node's import limit (minus its inflexible load and PV, i.e. ``node_headroom_kw``)

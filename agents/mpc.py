@@ -21,6 +21,7 @@ from agents.optimal import (
 )
 from envs.core import reset
 from envs.episode import Episode
+from envs.observability import estimator_for
 from envs.observation import PEAK_FIELD, observation_layout
 from envs.site import SiteParams
 
@@ -36,12 +37,16 @@ class ModelPredictiveControl:
     the EVs plugged in now, with their SoC and remaining request from the observation and their
     *announced* departures brought forward by ``departure_margin_hours`` (drivers also leave
     early), and the price, tariff, carbon, setpoint, load and PV series of the episode over the
-    window (the env's perfect forecast); no future arrivals. An EV still plugged past that time
-    is planned as leaving after this step. An EV leaving after the window counts as unmet only
-    what it could not get after the window at full power. The demand charge counts from the
-    highest import applied so far. Where the relaxation would charge and discharge a port in
-    the first step (cycling V2G pays under a tariff on charged energy), the first step's modes
-    are made integer. Each solve starts from the last window's basis, shifted by one step.
+    window (the env's perfect forecast); no future arrivals. At an ``observability`` level other
+    than ``full`` it plans on what the site sees (``envs.observability``): the departure from the
+    observation's (estimated) hours to departure, and the estimator's mean battery where the SoC
+    is an estimate; the car's power limits and V2G consent are known at every level. An EV
+    still plugged past that time is planned as leaving after this step. An EV leaving after the
+    window counts as unmet only what it could not get after the window at full power. The
+    demand charge counts from the highest import applied so far. Where the relaxation would
+    charge and discharge a port in the first step (cycling V2G pays under a tariff on charged
+    energy), the first step's modes are made integer. Each solve starts from the last window's
+    basis, shifted by one step.
 
     When HiGHS ends without a usable plan (status ``Unknown``, say), the window is solved again
     from scratch with each of ``retry_options`` in turn (HiGHS options: dual simplex, interior
@@ -145,6 +150,11 @@ class ModelPredictiveControl:
         battery = episode.ev_battery_kwh[b, evs]
         car_kw = episode.ev_max_charge_kw[b, evs]
         announced = episode.ev_announced_departure_step[b, evs]
+        if params.observability != "full":
+            hours = obs[self.layout["hours_to_departure"]][ports]
+            announced = t + np.rint(hours / params.dt_hours).astype(np.int64)
+            estimated = obs[self.layout["soc_estimated"]][ports] > 0.5
+            battery = np.where(estimated, estimator_for(params).battery_kwh, battery)
         margin = round(self.departure_margin_hours / params.dt_hours)
         steps_left = np.maximum(announced - margin - t, 1)
         length = np.minimum(steps_left, steps)

@@ -11,6 +11,7 @@ import numpy as np
 
 from envs.dynamics import EV_FIELDS, available_power, plug_limits
 from envs.episode import DEMAND_BLOCK, FORECAST_BLOCK, Episode
+from envs.observability import FLAG_FIELDS, SessionEstimator, estimator_for, site_view
 from envs.site import SiteParams
 from envs.state import State
 
@@ -36,7 +37,8 @@ def observation_layout(params: SiteParams) -> dict[str, slice]:
     """Name -> slice of the flat observation vector; sizes depend on ports, nodes and horizon.
 
     Sites with ``demand_forecast: true`` add the ``DEMAND_BLOCK`` windows (leads 1 .. H) after
-    the forecasts; ``peak_import_kw`` comes last.
+    the forecasts, then ``peak_import_kw``; sites whose ``observability`` is not ``full`` end with
+    the per-port ``FLAG_FIELDS`` (``envs.observability``), so every other column keeps its place.
     """
     p, n, h = params.num_ports, params.num_nodes, params.forecast_steps + 1
     sizes = [(name, p) for name in PORT_FIELDS]
@@ -45,6 +47,8 @@ def observation_layout(params: SiteParams) -> dict[str, slice]:
     if params.demand_forecast:
         sizes += [(name, h - 1) for name in DEMAND_BLOCK]
     sizes += [(PEAK_FIELD, 1)]
+    if params.observability != "full":
+        sizes += [(name, p) for name in FLAG_FIELDS]
     layout, start = {}, 0
     for name, size in sizes:
         layout[name] = slice(start, start + size)
@@ -61,8 +65,12 @@ class ObservationLayout:
     """Which columns of the flat observation belong to each port, each node and the whole site.
 
     Per-port fields (``port_fields``) have one column per port in ``params.port_names`` order,
-    per-node fields one per node in ``params.node_names`` order (depth-first, root first); every
-    other field is site-wide. Policies read columns through these index arrays (read-only), never
+    per-node fields one per node in ``params.node_names`` order (depth-first, root first); the
+    per-port estimate flags (``flag_fields``, ``envs.observability.FLAG_FIELDS``: 1 where the
+    port's ``soc``, ``remaining_kwh`` or ``hours_to_departure`` is an estimate) exist on sites
+    whose ``observability`` is not ``full`` and are kept apart from ``port_fields``, so a
+    network built at one level reads the same port columns at another; every other field is
+    site-wide. Policies read columns through these index arrays (read-only), never
     through hard-coded positions, so that one policy serves sites of any size.
 
     >>> from envs.site import load_site
@@ -79,19 +87,27 @@ class ObservationLayout:
     node_columns: np.ndarray  # (N, len(node_fields)) column of field f for node n
     site_columns: np.ndarray  # (S,) site-wide columns in layout order
     size: int
+    flag_fields: tuple[str, ...] = ()
+    flag_columns: np.ndarray | None = None  # (P, len(flag_fields)) column of flag f for port p
 
 
 @functools.lru_cache(maxsize=128)
 def declared_layout(params: SiteParams) -> ObservationLayout:
     slices = observation_layout(params)
-    site_fields = tuple(name for name in slices if name not in PORT_FIELDS and name not in NODE_FIELDS)
+    flag_fields = tuple(name for name in FLAG_FIELDS if name in slices)
+    grouped = set(PORT_FIELDS) | set(NODE_FIELDS) | set(flag_fields)
+    site_fields = tuple(name for name in slices if name not in grouped)
 
-    def columns(fields):
+    def columns(fields, rows):
+        if not fields:
+            return _frozen(np.zeros((rows, 0), dtype=np.int64))
         return _frozen(np.stack([np.arange(slices[f].start, slices[f].stop) for f in fields], axis=1))
 
     site = [np.arange(slices[f].start, slices[f].stop) for f in site_fields]
-    return ObservationLayout(slices, PORT_FIELDS, NODE_FIELDS, site_fields, columns(PORT_FIELDS),
-                             columns(NODE_FIELDS), _frozen(np.concatenate(site)), layout_size(params))
+    p = params.num_ports
+    return ObservationLayout(slices, PORT_FIELDS, NODE_FIELDS, site_fields, columns(PORT_FIELDS, p),
+                             columns(NODE_FIELDS, params.num_nodes), _frozen(np.concatenate(site)),
+                             layout_size(params), flag_fields, columns(flag_fields, p))
 
 
 HOURS_SCALE = 12.0  # hours, and kWh as hours of full port power
@@ -152,7 +168,8 @@ def observation_bounds(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
     size = layout_size(params)
     low = np.full(size, -np.inf, dtype=np.float32)
     high = np.full(size, np.inf, dtype=np.float32)
-    for name in ("occupied", "available", "soc", "v2g_allowed", "weekday"):
+    flags = declared_layout(params).flag_fields
+    for name in ("occupied", "available", "soc", "v2g_allowed", "weekday", *flags):
         low[layout[name]], high[layout[name]] = 0.0, 1.0
     for name in ("max_charge_kw", "max_discharge_kw", "site_load_kw", "site_pv_kw", "queue_length",
                  "remaining_kwh", PEAK_FIELD, *(DEMAND_BLOCK if params.demand_forecast else ())):
@@ -243,7 +260,31 @@ def observe(params: SiteParams, state: State) -> np.ndarray:
     window = state.forecast_series[:, :, t:t + params.forecast_steps + 1] if issued is None else issued[:, t]
     demand = state.episode.demand_forecast[:, t] if params.demand_forecast else None
     _write_site_fields(params, obs, window, demand, state.peak_import_kw)
+    if params.observability != "full":
+        _write_site_view(params, obs, _view_of_state(params, state, obs))
     return obs
+
+
+def _view_of_state(params: SiteParams, state: State, obs: np.ndarray):
+    """The site's view (``envs.observability.site_view``) of the EVs of ``state``; their plug-in
+    time is their arrival at the site (later for an EV that queued, which the site would see)."""
+    layout = observation_layout(params)
+    occupied = state.port_ev >= 0
+    arrival_step = np.take_along_axis(state.episode.ev_arrival_step, np.maximum(state.port_ev, 0), axis=1)
+    return site_view(params, estimator_for(params), occupied, state.soc, state.battery_kwh,
+                     obs[:, layout["remaining_kwh"]], obs[:, layout["hours_to_departure"]],
+                     params.start_minute / 60 + params.dt_hours * arrival_step,
+                     params.dt_hours * (state.t - arrival_step), state.delivered_kwh)
+
+
+def _write_site_view(params: SiteParams, obs: np.ndarray, view) -> None:
+    """Write the estimated port fields and their ``FLAG_FIELDS`` (levels other than ``full``)."""
+    layout = observation_layout(params)
+    obs[:, layout["soc"]] = view.soc
+    np.maximum(view.remaining_kwh, 0.0, out=obs[:, layout["remaining_kwh"]], casting="unsafe")
+    obs[:, layout["hours_to_departure"]] = view.hours_to_departure
+    for name, flag in zip(FLAG_FIELDS, view.flags, strict=True):
+        obs[:, layout[name]] = flag
 
 
 def _write_site_fields(params: SiteParams, obs: np.ndarray, window, demand, peak_import_kw) -> None:
@@ -275,7 +316,8 @@ def subtree_sums(params: SiteParams, node_values: np.ndarray) -> np.ndarray:
 def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, remaining_kwh,
                  hours_to_departure, ev_max_charge_kw, ev_max_discharge_kw, min_soc, node_load_kw,
                  node_pv_kw, hours, weekday, setpoint_kw, queue_length, forecasts, demand,
-                 peak_import_kw) -> LiveObservation:
+                 peak_import_kw, arrival_hour=None, elapsed_hours=None, delivered_kwh=None,
+                 estimator: SessionEstimator | None = None) -> LiveObservation:
     """The observation ``observe`` would show for a site in the given live state, without an episode.
 
     For a runtime that sees a real site: per port (B, P), the plugged EV's ``soc``,
@@ -292,6 +334,14 @@ def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, r
     ``available_power``: port and car limits, taper, battery room, request, min SoC), the node
     headroom from the subtree sums the env takes at reset, and the columns are written by the
     functions ``observe`` writes them with. Values on empty ports are ignored.
+
+    On a site whose ``observability`` is not ``full``, what the level hides is replaced by the
+    estimates of ``envs.observability.site_view`` (``estimator``, default the site's own,
+    ``estimator_for``) from each EV's ``arrival_hour`` (hour of the day it plugged in),
+    ``elapsed_hours`` since and ``delivered_kwh`` metered into its battery (B, P); the values
+    given for hidden fields are ignored. The available power then follows the site's view (an
+    estimated SoC and battery tapers the charge), where the env's own observation shows the
+    power the car really takes (``observe``).
     """
     occupied = np.asarray(occupied, dtype=bool)
     b, p = occupied.shape
@@ -300,6 +350,12 @@ def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, r
         return np.where(occupied, np.broadcast_to(np.asarray(values, dtype=np.float64), (b, p)), 0.0)
 
     soc, battery_kwh, remaining_kwh = port(soc), port(battery_kwh), port(remaining_kwh)
+    hours_to_departure, view = port(hours_to_departure), None
+    if params.observability != "full":
+        view = site_view(params, estimator or estimator_for(params), occupied, soc, battery_kwh,
+                         remaining_kwh, hours_to_departure, port(arrival_hour), port(elapsed_hours),
+                         port(delivered_kwh))
+        soc, battery_kwh, remaining_kwh, hours_to_departure = view[:4]
     ev = np.zeros((len(EV_FIELDS), b * p))
     for name, value in (("battery_kwh", battery_kwh), ("ev_max_charge_kw", ev_max_charge_kw),
                         ("ev_max_discharge_kw", ev_max_discharge_kw), ("min_soc", min_soc)):
@@ -313,8 +369,10 @@ def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, r
     layout = observation_layout(params)
     obs = np.empty((b, layout_size(params)), dtype=np.float32)
     write_port_fields(params, obs, occupied, np.asarray(available, dtype=bool), soc, remaining_kwh,
-                      port(hours_to_departure), max_charge_kw, max_discharge_kw,
+                      hours_to_departure, max_charge_kw, max_discharge_kw,
                       ev[EV_FIELDS.index("ev_max_discharge_kw")])
+    if view is not None:
+        _write_site_view(params, obs, view)
     obs[:, layout["node_headroom_kw"]] = params.node_import_limit_kw - node_exo_kw
     time_of_day, day = calendar_fields(hours, weekday)
     obs[:, layout["time_of_day"]] = time_of_day

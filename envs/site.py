@@ -18,6 +18,7 @@ from envs.yaml_io import load_yaml
 MINUTES_PER_DAY = 1440
 MAX_WEIGHT = 1e6  # a reward weight; larger ones overflow float32 rewards
 ACTION_MODES = ("signed", "unit", "priority")  # meanings: envs.action_layer
+OBSERVABILITY_LEVELS = ("full", "iso15118", "ocpp")  # what the site knows of its EVs: envs.observability
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,6 +55,7 @@ class SiteParams:
     demand_forecast: bool = False
     stay_timing: str = "rounded"  # or "exact": first and last steps of a stay count only in part
     action_mode: str = "signed"  # one of ACTION_MODES: how core.step reads an action
+    observability: str = "full"  # one of OBSERVABILITY_LEVELS: what the observation shows of the EVs
     reward: RewardWeights = dataclasses.field(default_factory=RewardWeights)
     scenario: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -61,6 +63,9 @@ class SiteParams:
         if self.action_mode not in ACTION_MODES:
             raise SiteError(f"site {cut(self.name)}: action_mode must be one of {', '.join(ACTION_MODES)}, "
                             f"got {cut(self.action_mode)}")
+        if not isinstance(self.observability, str) or self.observability not in OBSERVABILITY_LEVELS:
+            raise SiteError(f"site {cut(self.name)}: observability must be one of "
+                            f"{', '.join(OBSERVABILITY_LEVELS)}, got {cut(self.observability)}")
         parent = self.node_parent
         n = len(parent)
         depth = np.zeros(n, dtype=np.int64)
@@ -231,8 +236,8 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     name = str(name)
     r = _Reader(origin, name)
     known = {"name", "description", "dt_minutes", "horizon_steps", "start_hour", "nodes", "ports",
-             "battery", "queue", "forecast_steps", "demand_forecast", "stay_timing", "action_mode", "reward",
-             "scenario"}
+             "battery", "queue", "forecast_steps", "demand_forecast", "stay_timing", "action_mode",
+             "observability", "reward", "scenario"}
     for key in spec:
         if key not in known:
             r.fail(cut_key(key), f"is not a known field (known: {', '.join(sorted(known))})")
@@ -277,6 +282,9 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
     action_mode = spec.get("action_mode", "signed")
     if not isinstance(action_mode, str) or action_mode not in ACTION_MODES:
         r.fail("action_mode", f"must be one of {', '.join(ACTION_MODES)}, got {cut(action_mode)}")
+    observability = spec.get("observability", "full")
+    if not isinstance(observability, str) or observability not in OBSERVABILITY_LEVELS:
+        r.fail("observability", f"must be one of {', '.join(OBSERVABILITY_LEVELS)}, got {cut(observability)}")
     knee = r.number(battery, "taper_knee_soc", "battery.taper_knee_soc", 0.8, 0, 1)
     if knee >= 1:
         r.fail("battery.taper_knee_soc", f"must be < 1, got {knee:g}")
@@ -305,6 +313,7 @@ def _parse(spec: Mapping[str, Any], origin: str) -> SiteParams:
         demand_forecast=demand_forecast,
         stay_timing=stay_timing,
         action_mode=action_mode,
+        observability=observability,
         reward=weights,
         scenario=dict(spec.get("scenario", {}) or {}),
     )

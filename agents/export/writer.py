@@ -20,6 +20,7 @@ from agents.scheduler.artifact import (
     MANIFEST_FILE,
     OUTPUT_NAME,
     POLICY_FILE,
+    observability_manifest,
     observation_manifest,
     required_fields,
     sha256_file,
@@ -153,6 +154,7 @@ def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guar
                    "low": -1.0, "high": 1.0, "port_order": "site.topology.port_names"},
         "observation": observation_manifest(params),
         "required_fields": required_fields(params),
+        "observability": observability_manifest(params),
         "site": {"name": params.name, "hash": site_hash(params), "num_ports": params.num_ports,
                  "num_nodes": params.num_nodes, "topology": site_topology(params)},
         "step_hours": float(params.dt_hours),
@@ -187,8 +189,9 @@ def onnx_actions(path: str | Path, obs: np.ndarray) -> np.ndarray:
 
 def random_observations(params: SiteParams, count: int, rng: np.random.Generator) -> np.ndarray:
     """(count, D) float32 observations spread over each column's physical scale: flags 0/1 (about
-    60 % of ports occupied), SoC in [0, 1], a one-hot weekday, a time of day on the circle,
-    signed headroom, departures and prices, non-negative powers and energies."""
+    60 % of ports occupied; estimate flags on half of them), SoC in [0, 1], a one-hot weekday, a
+    time of day on the circle, signed headroom, departures and prices, non-negative powers and
+    energies."""
     layout = declared_layout(params).slices
     scale = observation_scale(params)
     obs = rng.uniform(0.0, 1.5, (count, len(scale))) * scale
@@ -203,6 +206,8 @@ def random_observations(params: SiteParams, count: int, rng: np.random.Generator
     obs[:, layout["v2g_allowed"]] = occupied & (rng.random((count, params.num_ports)) < 0.5)
     for name in ("remaining_kwh", "hours_to_departure", "max_charge_kw", "max_discharge_kw", "soc"):
         obs[:, layout[name]] *= occupied
+    for name in declared_layout(params).flag_fields:
+        obs[:, layout[name]] = occupied & (rng.random((count, params.num_ports)) < 0.5)
     angle = rng.uniform(0, 2 * np.pi, count)
     obs[:, layout["time_of_day"]] = np.stack([np.sin(angle), np.cos(angle)], axis=1)
     obs[:, layout["weekday"]] = rng.integers(0, 7, count)[:, None] == np.arange(7)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from envs.errors import cut
+from envs.observability import ESTIMATED_FIELDS, FLAG_FIELDS, SessionEstimator, estimator_for, port_is_dc
 from envs.observation import NODE_FIELDS, PORT_FIELDS, declared_layout, observation_scale
 from envs.site import SiteParams
 
@@ -34,12 +35,19 @@ UNITS = {
     "setpoint_kw": "kW", "queue_length": "EVs", "price_buy_eur_kwh": "EUR/kWh",
     "price_sell_eur_kwh": "EUR/kWh", "carbon_kg_kwh": "kg/kWh", "site_load_kw": "kW", "site_pv_kw": "kW",
     "expected_arrivals": "EVs per step", "expected_energy_kwh": "kWh per step", "peak_import_kw": "kW",
+    **{name: "flag" for name in FLAG_FIELDS},
 }
 SESSION_FIELDS = ("soc", "battery_kwh", "energy_requested_kwh", "departure", "max_charge_kw")
 SITE_FIELDS = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_forecast_kw",
                "site_pv_forecast_kw", "node_load_kw", "node_pv_kw", "setpoint_kw", "queue_length",
                "peak_import_kw")
 DEMAND_FIELDS = ("expected_arrivals", "expected_energy_kwh")
+LEVEL_SESSION_FIELDS = {  # observability level -> session fields needed on every port
+    "full": SESSION_FIELDS,
+    "iso15118": ("energy_requested_kwh", "departure", "max_charge_kw", "plugged_in"),
+    "ocpp": ("max_charge_kw", "plugged_in"),
+}
+DC_SESSION_FIELDS = ("soc", "battery_kwh")  # needed on DC ports at iso15118
 
 
 class ArtifactError(ValueError):
@@ -50,10 +58,12 @@ def site_topology(params: SiteParams) -> dict[str, Any]:
     """The site's static description an artifact depends on, as plain JSON values.
 
     Nodes, ports, their limits and efficiencies, step length, taper, forecast window and the
-    observation's physical scale (which holds the queue capacity and the tariff). Not the
-    episode's horizon, start or scenario: a deployment runs without them.
+    observation's physical scale (which holds the queue capacity and the tariff), and the
+    ``observability`` level when it is not ``full`` (so ``full`` sites keep their hashes). Not
+    the episode's horizon, start or scenario: a deployment runs without them.
     """
-    return {
+    level = {} if params.observability == "full" else {"observability": params.observability}
+    return {**level,
         "node_names": list(params.node_names),
         "node_parent": params.node_parent.tolist(),
         "node_import_limit_kw": params.node_import_limit_kw.tolist(),
@@ -85,7 +95,8 @@ def observation_manifest(params: SiteParams) -> dict[str, Any]:
     scale = observation_scale(params)
     fields = []
     for name, columns in layout.slices.items():
-        kind = "port" if name in PORT_FIELDS else "node" if name in NODE_FIELDS else "site"
+        kind = ("port" if name in PORT_FIELDS else "node" if name in NODE_FIELDS
+                else "port_flag" if name in FLAG_FIELDS else "site")
         values = scale[columns].astype(np.float64)
         fields.append({"name": name, "kind": kind, "start": columns.start, "stop": columns.stop,
                        "unit": UNITS.get(name, ""),
@@ -96,9 +107,44 @@ def observation_manifest(params: SiteParams) -> dict[str, Any]:
 
 
 def required_fields(params: SiteParams) -> dict[str, list[str]]:
-    """The live-state fields (``agents.scheduler.SiteState``) an artifact for ``params`` needs."""
+    """The live-state fields (``agents.scheduler.SiteState``) an artifact for ``params`` needs.
+
+    ``session``: on every port, by the site's ``observability`` level (``LEVEL_SESSION_FIELDS``);
+    ``session_on_dc_ports``: also on DC ports (``iso15118``: SoC and battery); ``site``: site-wide.
+    """
     site = list(SITE_FIELDS) + (list(DEMAND_FIELDS) if params.demand_forecast else [])
-    return {"session": list(SESSION_FIELDS), "site": site}
+    required = {"session": list(LEVEL_SESSION_FIELDS[params.observability]), "site": site}
+    if params.observability == "iso15118":
+        required["session_on_dc_ports"] = list(DC_SESSION_FIELDS)
+    return required
+
+
+def observability_manifest(params: SiteParams) -> dict[str, Any]:
+    """The site's observability level, what it hides, the flag fields and the estimator's tables
+    (``envs.observability.SessionEstimator``; none at ``full``)."""
+    full = params.observability == "full"
+    return {"level": params.observability,
+            "estimated_fields": [] if full else list(ESTIMATED_FIELDS),
+            "flag_fields": [] if full else list(FLAG_FIELDS),
+            "dc_ports": [name for name, dc in zip(params.port_names, port_is_dc(params), strict=True) if dc],
+            "estimator": None if full else estimator_for(params).to_dict()}
+
+
+def manifest_estimator(manifest: dict[str, Any], params: SiteParams) -> SessionEstimator | None:
+    """The estimator an artifact's observation was built with; ArtifactError naming
+    ``observability`` when the artifact's level is not the deployment site's."""
+    spec = manifest.get("observability") or {"level": "full"}
+    level = spec.get("level") if isinstance(spec, dict) else None
+    if level != params.observability:
+        raise ArtifactError(f"the artifact's observability is {cut(level)}, the deployment site "
+                            f"{params.name!r} has observability {params.observability!r}; they must match")
+    if level == "full":
+        return None
+    try:
+        return SessionEstimator.from_dict(spec["estimator"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"manifest observability.estimator is not a valid estimator: "
+                            f"{str(error)[:200]}") from None
 
 
 def sha256_file(path: str | Path) -> str:

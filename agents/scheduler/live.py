@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from envs.errors import cut
+from envs.observability import port_is_dc
 from envs.site import SiteParams
 
 
@@ -26,6 +27,9 @@ class PluggedSession:
     (battery side: the meter's grid-side kWh times the port's charge efficiency);
     ``departure`` the announced departure; ``max_charge_kw`` and ``max_discharge_kw`` the car's
     own limits (the port's apply on top); ``min_soc`` is needed only where the EV may discharge.
+    ``plugged_in`` is when the session started (same clock as ``now``), needed by artifacts of an
+    ``observability`` level other than ``full``: they estimate what the level hides from it and
+    from ``energy_delivered_kwh`` (``envs.observability``), and ignore the hidden fields if given.
     """
 
     port: str
@@ -39,6 +43,7 @@ class PluggedSession:
     max_discharge_kw: float = 0.0
     v2g_consent: bool = False
     min_soc: float | None = None
+    plugged_in: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,8 @@ class SiteState:
 DEMAND_FIELDS = ("expected_arrivals", "expected_energy_kwh")
 FORECAST_FIELDS = ("price_buy_eur_kwh", "price_sell_eur_kwh", "carbon_kg_kwh", "site_load_forecast_kw",
                    "site_pv_forecast_kw")
+HIDDEN_FIELDS = ("soc", "battery_kwh", "energy_requested_kwh", "departure")  # what a level may hide
+FULL_FIELDS = ("soc", "battery_kwh", "energy_requested_kwh", "departure", "max_charge_kw")
 _SESSION_NUMBERS = {  # field -> (low, high) allowed
     "soc": (0.0, 1.0), "battery_kwh": (0.0, math.inf), "energy_requested_kwh": (0.0, math.inf),
     "energy_delivered_kwh": (-math.inf, math.inf), "max_charge_kw": (0.0, math.inf),
@@ -89,6 +96,10 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
 
     Raises ``SiteStateError`` naming the field (and the session) that is missing, unknown or
     out of range. Fields the artifact does not need may be absent; extra knowledge is ignored.
+    ``required["session"]`` names the session fields needed on every port and
+    ``required["session_on_dc_ports"]`` (if any) those needed on DC ports only
+    (``agents.scheduler.artifact.required_fields``). At an ``observability`` level other than
+    ``full`` the inputs add each EV's ``arrival_hour``, ``elapsed_hours`` and ``delivered_kwh``.
     """
     if not isinstance(state, SiteState):
         raise SiteStateError(f"state must be a SiteState, got {type(state).__name__}")
@@ -97,9 +108,15 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
         raise SiteStateError(f"now must be a datetime, got {cut(now)}")
     p, h = params.num_ports, params.forecast_steps
     unavailable = _port_set(params, state.unavailable_ports)
-    ports: dict[str, np.ndarray] = {name: np.zeros((1, p)) for name in (
-        "soc", "battery_kwh", "remaining_kwh", "hours_to_departure", "ev_max_charge_kw",
-        "ev_max_discharge_kw", "min_soc")}
+    masked = params.observability != "full"
+    names = ("soc", "battery_kwh", "remaining_kwh", "hours_to_departure", "ev_max_charge_kw",
+             "ev_max_discharge_kw", "min_soc")
+    if masked:
+        names += ("arrival_hour", "elapsed_hours", "delivered_kwh")
+    ports: dict[str, np.ndarray] = {name: np.zeros((1, p)) for name in names}
+    dc = port_is_dc(params)
+    on_every_port = tuple(required.get("session", ()))
+    on_dc = on_every_port + tuple(required.get("session_on_dc_ports", ()))
     occupied = np.zeros((1, p), dtype=bool)
     session_ids: list[str | None] = [None] * p
     for session in state.sessions:
@@ -112,7 +129,7 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
         session_ids[index] = session.session_id
         if index in unavailable:
             continue
-        values = _session_values(params, session, now, required.get("session", ()))
+        values = _session_values(params, session, now, on_dc if dc[index] else on_every_port)
         occupied[0, index] = True
         for name, value in values.items():
             ports[name][0, index] = value
@@ -158,12 +175,14 @@ def _port_index(params: SiteParams, session: PluggedSession) -> int:
 def _session_values(params: SiteParams, session: PluggedSession, now: dt.datetime, required) -> dict:
     where = f"session {cut(session.session_id)} on port {session.port!r}"
     may_discharge = params.bidirectional and bool(session.v2g_consent) and (session.max_discharge_kw or 0) > 0
-    needed = set(required) | {"soc", "battery_kwh", "energy_requested_kwh", "departure", "max_charge_kw"}
+    masked = params.observability != "full"
+    needed = set(required) | (set() if masked else set(FULL_FIELDS))
     if may_discharge:
         needed.add("min_soc")
+    ignored = {name for name in HIDDEN_FIELDS if name not in needed} if masked else set()
     numbers = {}
     for name, (low, high) in _SESSION_NUMBERS.items():
-        value = getattr(session, name)
+        value = None if name in ignored else getattr(session, name)
         if value is None:
             if name in needed:
                 raise SiteStateError(f"{where}: {name} is unknown (None) but this artifact needs it")
@@ -176,23 +195,35 @@ def _session_values(params: SiteParams, session: PluggedSession, now: dt.datetim
             problem = f"expected a value in [{low}, {high}]" if math.isfinite(value) else "it must be finite"
             raise SiteStateError(f"{where}: {name} is {value}; {problem}")
         numbers[name] = value
-    if numbers["battery_kwh"] <= 0:
+    if "battery_kwh" not in ignored and numbers["battery_kwh"] <= 0:
         raise SiteStateError(f"{where}: battery_kwh is {numbers['battery_kwh']}, expected > 0")
-    departure = session.departure
-    if departure is None:
-        raise SiteStateError(f"{where}: departure is unknown (None) but this artifact needs it")
-    if not isinstance(departure, dt.datetime):
-        raise SiteStateError(f"{where}: departure must be a datetime, got {cut(departure)}")
+    hours = 0.0 if "departure" in ignored else _hours_until(where, "departure", session.departure, now)
+    values = {"soc": numbers["soc"], "battery_kwh": numbers["battery_kwh"],
+              "remaining_kwh": numbers["energy_requested_kwh"] - numbers["energy_delivered_kwh"],
+              "hours_to_departure": hours, "ev_max_charge_kw": numbers["max_charge_kw"],
+              "ev_max_discharge_kw": numbers["max_discharge_kw"] if may_discharge else 0.0,
+              "min_soc": numbers["min_soc"]}
+    if masked:
+        elapsed = -_hours_until(where, "plugged_in", session.plugged_in, now)
+        if elapsed < 0:
+            raise SiteStateError(f"{where}: plugged_in is {-elapsed:.3g} h after now; it must not be later")
+        plugged = session.plugged_in
+        values.update(arrival_hour=plugged.hour + plugged.minute / 60 + plugged.second / 3600,
+                      elapsed_hours=elapsed, delivered_kwh=numbers["energy_delivered_kwh"])
+    return values
+
+
+def _hours_until(where: str, name: str, moment, now: dt.datetime) -> float:
+    """Hours from ``now`` to the datetime ``moment`` of the session field ``name``."""
+    if moment is None:
+        raise SiteStateError(f"{where}: {name} is unknown (None) but this artifact needs it")
+    if not isinstance(moment, dt.datetime):
+        raise SiteStateError(f"{where}: {name} must be a datetime, got {cut(moment)}")
     try:
-        hours = (departure - now).total_seconds() / 3600
+        return (moment - now).total_seconds() / 3600
     except TypeError:
-        raise SiteStateError(f"{where}: departure and now must both be naive or both carry a time "
+        raise SiteStateError(f"{where}: {name} and now must both be naive or both carry a time "
                              "zone") from None
-    return {"soc": numbers["soc"], "battery_kwh": numbers["battery_kwh"],
-            "remaining_kwh": numbers["energy_requested_kwh"] - numbers["energy_delivered_kwh"],
-            "hours_to_departure": hours, "ev_max_charge_kw": numbers["max_charge_kw"],
-            "ev_max_discharge_kw": numbers["max_discharge_kw"] if may_discharge else 0.0,
-            "min_soc": numbers["min_soc"]}
 
 
 def _series(state: SiteState, name: str, length: int) -> np.ndarray:

@@ -26,7 +26,8 @@ def site_state_from_env(params: SiteParams, state: State, env: int = 0) -> SiteS
     """What the site of env ``env`` knows at the state's step, as a ``SiteState``.
 
     Every plugged EV reports its SoC, battery, requested and delivered energy, announced
-    departure and limits (its discharge limit already on the port, 0 without consent); the
+    departure and limits (its discharge limit already on the port, 0 without consent) and its
+    plug-in time (its arrival at the site, as ``envs.observation.observe`` counts it); the
     forecasts are the ones the env's observation shows; sessions are named ``ev<index>``.
     """
     t, episode, b = state.t, state.episode, env
@@ -44,7 +45,8 @@ def site_state_from_env(params: SiteParams, state: State, env: int = 0) -> SiteS
             departure=step_time(params, start, state.announced_departure_step[b, port]),
             max_charge_kw=float(state.ev_max_charge_kw[b, port]),
             max_discharge_kw=float(state.ev_max_discharge_kw[b, port]),
-            v2g_consent=bool(state.ev_max_discharge_kw[b, port] > 0), min_soc=float(state.min_soc[b, port])))
+            v2g_consent=bool(state.ev_max_discharge_kw[b, port] > 0), min_soc=float(state.min_soc[b, port]),
+            plugged_in=step_time(params, start, episode.ev_arrival_step[b, k])))
     h = params.forecast_steps
     issued = episode.forecast_windows
     window = state.forecast_series[b, :, t:t + h + 1] if issued is None else issued[b, t]

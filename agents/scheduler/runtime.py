@@ -12,6 +12,7 @@ from agents.scheduler.artifact import (
     INPUT_NAME,
     ArtifactError,
     check_site,
+    manifest_estimator,
     read_manifest,
     read_policy_file,
 )
@@ -66,7 +67,10 @@ class Scheduler:
     clips the actions to [-1, 1], applies the deadline guard where the manifest names one
     (``agents.guards.DeadlineGuard``, its margin and ``guard_fits_headroom``), turns fractions
     into kW with the ports' available power and projects them onto the node limits
-    (``envs.dynamics.project_to_limits``): the same steps as the env's own ``step``. A
+    (``envs.dynamics.project_to_limits``): the same steps as the env's own ``step``. An
+    artifact of an ``observability`` level other than ``full`` runs only on a site of that
+    level, estimates what the level hides with the estimator in its manifest, needs the session
+    fields its ``required_fields`` name (``plugged_in``, ...) and ignores the hidden ones. A
     non-finite policy output is replaced by the manifest's fallback baseline's decision
     (``Decision.fell_back``).
 
@@ -84,6 +88,7 @@ class Scheduler:
                                 "turns signed actions into setpoints only")
         self.artifact = Path(artifact)
         self.manifest = read_manifest(self.artifact)
+        self.estimator = manifest_estimator(self.manifest, params)
         check_site(self.manifest, params)
         self.params = params
         self.required = self.manifest["required_fields"]
@@ -108,7 +113,7 @@ class Scheduler:
         """Per-port setpoints for ``state``; ``SiteStateError`` names a missing or malformed field."""
         params = self.params
         inputs, session_ids = observation_inputs(params, state, self.required)
-        live = observe_live(params, **inputs)
+        live = observe_live(params, **inputs, estimator=self.estimator)
         fell_back, reason = False, None
         if self.session is not None:
             action = self.session.run(None, {INPUT_NAME: live.obs})[0]
