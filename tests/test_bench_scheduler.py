@@ -14,7 +14,7 @@ from agents.scheduler.bench import LOOSE_PARITY_TOLERANCE, bench_from_config, ex
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "experiments" / "learning" / "caltech" / "bc_ppo" / "seed_0"
-ROW_KEYS = {"site", "ports", "nodes", "ocpp", "decisions", "states", "sessions_mean", "sessions_max",
+ROW_KEYS = {"site", "ports", "nodes", "ocpp", "clock", "decisions", "states", "sessions_mean", "sessions_max",
             "p50_ms", "p99_ms", "mean_ms", "max_ms", "decide_p50_ms", "ocpp_p50_ms", "fell_back_sampled",
             "target_p99_ms", "meets_target", "artifact"}
 QUICK = ["decisions=4", "warmup=1", "episodes=1"]
@@ -67,11 +67,13 @@ def test_without_an_artifact_the_run_is_exported_per_site(monkeypatch):
     monkeypatch.setattr(writer, "PARITY_TOLERANCE", -1.0)  # every strict export fails its check
     cfg = {"artifact": None, "site": None, "run": str(RUN), "sites": ["v2g_workplace"],
            "export_check_observations": 8, "decisions": 3, "warmup": 1, "episodes": 1, "seed": 0,
-           "ocpp": {"version": None, "unit": "W", "kind": "Absolute"}, "targets_p99_ms": {"caltech": 1.0}}
+           "ocpp": {"version": None, "unit": "W", "kind": "Absolute"}, "targets_p99_ms": {"caltech": 1.0},
+           "clock": "cpu"}
     summary = bench_from_config(cfg)
     [row] = summary["rows"]
     assert set(row) == ROW_KEYS | {"export_max_abs_diff"}
-    assert row["site"] == "v2g_workplace" and row["ocpp"] == "2.1" and row["target_p99_ms"] is None
+    assert row["site"] == "v2g_workplace" and row["ocpp"] == "2.1" and row["clock"] == "cpu"
+    assert row["target_p99_ms"] is None
     assert 0.0 <= row["export_max_abs_diff"] <= LOOSE_PARITY_TOLERANCE
 
 
