@@ -4,10 +4,12 @@ rounding), a whole episode draws what the env driven by the artifact draws, and 
 malformed messages get clear errors while the central system keeps serving."""
 
 import asyncio
+import datetime as dt
 import json
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -48,11 +50,11 @@ def env_rollout(scheduler, params, episode, steps):
     return np.array(setpoints)
 
 
-async def served(scheduler, episode, version, unit, steps, check_step):
+async def served(scheduler, episode, version, unit, steps, check_step, zone=dt.timezone.utc):
     """Serves ``steps`` steps; before each dispatch ``check_step(site, central, now)`` runs."""
     params = scheduler.params
     layout = charge_point_layout(params, 3)
-    site = SimulatedSite(params, episode, layout, version)
+    site = SimulatedSite(params, episode, layout, version, zone)
     central = CentralSystem(scheduler, layout, site.feed, version, unit, response_timeout_s=5.0)
 
     async def decide(now):
@@ -70,12 +72,13 @@ async def served(scheduler, episode, version, unit, steps, check_step):
 
 # (version, unit, decision tolerance kW: the scheduler's decision on the central system's state against
 #  its decision on the env's state; 2.0.1's charging needs are whole W and Wh, and half a Wh of energy
-#  still wanted moves the power that finishes it within a 15-minute step by up to 2.2 W)
-ROUNDINGS = [("1.6", "W", 0.0), ("1.6", "A", 0.0), ("2.0.1", "W", 3e-3), ("2.1", "W", 0.0)]
+#  still wanted moves the power that finishes it within a 15-minute step by up to 2.2 W; site time zone)
+ROUNDINGS = [("1.6", "W", 0.0, "UTC"), ("1.6", "A", 0.0, "UTC"), ("2.0.1", "W", 3e-3, "America/Los_Angeles"),
+             ("2.1", "W", 0.0, "Europe/Amsterdam")]
 
 
-@pytest.mark.parametrize(("version", "unit", "decision_kw"), ROUNDINGS)
-def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version, unit, decision_kw):
+@pytest.mark.parametrize(("version", "unit", "decision_kw", "zone"), ROUNDINGS)
+def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version, unit, decision_kw, zone):
     """Every step, the SiteState the central system built from OCPP reports equals ``site_state_from_env``
     on the env the charge points replay (SoC, battery, energy still wanted, departure, limits, ports
     down), and the kW each port then draws is the scheduler's setpoint for the env's own state, rounded
@@ -86,7 +89,7 @@ def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version
 
     def check_step(site, central, now):
         live, truth = central.site_state(now), site_state_from_env(params, site.state)
-        assert live.now.replace(tzinfo=None) == truth.now
+        assert live.now.replace(tzinfo=None) == truth.now and live.now.tzinfo == ZoneInfo(zone)
         assert live.unavailable_ports == truth.unavailable_ports
         mine = {s.port: s for s in live.sessions}
         assert set(mine) == {s.port for s in truth.sessions}
@@ -97,12 +100,12 @@ def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version
             assert got.max_charge_kw == pytest.approx(env.max_charge_kw, abs=1e-3)
             assert got.energy_requested_kwh - got.energy_delivered_kwh == pytest.approx(
                 env.energy_requested_kwh - env.energy_delivered_kwh, abs=1e-3)
-            assert got.departure.replace(tzinfo=None) == env.departure
+            assert got.departure.astimezone(ZoneInfo(zone)).replace(tzinfo=None) == env.departure
         expected.append(scheduler.decide(truth).setpoint_kw)
         compared.append(scheduler.decide(live).setpoint_kw)
 
-    drawn = asyncio.run(asyncio.wait_for(served(scheduler, episode(params), version, unit, 24, check_step),
-                                         TIMEOUT_S))
+    run = served(scheduler, episode(params), version, unit, 24, check_step, ZoneInfo(zone))
+    drawn = asyncio.run(asyncio.wait_for(run, TIMEOUT_S))
     expected, compared = np.array(expected), np.array(compared)
     assert drawn.shape == (24, params.num_ports) and expected.sum() * params.dt_hours > 100.0
     np.testing.assert_allclose(compared, expected, atol=decision_kw + 1e-9, rtol=0)
@@ -133,41 +136,83 @@ def test_an_episode_over_ocpp_draws_what_the_env_driven_by_the_artifact_draws(tm
     assert np.abs(replay.drawn_kw - other).max() > 1.0
 
 
-async def _refused_and_answered(url):
-    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        await websockets.connect(f"{url}/CP-99", subprotocols=["ocpp1.6"], open_timeout=5)
+FRAMES_16 = ("this is not json", "[7]", '[2, "a1", "BootNotification", {}]',
+             '[2, "a2", "StartTransaction", {"connectorId": 99, "idTag": "x", "meterStart": 0, '
+             '"timestamp": "2024-01-01T07:00:00Z"}]',
+             '[2, "a3", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]',
+             '[2, "a4", "StartTransaction", {"connectorId": 1, "idTag": "x", "meterStart": 0, '
+             '"timestamp": "2024-01-01T07:00:00Z"}]')
+FRAMES_201 = ("{not json", '[2, "b1", "StatusNotification", {"timestamp": "2024-01-01T07:00:00Z", '
+              '"connectorStatus": "Available", "evseId": 40, "connectorId": 1}]')
+
+
+async def _talk(url, identity, subprotocol, frames):
     answers = []
-    async with websockets.connect(f"{url}/CP-1", subprotocols=["ocpp1.6"], open_timeout=5) as connection:
-        for frame in ("this is not json", "[7]", '[2, "a1", "BootNotification", {}]',
-                      '[2, "a2", "StartTransaction", {"connectorId": 99, "idTag": "x", "meterStart": 0, '
-                      '"timestamp": "2024-01-01T07:00:00Z"}]',
-                      '[2, "a3", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]'):
+    async with websockets.connect(f"{url}/{identity}", subprotocols=[subprotocol],
+                                  open_timeout=5) as connection:
+        for frame in frames:
             await connection.send(frame)
             answers.append(json.loads(await asyncio.wait_for(connection.recv(), 5)))
-    return refused.value.response, answers
+    return answers
+
+
+async def _refused(url, identity, subprotocol):
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await websockets.connect(f"{url}/{identity}", subprotocols=[subprotocol], open_timeout=5)
+    return refused.value.response
 
 
 def test_unknown_charge_points_and_malformed_messages_get_clear_errors():
+    """Refused at the handshake: an unknown identity (404 naming it) and another OCPP version; a frame
+    that is not OCPP, a schema violation and an unknown connector each get a CALLERROR that says
+    what is wrong; a session the charge point never described gets no profile and a dispatch error
+    naming the missing field; the central system keeps serving throughout."""
     params = caltech()
     scheduler = Scheduler(exported("per_port"), params)
     layout = charge_point_layout(params, 3)
+    feed = SimulatedSite(params, episode(params), layout).feed
 
     async def scenario():
-        central = CentralSystem(scheduler, layout, lambda now: {}, "1.6")
+        central = CentralSystem(scheduler, layout, feed, "1.6")
         try:
-            return await _refused_and_answered(await central.start())
+            url = await central.start()
+            unknown = await _refused(url, "CP-99", "ocpp1.6")
+            other_version = await _refused(url, "CP-1", "ocpp2.0.1")
+            answers = await _talk(url, "CP-1", "ocpp1.6", FRAMES_16)
+            dispatch = await central.dispatch(dt.datetime(2024, 1, 1, 7, tzinfo=dt.timezone.utc))
+            return unknown, other_version, answers, dispatch
         finally:
             await central.close()
 
-    response, answers = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT_S))
-    assert response.status_code == 404 and b"unknown charge point 'CP-99'" in response.body
-    not_json, bad_type, no_vendor, no_connector, booted = answers
+    unknown, other_version, answers, dispatch = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT_S))
+    assert unknown.status_code == 404 and b"unknown charge point 'CP-99'" in unknown.body
+    assert other_version.status_code == 400 and b"ocpp1.6" in other_version.body
+    not_json, bad_type, no_vendor, no_connector, booted, started = answers
     assert not_json[:3] == [4, "-1", "FormatViolation"] and "not valid JSON" in not_json[3]
     assert bad_type[0] == 4 and bad_type[2] in ("PropertyConstraintViolation", "ProtocolError")
     assert no_vendor[:2] == [4, "a1"] and "chargePointVendor" in json.dumps(no_vendor)
     assert no_connector[:3] == [4, "a2", "PropertyConstraintViolation"]
     assert "CP-1 has no connector 99 (it has 1..18)" in no_connector[3]
     assert booted[:2] == [3, "a3"] and booted[2]["status"] == "Accepted"
+    assert started[:2] == [3, "a4"] and started[2]["idTagInfo"]["status"] == "Accepted"
+    assert dispatch.calls == () and "port 'evse0': soc is unknown" in dispatch.error
+
+
+def test_a_201_station_with_a_bad_evse_gets_a_clear_error():
+    params = caltech()
+    layout = charge_point_layout(params, 3)
+
+    async def scenario():
+        central = CentralSystem(Scheduler(exported("per_port"), params), layout, lambda now: {}, "2.0.1")
+        try:
+            return await _talk(await central.start(), "CP-3", "ocpp2.0.1", FRAMES_201)
+        finally:
+            await central.close()
+
+    not_json, no_evse = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT_S))
+    assert not_json[:3] == [4, "-1", "FormatViolation"]
+    assert no_evse[:3] == [4, "b1", "PropertyConstraintViolation"]
+    assert "CP-3 has no connector 40 (it has 1..18)" in no_evse[3]
 
 
 def test_the_script_serves_a_baseline_artifact(tmp_path):

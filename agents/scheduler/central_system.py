@@ -25,8 +25,8 @@ from ocpp.routing import on
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from agents.scheduler.live import PluggedSession, SiteState
-from agents.scheduler.ocpp_profiles import VERSIONS, ChargingProfiles, PortBinding, ProfileCall
+from agents.scheduler.live import PluggedSession, SiteState, SiteStateError
+from agents.scheduler.ocpp_profiles import VERSIONS, ChargingProfiles, PortBinding, ProfileCall, ProfileError
 from agents.scheduler.runtime import Decision, Scheduler
 from envs.errors import cut
 from envs.site import SiteParams
@@ -67,6 +67,7 @@ class Connector:
     port: str
     status: str = "Available"
     transaction_id: int | str | None = None
+    started_at: dt.datetime | None = None
     needs: dict | None = None
     soc_percent: float | None = None
     import_wh: float = 0.0
@@ -74,14 +75,14 @@ class Connector:
     import_start_wh: float = 0.0
     export_start_wh: float = 0.0
 
-    def start(self, transaction_id, import_wh: float | None = None) -> None:
-        self.transaction_id, self.soc_percent = transaction_id, None
+    def start(self, transaction_id, timestamp: str, import_wh: float | None = None) -> None:
+        self.transaction_id, self.started_at, self.soc_percent = transaction_id, _parse_time(timestamp), None
         if import_wh is not None:
             self.import_wh = self.import_start_wh = float(import_wh)
         self.export_start_wh = self.export_wh
 
     def stop(self) -> None:
-        self.transaction_id, self.needs, self.soc_percent = None, None, None
+        self.transaction_id, self.started_at, self.needs, self.soc_percent = None, None, None, None
 
     def read(self, meter_values, begin: bool = False) -> None:
         """Takes the registers, SoC of ``meter_values`` (snake-case OCPP MeterValue list)."""
@@ -120,9 +121,9 @@ class Connector:
 
 @dataclasses.dataclass(frozen=True)
 class Dispatch:
-    """One step of the central system: the decision (None when the scheduler refused the state:
-    ``error`` says why), the requests sent, and ``rejected`` ("port: status or error") for those
-    the charge points did not accept."""
+    """One step of the central system: the decision (None when the scheduler refused the state), the
+    requests sent, ``error`` when none were (the state or a profile refused, e.g. a discharge OCPP 1.6
+    cannot ask for), and ``rejected`` ("port: status or error") for requests not accepted."""
 
     now: dt.datetime
     decision: Decision | None
@@ -137,11 +138,11 @@ class CentralSystem:
     ## Description
 
     Charge points connect to ``ws://host:port/<identity>`` with the version's subprotocol
-    (``ocpp1.6``, ``ocpp2.0.1``, ``ocpp2.1``); an identity not in ``layout`` is refused at the
-    handshake with HTTP 404 naming it, a message that is not OCPP is answered with a CALLERROR
-    (message id ``"-1"`` when none can be read), a request with an unknown connector with a
+    (``ocpp1.6``, ``ocpp2.0.1``, ``ocpp2.1``). The handshake refuses an identity not in ``layout``
+    with HTTP 404 naming it, another version's subprotocol with 400; a frame that is not OCPP gets
+    a CALLERROR (message id ``"-1"`` when none can be read), a request for an unknown connector a
     ``PropertyConstraintViolation`` naming it. From StatusNotification, transactions (1.6
-    StartTransaction/StopTransaction, 2.x TransactionEvent), MeterValues (registers and SoC) and
+    StartTransaction/StopTransaction, 2.x TransactionEvent), meter values (registers and SoC) and
     the EV's charging needs (1.6: DataTransfer ``smartcharging``/``EVChargingNeeds``; 2.x:
     NotifyEVChargingNeeds) it keeps one ``Connector`` per port. ``dispatch(now)`` builds the
     ``SiteState`` from those alone plus ``feed(now)`` (prices, forecasts, site meter: the
@@ -209,14 +210,15 @@ class CentralSystem:
 
     async def dispatch(self, now: dt.datetime) -> Dispatch:
         """Decides for ``now`` (an aware datetime, the site's clock) and sends the profiles."""
-        try:
-            decision = self.scheduler.decide(self.site_state(now))
-        except ValueError as error:  # SiteStateError: a report is missing or out of range
-            LOG.warning("no decision at %s: %s", now, error)
-            return Dispatch(now, None, error=str(error))
         bindings = {c.port: PortBinding(where[0], where[1], c.transaction_id)
                     for where, c in self.connectors.items() if c.transaction_id is not None}
-        calls = self.profiles.build(decision, bindings, now, self.version, self.unit)
+        decision = None
+        try:
+            decision = self.scheduler.decide(self.site_state(now))
+            calls = self.profiles.build(decision, bindings, now, self.version, self.unit)
+        except (SiteStateError, ProfileError) as error:  # a report missing or out of range, a discharge
+            LOG.warning("no profiles at %s: %s", now, error)
+            return Dispatch(now, decision, error=str(error))
         by_station: dict[str, list[ProfileCall]] = {}
         for call in calls:
             by_station.setdefault(call.charge_point, []).append(call)
@@ -345,9 +347,9 @@ def _station_class(base):
             return result(status="Accepted")
 
         @on("StartTransaction")
-        def on_start(self, connector_id, meter_start, **_):
+        def on_start(self, connector_id, meter_start, timestamp, **_):
             connector = self.connector(connector_id)
-            connector.start(next(self.transaction_ids), meter_start)
+            connector.start(next(self.transaction_ids), timestamp, meter_start)
             return self._call_result.StartTransaction(transaction_id=connector.transaction_id,
                                                       id_tag_info={"status": "Accepted"})
 
@@ -396,7 +398,7 @@ def _station_class_2x(base):
             return self._call_result.NotifyEVChargingNeeds(status="Accepted")
 
         @on("TransactionEvent")
-        def on_transaction(self, event_type, transaction_info, evse=None, meter_value=None, **_):
+        def on_transaction(self, event_type, timestamp, transaction_info, evse=None, meter_value=None, **_):
             transaction_id = transaction_info["transaction_id"]
             if evse is not None:
                 connector = self.connector(evse["id"])
@@ -407,7 +409,7 @@ def _station_class_2x(base):
                 raise PropertyConstraintViolationError(
                     description=f"transaction {cut(transaction_id)} on charge point {self.id} has no evse")
             if event_type == "Started":
-                connector.start(transaction_id)
+                connector.start(transaction_id, timestamp)
                 connector.read(meter_value, begin=True)
             elif event_type == "Ended":
                 connector.stop()
