@@ -3,11 +3,15 @@
 Artifacts hold ONNX graphs built here (onnx.helper) that answer with huge finite values,
 +/-inf, NaN or mixtures that depend on the state; each runs through whole rollouts of a site
 (unidirectional caltech, the V2G workplace, the 1100-port city) that its own setpoints drive,
-and every decision is checked against the env's state with independent arithmetic. A
+and every decision is checked against the env's state with independent arithmetic; random live
+states beyond what the env produces (car limits above the port's, SoC at min SoC, delivered
+above requested, loads and PV past the node limits) are checked from the state alone. A
 non-finite output must be replaced by the declared fallback's decision. The checker itself is
 shown to fail on a runtime without the node projection or with oversized setpoints.
 """
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import zlib
@@ -19,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agents.export.writer import build_manifest
-from agents.scheduler import Scheduler, runtime
+from agents.scheduler import PluggedSession, Scheduler, runtime
 from agents.scheduler.artifact import INPUT_NAME, MANIFEST_FILE, OUTPUT_NAME, POLICY_FILE
 from agents.scheduler.replay import site_state_from_env
 from envs.core import reset, step
@@ -255,3 +259,107 @@ def test_the_checker_catches_a_broken_runtime(broken, tmp_path, monkeypatch):
             decision = scheduler.decide(site_state_from_env(params, state, 0))
             check_decision(params, state, 0, decision)
             state, _, _ = step(params, state, np.ones((1, params.num_ports)))
+
+
+def random_live_state(params, base, rng: np.random.Generator):
+    """``base`` (a live state of the site) with random sessions on random ports, within what
+    ``SiteState`` accepts but beyond what the env produces: car limits above the port's, SoC at
+    or below min SoC, delivered above requested, departures past, loads and PV past the limits."""
+    ports = rng.permutation(params.num_ports)[:rng.integers(0, params.num_ports + 1)]
+    sessions = []
+    for port in ports:
+        soc = float(rng.choice([rng.random(), 0.0, 1.0])) if rng.random() < 0.2 else float(rng.random())
+        min_soc = float(rng.choice([soc, rng.uniform(0, 0.9)]))
+        requested = float(rng.uniform(0, 100))
+        sessions.append(PluggedSession(
+            port=params.port_names[port], session_id=f"s{port}", soc=soc,
+            battery_kwh=float(rng.uniform(5, 120)), energy_requested_kwh=requested,
+            energy_delivered_kwh=float(rng.uniform(-5, 1.2 * requested + 1)),
+            departure=base.now + dt.timedelta(hours=float(rng.uniform(-2, 12))),
+            max_charge_kw=float(rng.choice([0.0, rng.uniform(0, 1.5 * params.port_max_charge_kw[port])])),
+            max_discharge_kw=float(rng.uniform(0, 30)), v2g_consent=bool(rng.random() < 0.7),
+            min_soc=min_soc))
+    limits = params.node_import_limit_kw
+    load = {name: float(rng.uniform(0, 1.2) * limits[i]) for i, name in enumerate(params.node_names)
+            if rng.random() < 0.5}
+    pv = {name: float(rng.uniform(0, 1.2) * limits[i]) for i, name in enumerate(params.node_names)
+          if rng.random() < 0.3}
+    down = [params.port_names[p] for p in range(params.num_ports) if rng.random() < 0.05]
+    return dataclasses.replace(base, sessions=tuple(sessions), node_load_kw=load, node_pv_kw=pv,
+                               unavailable_ports=tuple(down))
+
+
+def check_live_decision(params, live, decision) -> None:
+    """Every limit, from the live state alone: the port's and car's limits, the battery's room,
+    the energy still requested, min SoC, V2G consent and each node's limits."""
+    kw, p = decision.setpoint_kw, params.num_ports
+    assert kw.shape == (p,) and np.isfinite(kw).all()
+    fields = {name: np.zeros(p) for name in ("soc", "battery", "room", "wanted", "car_charge",
+                                             "car_discharge", "min_soc")}
+    plugged = np.zeros(p, dtype=bool)
+    for session in live.sessions:
+        i = params.port_names.index(session.port)
+        if session.port in live.unavailable_ports:
+            continue
+        plugged[i] = True
+        fields["soc"][i], fields["battery"][i], fields["min_soc"][i] = (session.soc, session.battery_kwh,
+                                                                       session.min_soc)
+        fields["room"][i] = (1.0 - session.soc) * session.battery_kwh
+        fields["wanted"][i] = max(session.energy_requested_kwh - session.energy_delivered_kwh, 0.0)
+        fields["car_charge"][i] = session.max_charge_kw
+        consent = params.bidirectional and session.v2g_consent and session.max_discharge_kw > 0
+        fields["car_discharge"][i] = session.max_discharge_kw if consent else 0.0
+    assert np.all(np.abs(kw[~plugged]) <= TOLERANCE_KW), "power on an empty or unavailable port"
+    assert np.all(kw <= params.port_max_charge_kw + TOLERANCE_KW), "port charge limit"
+    assert np.all(kw >= -params.port_max_discharge_kw - TOLERANCE_KW), "port discharge limit"
+    assert np.all(kw <= fields["car_charge"] + TOLERANCE_KW), "car charge limit"
+    assert np.all(kw >= -fields["car_discharge"] - TOLERANCE_KW), "car discharge limit or no consent"
+    charge, discharge = split_power(kw[None])
+    energy = battery_energy_kwh(params, charge, discharge)[0]
+    assert np.all(energy <= fields["room"] + TOLERANCE_SOC), "battery over full"
+    assert np.all(energy <= fields["wanted"] + TOLERANCE_SOC), "beyond the request"
+    above_min = np.maximum(fields["soc"] - np.maximum(fields["min_soc"], 0.0), 0.0) * fields["battery"]
+    assert np.all(-energy <= above_min + TOLERANCE_SOC), "below min SoC"
+    own = np.zeros(params.num_nodes)
+    for mapping, sign in ((live.node_load_kw, 1.0), (live.node_pv_kw, -1.0)):
+        for name, value in mapping.items():
+            own[params.node_names.index(name)] += sign * value
+    exo = np.zeros(params.num_nodes)
+    for node in range(params.num_nodes):
+        ancestor = node
+        while ancestor >= 0:
+            exo[ancestor] += own[node]
+            ancestor = params.node_parent[ancestor]
+    flows = node_flows(params, kw[None], exo[None])[0]
+    idle = exo
+    excess = (np.maximum(flows - params.node_import_limit_kw, 0)
+              + np.maximum(-params.node_export_limit_kw - flows, 0))
+    unavoidable = (np.maximum(idle - params.node_import_limit_kw, 0)
+                   + np.maximum(-params.node_export_limit_kw - idle, 0)).sum()
+    if unavoidable <= TOLERANCE_KW:
+        assert excess.max() <= TOLERANCE_KW, "node limit broken"
+    else:
+        assert excess.sum() <= unavoidable + TOLERANCE_KW, "more violation than all ports off"
+    assert decision.violation_kw == pytest.approx(excess.sum(), abs=TOLERANCE_KW)
+
+
+@pytest.mark.parametrize("site", ["v2g_workplace", "jpl", "dc_depot"])
+def test_random_live_states_beyond_the_env_keep_every_limit(site, tmp_path):
+    params = load_site(site, **WEEKDAY)
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(0), 1))
+    base = site_state_from_env(params, state, 0)
+    rng = np.random.default_rng(zlib.crc32(site.encode()))
+    fell_back = 0
+    for index, kind in enumerate(KINDS):
+        model = adversarial_graph(params, kind, rng)
+        guard_hours, fits = GUARDS[index % len(GUARDS)]
+        fallback = FALLBACKS[index % len(FALLBACKS)]
+        folder = write_artifact(tmp_path / kind, params, model, fallback, guard_hours, fits)
+        scheduler = Scheduler(folder, params)
+        raw = onnxruntime.InferenceSession(model)
+        for _ in range(40):
+            live = random_live_state(params, base, rng)
+            decision = scheduler.decide(live)
+            check_live_decision(params, live, decision)
+            fell_back += check_source(scheduler, raw, decision)
+    assert 0 < fell_back < 40 * len(KINDS)
