@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from envs.core import reset, step
+from envs.core import idle_site_terms, reset, step
 from envs.episode import Episode
 from envs.observation import observe
 from envs.site import SiteParams
@@ -32,9 +32,13 @@ class Demonstrations:
 
 
 def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, reward_coefficients: np.ndarray,
-                           gamma: float = 0.99, tie_break_eur_kwh_per_step: float = 0.0) -> Demonstrations:
+                           gamma: float = 0.99, tie_break_eur_kwh_per_step: float = 0.0,
+                           controllable_reward: bool = False, reward_scale: float = 1.0) -> Demonstrations:
     """Run ``teacher`` (predictor protocol; ``begin`` called first, as ``agents.evaluate`` does) on
     every episode of the batch and record its observations, actions and rewards.
+
+    The rewards are the training reward's (``agents.training_reward``): with
+    ``controllable_reward`` the idle site's reward is left out, and ``reward_scale`` multiplies.
 
     A planner's optimum is often not unique (charging now or an hour later can cost the same),
     and a clone of ties regresses to fractional power. With ``tie_break_eur_kwh_per_step`` > 0
@@ -46,15 +50,19 @@ def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, rewar
         begin(params, tie_broken(episodes, tie_break_eur_kwh_per_step))
     state = reset(params, episodes)
     observations, actions, rewards = [], [], []
+    idle_peak_kw = np.zeros(episodes.num_envs)
     while state.t < params.horizon_steps:
         obs = observe(params, state)
         action, _ = teacher.predict(obs, deterministic=True)
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        if controllable_reward:
+            idle, idle_peak_kw = idle_site_terms(params, state, idle_peak_kw)
+            terms_before = idle @ reward_coefficients
         state, terms, _ = step(params, state, action)
         observations.append(obs)
         actions.append(action.astype(np.float32))
-        rewards.append(terms @ reward_coefficients)
-    rewards = np.array(rewards)
+        rewards.append(terms @ reward_coefficients - (terms_before if controllable_reward else 0.0))
+    rewards = np.array(rewards) * float(reward_scale)
     returns = np.zeros_like(rewards)
     following = np.zeros(rewards.shape[1])
     for t in range(len(rewards) - 1, -1, -1):
@@ -111,10 +119,12 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
     return losses
 
 
-def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np.ndarray, seed: int) -> dict:
+def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np.ndarray, seed: int,
+             controllable_reward: bool = False, reward_scale: float = 1.0) -> dict:
     """Clone the configured teacher into ``model.policy`` before RL; returns what to log.
 
-    ``params`` is the site with the training reward: the teacher plans for it.
+    ``params`` is the site with the training reward: the teacher plans for it; the critic's
+    targets are returns of the training reward (``controllable_reward``, ``reward_scale``).
 
     ``imitation_cfg``: ``teacher`` (a ``_target_`` policy built with ``params``), ``episodes``
     and ``seed`` (demonstration episodes of the site's scenario), ``tie_break_eur_kwh_per_step``
@@ -134,7 +144,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     episodes = episodes_for(params, None, int(imitation_cfg["episodes"]), int(imitation_cfg["seed"]))
     gamma = float(getattr(model, "gamma", 0.99))
     demos = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma,
-                                   float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0)))
+                                   float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0)),
+                                   controllable_reward, reward_scale)
     collected = time.perf_counter() - start
     observations, value_targets = demos.observations, demos.returns
     normalizer = model.get_vec_normalize_env()

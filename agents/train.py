@@ -68,13 +68,20 @@ def training_params(params: SiteParams, env_cfg: Mapping[str, Any]) -> SiteParam
 
 
 def build_env(cfg: Mapping[str, Any], params: SiteParams):
-    """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, behind the deadline guard and
-    ``VecNormalize`` where ``env`` asks for them."""
+    """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, with the training reward
+    (``TrainingRewardVecEnv``), behind the deadline guard and ``VecNormalize`` where ``env`` asks
+    for them."""
     from envs.sb3 import SmartChargingVecEnv
 
     env_cfg = cfg["env"]
     num_envs = check_count("n_envs", cfg["n_envs"], "envs")
     venv = SmartChargingVecEnv(num_envs, site=training_params(params, env_cfg), step_info=False)
+    scale = env_cfg.get("reward_scale")
+    if env_cfg.get("controllable_reward") or scale is not None:
+        from agents.training_reward import TrainingRewardVecEnv
+
+        venv = TrainingRewardVecEnv(venv, bool(env_cfg.get("controllable_reward")),
+                                    1.0 if scale is None else float(scale))
     margin = env_cfg.get("deadline_guard_hours")
     if margin is not None:
         from agents.guarded_env import GuardedVecEnv
@@ -167,8 +174,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         from agents.imitation import pretrain
 
         rewarded = training_params(params, cfg["env"])
+        scale = cfg["env"].get("reward_scale")
         for key, value in pretrain(model, cfg["imitation"], rewarded, rewarded.reward.coefficients(),
-                                   cfg["seed"]).items():
+                                   cfg["seed"], bool(cfg["env"].get("controllable_reward")),
+                                   1.0 if scale is None else float(scale)).items():
             model.logger.record(key, value)
     steps = model.num_timesteps
     eval_freq, checkpoint_freq = cfg.get("eval_freq", 0), cfg.get("checkpoint_freq", 0)

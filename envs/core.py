@@ -87,22 +87,13 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     net_kwh = _row_sum(energy)
     charged_kwh = _row_sum(np.maximum(energy, 0.0))
     discharged_kwh = charged_kwh - net_kwh
-    imported = np.maximum(site_kw, 0.0)
-    exported = imported - site_kw
     peak = np.maximum(state.peak_import_kw, site_kw)
-    imported *= dt
-    exported *= dt
     terms = np.empty((len(site_kw), len(TERMS)))
-    terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
+    _grid_terms(params, episode, t, site_kw, violation_kw, state.peak_import_kw, terms)
     terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * net_kwh
-    terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
     terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
     terms[:, TERM_INDEX["overload_requested_kwh"]] = (
         _row_sum(np.abs(requested - power)) * dt if power is not requested and priority is None else 0.0)
-    terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
-    terms[:, TERM_INDEX["peak_increase_kw"]] = peak - state.peak_import_kw
-    terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
-    terms[:, TERM_INDEX["setpoint_error_kwh"]] = np.abs(site_kw - episode.setpoint_kw[:, t]) * dt
 
     changes = {"t": t + 1, "soc": soc, "remaining_kwh": state.remaining_kwh - energy,
                "delivered_kwh": state.delivered_kwh + energy, "peak_import_kw": peak}
@@ -173,6 +164,40 @@ def _with_available_power(params: SiteParams, state: State, changes: dict, t: in
     changes["max_charge_kw"], changes["max_discharge_kw"] = available_power(
         params, changes["soc"], changes["remaining_kwh"], ev_on_port, present)
     return state.replace(**changes)
+
+
+GRID_TERMS = ("energy_cost_eur", "export_revenue_eur", "grid_violation_kwh", "peak_increase_kw", "carbon_kg",
+              "setpoint_error_kwh")
+
+
+def _grid_terms(params: SiteParams, episode: Episode, t: int, site_kw, violation_kw, peak_before_kw,
+                terms: np.ndarray) -> None:
+    """Write the ``GRID_TERMS`` of step ``t`` (the terms that follow from the grid connection's
+    flow ``site_kw``) into ``terms``."""
+    dt = params.dt_hours
+    imported = np.maximum(site_kw, 0.0) * dt
+    exported = np.maximum(-site_kw, 0.0) * dt
+    terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
+    terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
+    terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
+    terms[:, TERM_INDEX["peak_increase_kw"]] = np.maximum(peak_before_kw, site_kw) - peak_before_kw
+    terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
+    terms[:, TERM_INDEX["setpoint_error_kwh"]] = np.abs(site_kw - episode.setpoint_kw[:, t]) * dt
+
+
+def idle_site_terms(params: SiteParams, state: State, idle_peak_kw: np.ndarray):
+    """The reward terms step ``state.t`` would have if no port drew or gave power: what the
+    inflexible load and PV alone cost (energy, export, carbon, the peak they set, the limits they
+    break), which no action changes. ``idle_peak_kw`` (B,) is the idle site's peak import so
+    far (0 at an episode's start). Returns (terms (B, len(TERMS)), the idle peak after the step);
+    terms outside ``GRID_TERMS`` are 0.
+    """
+    t = state.t
+    idle = np.zeros((state.episode.num_envs, params.num_ports))
+    _, site_kw, violation_kw = project_to_limits(params, idle, state.node_exo_kw[:, t])
+    terms = np.zeros((len(site_kw), len(TERMS)))
+    _grid_terms(params, state.episode, t, site_kw, violation_kw, idle_peak_kw, terms)
+    return terms, np.maximum(idle_peak_kw, site_kw)
 
 
 def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.ndarray:
