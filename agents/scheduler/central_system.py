@@ -43,7 +43,13 @@ Feed = Callable[[dt.datetime], Mapping[str, Any]]
 def charge_point_layout(params: SiteParams, charge_points: int, prefix: str = "CP"
                         ) -> dict[str, tuple[str, int]]:
     """Port name -> (charge point identity, connector id from 1): the site's ports in order, split into
-    ``charge_points`` charge points of consecutive ports (``CP-1``, ``CP-2``, ...)."""
+    ``charge_points`` charge points of consecutive ports (``CP-1``, ``CP-2``, ...).
+
+    >>> from envs.site import load_site
+    >>> layout = charge_point_layout(load_site("caltech"), 3)
+    >>> layout["evse0"], layout["evse17"], layout["evse18"], layout["evse53"]
+    (('CP-1', 1), ('CP-1', 18), ('CP-2', 1), ('CP-3', 18))
+    """
     if isinstance(charge_points, bool) or not isinstance(charge_points, int) or not 1 <= charge_points <= (
             params.num_ports):
         raise ValueError(f"charge_points must be a whole number in [1, {params.num_ports}], got "

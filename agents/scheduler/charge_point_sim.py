@@ -230,6 +230,19 @@ class SimulatedSite:
     * ``params``: the site; ``episode``: its exogenous data (a batch of one).
     * ``layout``: port name -> (charge point identity, connector id), as the central system's.
     * ``version``: ``"1.6"``, ``"2.0.1"`` or ``"2.1"``; ``zone``: the site's time zone.
+
+    >>> import asyncio, tempfile, numpy as np
+    >>> from agents.export import export_baseline
+    >>> from agents.scheduler import Scheduler
+    >>> from envs.generators import generator_for
+    >>> from envs.site import load_site
+    >>> params = load_site("caltech", horizon_steps=8, start_hour=8)
+    >>> artifact = tempfile.mkdtemp()
+    >>> _ = export_baseline({"_target_": "agents.baselines.PriceAware"}, artifact, params)
+    >>> episode = generator_for(params).sample(params, np.random.default_rng(0), 1)
+    >>> replay = asyncio.run(replay_over_ocpp(Scheduler(artifact, params), episode, version="2.0.1"))
+    >>> replay.drawn_kw.shape, len(replay.dispatches), replay.dispatches[-1].error
+    ((8, 54), 8, None)
     """
 
     def __init__(self, params: SiteParams, episode: Episode, layout: Mapping[str, tuple[str, int]],
