@@ -75,24 +75,33 @@ async def served(scheduler, episode, version, unit, steps, check_step, zone=dt.t
 # (version, unit, decision tolerance kW: the scheduler's decision on the central system's state against
 #  its decision on the env's state; 2.0.1's charging needs are whole W and Wh, and half a Wh of energy
 #  still wanted moves the power that finishes it within a 15-minute step by up to 2.2 W; site time zone;
-#  ports out of order)
-ROUNDINGS = [("1.6", "W", 0.0, "UTC", True), ("1.6", "A", 0.0, "UTC", False),
-             ("2.0.1", "W", 3e-3, "America/Los_Angeles", True), ("2.1", "W", 0.0, "Europe/Amsterdam", False)]
+#  site: caltech with or without ports out of order, or v2g_workplace whose EVs discharge in 2.1)
+ROUNDINGS = [("1.6", "W", 0.0, "UTC", "outages"), ("1.6", "A", 0.0, "UTC", "caltech"),
+             ("2.0.1", "W", 3e-3, "America/Los_Angeles", "outages"),
+             ("2.1", "W", 0.0, "Europe/Amsterdam", "caltech"), ("2.1", "W", 0.0, "UTC", "v2g_workplace")]
 
 
-@pytest.mark.parametrize(("version", "unit", "decision_kw", "zone", "outages"), ROUNDINGS)
+def deployment(name):
+    """(site, per-port artifact exported for it, episode seed)."""
+    if name == "v2g_workplace":
+        return load_site(name, **SEED_SITE), exported("per_port", name), 2
+    return caltech(outages=name == "outages"), exported("per_port"), 3
+
+
+@pytest.mark.parametrize(("version", "unit", "decision_kw", "zone", "site"), ROUNDINGS)
 def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version, unit, decision_kw, zone,
-                                                                          outages):
+                                                                          site):
     """Every step, the SiteState the central system built from OCPP reports equals ``site_state_from_env``
-    on the env the charge points replay (SoC, battery, energy still wanted, departure, limits, ports
-    down), and the kW each port then draws is the scheduler's setpoint for the env's own state, rounded
-    down by OCPP: under 1 W (whole watts), under 0.1 A x 3 x 230 V (1.6 amperes)."""
-    params = caltech(outages)
-    scheduler = Scheduler(exported("per_port"), params)
+    on the env the charge points replay (SoC, battery, energy still wanted, departure, limits, V2G
+    consent and minimum SoC, ports down), and the kW each port then draws is the scheduler's setpoint
+    for the env's own state, rounded toward zero by OCPP: under 1 W (whole watts), under
+    0.1 A x 3 x 230 V (1.6 amperes)."""
+    params, artifact, seed = deployment(site)
+    scheduler = Scheduler(artifact, params)
     expected, compared, down = [], [], []
 
-    def check_step(site, central, now):
-        live, truth = central.site_state(now), site_state_from_env(params, site.state)
+    def check_step(simulated, central, now):
+        live, truth = central.site_state(now), site_state_from_env(params, simulated.state)
         assert live.now.replace(tzinfo=None) == truth.now and live.now.tzinfo == ZoneInfo(zone)
         assert sorted(live.unavailable_ports) == sorted(truth.unavailable_ports)
         down.append(len(live.unavailable_ports))
@@ -106,21 +115,27 @@ def test_each_step_the_charge_points_draw_the_decision_on_the_envs_state(version
             assert got.energy_requested_kwh - got.energy_delivered_kwh == pytest.approx(
                 env.energy_requested_kwh - env.energy_delivered_kwh, abs=1e-3)
             assert got.departure.astimezone(ZoneInfo(zone)).replace(tzinfo=None) == env.departure
+            assert got.v2g_consent == env.v2g_consent
+            assert got.max_discharge_kw == pytest.approx(env.max_discharge_kw, abs=1e-9)
+            if env.v2g_consent:
+                assert got.min_soc == pytest.approx(env.min_soc, abs=1e-12)
         expected.append(scheduler.decide(truth).setpoint_kw)
         compared.append(scheduler.decide(live).setpoint_kw)
 
-    run = served(scheduler, episode(params), version, unit, 24, check_step, ZoneInfo(zone))
+    run = served(scheduler, episode(params, seed), version, unit, 24, check_step, ZoneInfo(zone))
     drawn = asyncio.run(asyncio.wait_for(run, TIMEOUT_S))
     expected, compared = np.array(expected), np.array(compared)
-    assert (sum(down) > 10) == outages
-    assert drawn.shape == (24, params.num_ports) and expected.sum() * params.dt_hours > 100.0
+    assert (sum(down) > 10) == (site == "outages")
+    assert drawn.shape == (24, params.num_ports) and expected.clip(min=0).sum() * params.dt_hours > 30.0
+    assert (drawn.min() < -1.0) == (expected.min() < -1.0) == (site == "v2g_workplace")
     np.testing.assert_allclose(compared, expected, atol=decision_kw + 1e-9, rtol=0)
     rounding_kw = AMPERE_STEP_KW if unit == "A" else 1e-3
-    below = expected - drawn
-    assert below.min() >= -decision_kw - 1e-9, "a charge point drew more than the decision"
-    assert below.max() < rounding_kw + decision_kw
+    assert (drawn * expected >= 0).all()
+    toward_zero = np.abs(expected) - np.abs(drawn)
+    assert toward_zero.min() >= -decision_kw - 1e-9, "a charge point drew more than the decision"
+    assert toward_zero.max() < rounding_kw + decision_kw
     if unit == "A":
-        assert below.max() > 0.01  # amperes do round
+        assert toward_zero.max() > 0.01  # amperes do round
 
 
 def test_an_episode_over_ocpp_draws_what_the_env_driven_by_the_artifact_draws(tmp_path):

@@ -153,7 +153,10 @@ class CentralSystem:
     NotifyEVChargingNeeds) it keeps one ``Connector`` per port. ``dispatch(now)`` builds the
     ``SiteState`` from those alone plus ``feed(now)`` (prices, forecasts, site meter: the
     SiteState fields OCPP does not carry), runs the scheduler, and sends one TxProfile per
-    ongoing transaction (``agents.scheduler.ocpp_profiles``), awaiting the answers.
+    ongoing transaction (``agents.scheduler.ocpp_profiles``), awaiting the answers. Only 2.1
+    sessions whose needs carry ``v2xChargingParameters`` (maximum discharge power, energy to the
+    minimum SoC) may discharge, through ``CentralSetpoint`` periods; in 1.6 and 2.0.1, which cannot
+    ask for a discharge, the scheduler sees every EV as charge-only.
 
     ## Arguments
 
@@ -216,7 +219,8 @@ class CentralSystem:
 
     async def dispatch(self, now: dt.datetime) -> Dispatch:
         """Decides for ``now`` (an aware datetime, the site's clock) and sends the profiles."""
-        bindings = {c.port: PortBinding(where[0], where[1], c.transaction_id)
+        bindings = {c.port: PortBinding(where[0], where[1], c.transaction_id,
+                                        v2x=bool((c.needs or {}).get("v2x")))
                     for where, c in self.connectors.items() if c.transaction_id is not None}
         decision = None
         try:
@@ -374,13 +378,23 @@ def _station_class(base):
     return Station16
 
 
+def _min_soc(connector: Connector, energy_wh) -> float | None:
+    """The SoC below which the EV may not discharge: its SoC now plus the energy (Wh) it reports to
+    reach it (ISO 15118-20 EVMinimumV2XEnergyRequest)."""
+    capacity_wh = connector.needs.get("capacity_wh")
+    if energy_wh is None or connector.soc_percent is None or not capacity_wh:
+        return None
+    return min(max(connector.soc_percent / 100.0 + energy_wh / capacity_wh, 0.0), 1.0)
+
+
 def _needs_16(needs: dict) -> dict:
-    out = {"departure": _parse_time(needs["departureTime"])}
+    """The ``EVChargingNeeds`` DataTransfer data (named as 2.x's DC charging parameters) as a connector's
+    needs; OCPP 1.6 cannot ask for a discharge, so none is offered to the scheduler."""
+    out = {"departure": _parse_time(needs["departureTime"]), "max_discharge_w": 0.0, "min_soc": None,
+           "v2x": False}
     for key, name in (("energyAmount", "energy_wh"), ("evEnergyCapacity", "capacity_wh"),
-                      ("evMaxPower", "max_power_w"), ("evMaxDischargePower", "max_discharge_w"),
-                      ("minSoC", "min_soc")):
+                      ("evMaxPower", "max_power_w")):
         out[name] = None if needs.get(key) is None else float(needs[key])
-    out["v2x"] = bool(needs.get("v2x", False))
     return out
 
 
@@ -397,10 +411,15 @@ def _station_class_2x(base):
         def on_needs(self, evse_id, charging_needs, **_):
             dc = charging_needs.get("dc_charging_parameters") or {}
             departure = charging_needs.get("departure_time")
-            self.connector(evse_id).needs = {
+            connector = self.connector(evse_id)
+            connector.needs = {
                 "departure": None if departure is None else _parse_time(departure),
                 "energy_wh": dc.get("energy_amount"), "capacity_wh": dc.get("ev_energy_capacity"),
                 "max_power_w": dc.get("ev_max_power"), "max_discharge_w": 0.0, "min_soc": None, "v2x": False}
+            v2x = charging_needs.get("v2x_charging_parameters") or {}
+            if self._ocpp_version == "2.1" and (v2x.get("max_discharge_power") or 0) > 0:
+                connector.needs.update(v2x=True, max_discharge_w=v2x["max_discharge_power"],
+                                       min_soc=_min_soc(connector, v2x.get("ev_min_v2x_energy_request")))
             return self._call_result.NotifyEVChargingNeeds(status="Accepted")
 
         @on("TransactionEvent")

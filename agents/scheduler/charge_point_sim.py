@@ -24,6 +24,7 @@ from envs.episode import Episode
 from envs.site import SiteParams
 
 FIRST_REGISTER_WH = 10_000.0  # connector n's meter reads n times this when the simulation starts
+CHARGE_NEEDS = ("departureTime", "energyAmount", "evEnergyCapacity", "evMaxPower")  # 1.6: no discharging
 
 
 @dataclasses.dataclass
@@ -113,7 +114,7 @@ class Client16(_Client):
 
     async def plug_in(self, port: Port, needs: dict, soc: float, now):
         await self.status(port, "Preparing", now)
-        data = json.dumps({"connectorId": port.connector_id, **needs})
+        data = json.dumps({"connectorId": port.connector_id, **{key: needs[key] for key in CHARGE_NEEDS}})
         await self.call(self._call.DataTransfer(vendor_id=VENDOR_ID, message_id=NEEDS_MESSAGE_ID, data=data))
         answer = await self.call(self._call.StartTransaction(
             connector_id=port.connector_id, id_tag=f"EV-{port.index}", meter_start=round(port.import_wh),
@@ -182,9 +183,15 @@ class Client2x(_Client):
         dc = {"evMaxCurrent": number(needs["evMaxPower"] / 400.0), "evMaxVoltage": 400,
               "evMaxPower": number(needs["evMaxPower"]), "energyAmount": number(needs["energyAmount"]),
               "evEnergyCapacity": number(needs["evEnergyCapacity"]), "stateOfCharge": round(soc * 100.0)}
-        await self.call(self._call.NotifyEVChargingNeeds(evse_id=port.connector_id, charging_needs={
-            "requestedEnergyTransfer": "DC", "departureTime": needs["departureTime"],
-            "dcChargingParameters": dc}))
+        charging_needs = {"requestedEnergyTransfer": "DC", "departureTime": needs["departureTime"],
+                          "dcChargingParameters": dc}
+        if self._ocpp_version == "2.1" and needs["evMaxDischargePower"] > 0:  # ISO 15118-20 bidirectional
+            charging_needs["requestedEnergyTransfer"] = "DC_BPT"
+            charging_needs["v2xChargingParameters"] = {
+                "maxDischargePower": needs["evMaxDischargePower"],
+                "evMinV2XEnergyRequest": (needs["minSoC"] - soc) * needs["evEnergyCapacity"]}
+        await self.call(self._call.NotifyEVChargingNeeds(evse_id=port.connector_id,
+                                                         charging_needs=charging_needs))
 
     async def meter(self, port: Port, soc: float, now):
         await self.transaction(port, "Updated", "MeterValuePeriodic", now,
@@ -216,7 +223,8 @@ class SimulatedSite:
     ``connect(url)`` opens one websocket per charge point of ``layout`` and boots it. Each step,
     ``report()`` tells the central system what changed on every connector since the last step:
     a departed EV stops its transaction, an arrived one sends its charging needs (1.6:
-    DataTransfer; 2.x: NotifyEVChargingNeeds) and starts one, a port out of order turns
+    DataTransfer; 2.x: NotifyEVChargingNeeds with DC parameters, whole W and Wh in 2.0.1; 2.1 adds
+    ``v2xChargingParameters`` for an EV with V2G consent) and starts one, a port out of order turns
     ``Faulted``, and every ongoing transaction sends its meter values (import and export registers in
     Wh, the last step's power in W, SoC in %). ``advance()`` steps the env with, on every port,
     the limit of the connector's TxProfile active now (0 W without one) as the fraction of
@@ -311,7 +319,8 @@ class SimulatedSite:
                 await client.meter(port, soc, now)
 
     def _needs(self, p: int) -> dict:
-        """The charging needs the EV on port ``p`` announces when it plugs in (1.6 DataTransfer data)."""
+        """The charging needs the EV on port ``p`` announces when it plugs in (as 1.6 DataTransfer data;
+        its discharge power is 0 without V2G consent)."""
         state, params = self.state, self.params
         departure = step_time(params, self.start, state.announced_departure_step[0, p])
         return {"departureTime": rfc3339(departure),
@@ -319,7 +328,7 @@ class SimulatedSite:
                 "evEnergyCapacity": float(state.battery_kwh[0, p]) * 1e3,
                 "evMaxPower": float(state.ev_max_charge_kw[0, p]) * 1e3,
                 "evMaxDischargePower": float(state.ev_max_discharge_kw[0, p]) * 1e3,
-                "minSoC": float(state.min_soc[0, p]), "v2x": bool(state.ev_max_discharge_kw[0, p] > 0)}
+                "minSoC": float(state.min_soc[0, p])}
 
     def advance(self) -> np.ndarray:
         """Steps the env with the active profiles' limits; returns the kW drawn per port."""
