@@ -162,7 +162,10 @@ FRAMES_16 = ("this is not json", "[7]", '[2, "a1", "BootNotification", {}]',
              '"timestamp": "2024-01-01T07:00:00Z"}]',
              '[2, "a3", "BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}]',
              '[2, "a4", "StartTransaction", {"connectorId": 1, "idTag": "x", "meterStart": 0, '
-             '"timestamp": "2024-01-01T07:00:00Z"}]')
+             '"timestamp": "2024-01-01T07:00:00Z"}]',
+             '[2, "a5", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
+             '"2024-01-01T07:00:00Z", "sampledValue": [{"value": "lots", "measurand": "SoC", '
+             '"unit": "Percent"}]}]}]')
 FRAMES_201 = ("{not json", '[2, "b1", "StatusNotification", {"timestamp": "2024-01-01T07:00:00Z", '
               '"connectorStatus": "Available", "evseId": 40, "connectorId": 1}]')
 
@@ -185,9 +188,9 @@ async def _refused(url, identity, subprotocol):
 
 def test_unknown_charge_points_and_malformed_messages_get_clear_errors():
     """Refused at the handshake: an unknown identity (404 naming it) and another OCPP version; a frame
-    that is not OCPP, a schema violation and an unknown connector each get a CALLERROR that says
-    what is wrong; a session the charge point never described gets no profile and a dispatch error
-    naming the missing field; the central system keeps serving throughout."""
+    that is not OCPP, a schema violation, an unknown connector and a meter reading that is not a
+    number each get a CALLERROR that says what is wrong; a session the charge point never described
+    gets no profile and a dispatch error naming the missing field; the central system keeps serving."""
     params = caltech()
     scheduler = Scheduler(exported("per_port"), params)
     layout = charge_point_layout(params, 3)
@@ -208,7 +211,7 @@ def test_unknown_charge_points_and_malformed_messages_get_clear_errors():
     unknown, other_version, answers, dispatch = asyncio.run(asyncio.wait_for(scenario(), TIMEOUT_S))
     assert unknown.status_code == 404 and b"unknown charge point 'CP-99'" in unknown.body
     assert other_version.status_code == 400 and b"ocpp1.6" in other_version.body
-    not_json, bad_type, no_vendor, no_connector, booted, started = answers
+    not_json, bad_type, no_vendor, no_connector, booted, started, not_a_number = answers
     assert not_json[:3] == [4, "-1", "FormatViolation"] and "not valid JSON" in not_json[3]
     assert bad_type[0] == 4 and bad_type[2] in ("PropertyConstraintViolation", "ProtocolError")
     assert no_vendor[:2] == [4, "a1"] and "chargePointVendor" in json.dumps(no_vendor)
@@ -216,6 +219,8 @@ def test_unknown_charge_points_and_malformed_messages_get_clear_errors():
     assert "CP-1 has no connector 99 (it has 1..18)" in no_connector[3]
     assert booted[:2] == [3, "a3"] and booted[2]["status"] == "Accepted"
     assert started[:2] == [3, "a4"] and started[2]["idTagInfo"]["status"] == "Accepted"
+    assert not_a_number[:3] == [4, "a5", "PropertyConstraintViolation"]
+    assert "SoC value 'lots' is not a number" in not_a_number[3]
     assert dispatch.calls == () and "port 'evse0': soc is unknown" in dispatch.error
 
 

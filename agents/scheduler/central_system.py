@@ -91,13 +91,16 @@ class Connector:
         self.transaction_id, self.started_at, self.needs, self.soc_percent = None, None, None, None
 
     def read(self, meter_values, begin: bool = False) -> None:
-        """Takes the registers, SoC of ``meter_values`` (snake-case OCPP MeterValue list)."""
+        """Takes the registers and SoC of ``meter_values`` (snake-case OCPP MeterValue list)."""
         for meter_value in meter_values or ():
             for sample in meter_value.get("sampled_value", ()):
                 measurand = sample.get("measurand", "Energy.Active.Import.Register")
                 unit = sample.get("unit") or (sample.get("unit_of_measure") or {}).get("unit")
-                scale = 1000.0 if unit in ("kWh", "kW") else 1.0
-                value = float(sample["value"]) * scale
+                try:
+                    value = float(sample["value"]) * (1000.0 if unit in ("kWh", "kW") else 1.0)
+                except (TypeError, ValueError):
+                    raise PropertyConstraintViolationError(
+                        description=f"{measurand} value {cut(sample['value'])} is not a number") from None
                 begins = begin or sample.get("context") == "Transaction.Begin"
                 if measurand == "Energy.Active.Import.Register":
                     self.import_wh = value
