@@ -47,8 +47,9 @@ class Port:
         if profile is None or self.transaction_id is None or profile["transaction_id"] not in (
                 None, self.transaction_id):
             return 0.0
-        start = profile["start"]
-        if start is not None and not start <= now < start + dt.timedelta(seconds=profile["duration_s"]):
+        start, seconds = profile["start"], profile["duration_s"]
+        if start is not None and (now < start or seconds is not None and now >= start + dt.timedelta(
+                seconds=seconds)):
             return 0.0
         return profile["limit_w"]
 
