@@ -169,17 +169,33 @@ def _mean_residual(values: np.ndarray, points: np.ndarray, floor: float) -> np.n
 
 @functools.lru_cache(maxsize=32)
 def estimator_for(params: SiteParams) -> SessionEstimator:
-    """The estimator of ``REFERENCE_DAYS`` days drawn from the site's own scenario with
+    """The estimator of ``REFERENCE_DAYS`` days drawn from the site's ``session_model`` with
     ``REFERENCE_SEED`` (the same every time; the stays are the real ones, not the announced)."""
-    from envs.generators import generator_for
-
-    episode = generator_for(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
+    episode = session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
     valid = episode.ev_valid
     arrival = episode.ev_arrival_step[valid]
     hour = params.start_minute / 60 + params.dt_hours * arrival
     stay = params.dt_hours * (episode.ev_departure_step[valid] - arrival)
     return SessionEstimator.from_sessions(params.dt_hours, hour, stay, episode.ev_requested_kwh[valid],
                                           episode.ev_soc_arrival[valid], episode.ev_battery_kwh[valid])
+
+
+def session_model(params: SiteParams):
+    """The scenario's model of its sessions: ``envs.data.fit.FittedGenerator`` when the scenario holds
+    fitted tables (``generator: fitted``, or a replay over them), else
+    ``envs.parametric.ParametricGenerator``, of the scenario fields it reads. A replay's own sessions
+    are never used (they are the days a policy is scored on), and series and forecasts leave the
+    sessions alone, so neither is read (nor ``envs.generators``, which sits above the observation).
+    """
+    from envs.data.fit import FITTED_FIELDS, FITTED_TABLES, PARAMETRIC_EV_FIELDS, FittedGenerator
+    from envs.parametric import ParametricGenerator
+
+    scenario = params.scenario
+    known = {field.name for field in dataclasses.fields(ParametricGenerator)}
+    model = ParametricGenerator
+    if any(key in scenario for key in FITTED_TABLES):
+        known, model = (known - set(PARAMETRIC_EV_FIELDS)) | set(FITTED_FIELDS), FittedGenerator
+    return model.from_config({key: value for key, value in scenario.items() if key in known}, params.name)
 
 
 class SiteView(NamedTuple):
