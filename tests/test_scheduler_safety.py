@@ -166,7 +166,7 @@ def check_source(scheduler, raw_session, decision) -> bool:
 
 def fractions(setpoint_kw, max_charge_kw, max_discharge_kw):
     """The env action that applies ``setpoint_kw``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         discharge = np.where((setpoint_kw < 0) & (max_discharge_kw > 0), setpoint_kw / max_discharge_kw, 0.0)
         action = np.where((setpoint_kw > 0) & (max_charge_kw > 0), setpoint_kw / max_charge_kw, discharge)
     return np.clip(action, -1.0, 1.0)
