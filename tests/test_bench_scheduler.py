@@ -71,7 +71,8 @@ def test_without_an_artifact_the_run_is_exported_per_site(monkeypatch):
            "clock": "cpu"}
     summary = bench_from_config(cfg)
     [row] = summary["rows"]
-    assert set(row) == ROW_KEYS | {"export_max_abs_diff"}
+    assert set(row) == ROW_KEYS | {"export_max_abs_diff", "export_loose_tolerance"}
+    assert row["export_loose_tolerance"] == LOOSE_PARITY_TOLERANCE
     assert row["site"] == "v2g_workplace" and row["ocpp"] == "2.1" and row["clock"] == "cpu"
     assert row["target_p99_ms"] is None
     assert 0.0 <= row["export_max_abs_diff"] <= LOOSE_PARITY_TOLERANCE

@@ -182,7 +182,8 @@ def bench_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 check = manifest["policy"]["export_check"]
                 rows.append(bench_artifact(Path(folder) / site, site, **options)
                             | {"artifact": f"{cfg['run']} exported for {site}",
-                               "export_max_abs_diff": check["max_abs_diff"]})
+                               "export_max_abs_diff": check["max_abs_diff"],
+                               "export_loose_tolerance": check.get("tolerance")})
     return {"benchmark": "scheduler_decision", "threads": 1, "machine": machine(), "rows": rows}
 
 
@@ -192,7 +193,7 @@ def machine() -> dict[str, Any]:
     return {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES[:3]}}
+            "thread_variables": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
 
 
 def table(summary: Mapping[str, Any]) -> str:
