@@ -155,6 +155,7 @@ class ModelPredictiveControl:
             announced = t + np.rint(hours / params.dt_hours).astype(np.int64)
             estimated = obs[self.layout["soc_estimated"]][ports] > 0.5
             battery = np.where(estimated, estimator_for(params).battery_kwh, battery)
+            remaining = np.where(obs[self.layout["max_charge_kw"]][ports] > 0, remaining, 0.0)
         margin = round(self.departure_margin_hours / params.dt_hours)
         steps_left = np.maximum(announced - margin - t, 1)
         length = np.minimum(steps_left, steps)

@@ -68,8 +68,8 @@ def test_the_estimator_by_hand():
     soc, battery, remaining, hours = estimator.estimate(np.array([8.5, 8.5, 3.0, 8.5]),
                                                         np.array([0.0, 3.0, 7.0, 1.0]),
                                                         np.array([0.0, 5.0, 20.0, 12.0]))
-    # quarter quantile of the stays still going: [2, 4, 6] -> 2 + 0.5 * (4 - 2); [4, 6] -> 4 + 0.25 * 2
-    np.testing.assert_allclose(hours, [3.0, 4.5 - 3, 0.5, 3.0 - 1])  # none left after 7 h: one step
+    # 0.1 quantile of the stays still going: [2, 4, 6] -> 2 + 0.2 * (4 - 2); [4, 6] -> 4 + 0.1 * 2
+    np.testing.assert_allclose(hours, [2.4, 4.2 - 3, 0.5, 2.4 - 1])  # none left after 7 h: one step
     np.testing.assert_allclose(remaining, [10.0, (10 + 16) / 2 - 5, 0.0, 16 - 12])
     np.testing.assert_allclose(soc, [0.4, 0.4 + 5 / 60, 0.4 + 20 / 60, 0.6])
     np.testing.assert_allclose(battery, 60.0)
@@ -336,3 +336,28 @@ def test_a_trained_policy_exported_at_a_level_runs_in_the_runtime(tmp_path):
     layout = declared_layout(params).slices
     np.testing.assert_allclose(decision.observation[layout["hours_to_departure"]],
                                observe(params, state)[0, layout["hours_to_departure"]], rtol=1e-6)
+
+
+def test_mpc_plans_on_what_the_site_sees():
+    params = load_site("caltech", horizon_steps=48, start_hour=6, observability="ocpp")
+    episode = generator_for(params).sample(params, np.random.default_rng(6), 1)
+    state = reset(params, episode)
+    policy = ModelPredictiveControl(params, horizon_steps=8, departure_margin_hours=0.0)
+    policy.begin(params, episode)
+    for _ in range(12):
+        policy.predict(observe(params, state))
+        state, _, _ = step(params, state, np.ones((1, params.num_ports)))
+    policy._apply_plug_events(state.t)
+    obs = observe(params, state)[0]
+    layout = declared_layout(params).slices
+    ports = np.flatnonzero(state.occupied[0])
+    done = state.max_charge_kw[0, ports] == 0
+    assert done.any() and (~done).any()
+    window = policy.window(0, obs)
+    np.testing.assert_array_equal(window.ev_room_kwh[done], 0.0)  # the car takes no power: nothing left
+    assert np.all(window.ev_room_kwh[~done] > 0)
+    np.testing.assert_allclose(window.ev_battery_kwh, estimator_for(params).battery_kwh)
+    hours = obs[layout["hours_to_departure"]][ports]
+    length = np.bincount(window.entry_ev, minlength=len(ports))
+    np.testing.assert_array_equal(length, np.minimum(np.maximum(np.rint(hours / params.dt_hours), 1), 8))
+    assert not np.array_equal(hours, params.dt_hours * (state.announced_departure_step[0, ports] - state.t))
