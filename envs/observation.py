@@ -267,7 +267,8 @@ def observe(params: SiteParams, state: State) -> np.ndarray:
 
 def _view_of_state(params: SiteParams, state: State, obs: np.ndarray):
     """The site's view (``envs.observability.site_view``) of the EVs of ``state``; their plug-in
-    time is their arrival at the site (later for an EV that queued, which the site would see)."""
+    time is taken as their arrival at the site (an EV that queued plugged in later, so its wait
+    counts as time plugged in)."""
     layout = observation_layout(params)
     occupied = state.port_ev >= 0
     arrival_step = np.take_along_axis(state.episode.ev_arrival_step, np.maximum(state.port_ev, 0), axis=1)
@@ -340,7 +341,7 @@ def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, r
     ``estimator_for``) from each EV's ``arrival_hour`` (hour of the day it plugged in),
     ``elapsed_hours`` since and ``delivered_kwh`` metered into its battery (B, P); the values
     given for hidden fields are ignored. The available power then follows the site's view (an
-    estimated SoC and battery tapers the charge), where the env's own observation shows the
+    estimated SoC and battery set the taper), where the env's own observation shows the
     power the car really takes (``observe``).
     """
     occupied = np.asarray(occupied, dtype=bool)
