@@ -9,6 +9,7 @@ import numpy as np
 
 from envs.core import idle_site_terms, reset, step
 from envs.episode import Episode
+from envs.errors import ConfigError
 from envs.observation import observe
 from envs.site import SiteParams
 
@@ -33,12 +34,15 @@ class Demonstrations:
 
 def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, reward_coefficients: np.ndarray,
                            gamma: float = 0.99, tie_break_eur_kwh_per_step: float = 0.0,
-                           controllable_reward: bool = False, reward_scale: float = 1.0) -> Demonstrations:
+                           controllable_reward: bool = False, reward_scale: float = 1.0,
+                           actor=None) -> Demonstrations:
     """Run ``teacher`` (predictor protocol; ``begin`` called first, as ``agents.evaluate`` does) on
     every episode of the batch and record its observations, actions and rewards.
 
     The rewards are the training reward's (``agents.training_reward``): with
     ``controllable_reward`` the idle site's reward is left out, and ``reward_scale`` multiplies.
+    With an ``actor`` (predictor protocol) the episodes follow the actor's actions and the
+    teacher only labels the states the actor reaches (DAgger); the rewards are the actor's.
 
     A planner's optimum is often not unique (charging now or an hour later can cost the same),
     and a clone of ties regresses to fractional power. With ``tie_break_eur_kwh_per_step`` > 0
@@ -48,6 +52,8 @@ def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, rewar
     begin = getattr(teacher, "begin", None)
     if callable(begin):
         begin(params, tie_broken(episodes, tie_break_eur_kwh_per_step))
+    if actor is not None and callable(getattr(actor, "begin", None)):
+        actor.begin(params, episodes)
     state = reset(params, episodes)
     observations, actions, rewards = [], [], []
     idle_peak_kw = np.zeros(episodes.num_envs)
@@ -55,10 +61,11 @@ def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, rewar
         obs = observe(params, state)
         action, _ = teacher.predict(obs, deterministic=True)
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        acting = action if actor is None else np.clip(actor.predict(obs, deterministic=True)[0], -1.0, 1.0)
         if controllable_reward:
             idle, idle_peak_kw = idle_site_terms(params, state, idle_peak_kw)
             terms_before = idle @ reward_coefficients
-        state, terms, _ = step(params, state, action)
+        state, terms, _ = step(params, state, acting)
         observations.append(obs)
         actions.append(action.astype(np.float32))
         rewards.append(terms @ reward_coefficients - (terms_before if controllable_reward else 0.0))
@@ -83,14 +90,15 @@ def tie_broken(episodes: Episode, eur_kwh_per_step: float) -> Episode:
 
 def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: np.ndarray | None = None,
           epochs: int = 10, batch_size: int = 1024, learning_rate: float = 1e-3, value_weight: float = 0.5,
-          seed: int = 0) -> list[float]:
+          seed: int = 0, final_learning_rate: float | None = None) -> list[float]:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy``) to the demonstrations in place.
 
     The actor's mean action regresses onto ``actions`` (squared error, after the [-1, 1] clip the
     env applies, with the gradient passed through where the target sits at a bound, so a mean
     beyond a bound costs nothing); the critic onto ``value_targets`` when given. Observations
-    are as the policy sees them (normalized where the run normalizes). Returns the mean loss of
-    each epoch.
+    are as the policy sees them (normalized where the run normalizes). With
+    ``final_learning_rate`` the rate falls from ``learning_rate`` to it along a cosine over the
+    epochs. Returns the mean loss of each epoch.
     """
     import torch
 
@@ -99,6 +107,9 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
     target = torch.as_tensor(actions, dtype=torch.float32)
     values = None if value_targets is None else torch.as_tensor(value_targets, dtype=torch.float32)
     optimizer = torch.optim.Adam(policy.parameters(), lr=float(learning_rate))
+    batches_per_epoch = -(-len(obs) // int(batch_size))
+    schedule = None if final_learning_rate is None else torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(int(epochs) * batches_per_epoch, 1), eta_min=float(final_learning_rate))
     policy.set_training_mode(True)
     losses = []
     for _ in range(int(epochs)):
@@ -113,6 +124,8 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
     policy.set_training_mode(False)
@@ -120,7 +133,7 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
 
 
 def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np.ndarray, seed: int,
-             controllable_reward: bool = False, reward_scale: float = 1.0) -> dict:
+             controllable_reward: bool = False, reward_scale: float = 1.0, guard=None) -> dict:
     """Clone the configured teacher into ``model.policy`` before RL; returns what to log.
 
     ``params`` is the site with the training reward: the teacher plans for it; the critic's
@@ -132,6 +145,12 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     ``learning_rate``, ``value_weight``, and ``log_std`` (the actor's log standard deviation
     after cloning, so RL explores near the cloned actions; null keeps it). Where the run
     normalizes, the demonstrations first update the observation and return statistics.
+
+    DAgger: ``dagger_rounds`` (0) times, the clone (behind ``guard``, an
+    ``agents.guards.DeadlineGuard`` as in the training env) drives ``dagger_episodes`` new
+    episodes, the teacher labels the states it reaches, and the policy is cloned again on all
+    demonstrations so far for ``dagger_epochs`` (default ``epochs``). The teacher must act from
+    the observation (MPC, the rule baselines), not from a plan fixed at the episode's start.
     """
     import time
 
@@ -141,34 +160,51 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
 
     start = time.perf_counter()
     teacher = instantiate(imitation_cfg["teacher"], _partial_=True)(params=params)
-    episodes = episodes_for(params, None, int(imitation_cfg["episodes"]), int(imitation_cfg["seed"]))
     gamma = float(getattr(model, "gamma", 0.99))
-    demos = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma,
-                                   float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0)),
-                                   controllable_reward, reward_scale)
-    collected = time.perf_counter() - start
-    observations, value_targets = demos.observations, demos.returns
     normalizer = model.get_vec_normalize_env()
-    if normalizer is not None:
-        if normalizer.norm_obs:
-            normalizer.obs_rms.update(observations)
-            observations = normalizer.normalize_obs(observations)
-        if normalizer.norm_reward:
-            normalizer.ret_rms.update(value_targets)
-            value_targets = value_targets / np.sqrt(normalizer.ret_rms.var + normalizer.epsilon)
-    losses = clone(model.policy, observations, demos.actions, value_targets, imitation_cfg["epochs"],
-                   imitation_cfg["batch_size"], imitation_cfg["learning_rate"],
-                   float(imitation_cfg.get("value_weight", 0.5)), seed)
+    tie_break = float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0))
+    rounds = int(imitation_cfg.get("dagger_rounds", 0) or 0)
+    if rounds and not getattr(teacher, "acts_from_observation", True):
+        raise ConfigError(f"imitation.dagger_rounds: the teacher {type(teacher).__name__} plays back a plan "
+                          "and cannot label the states a clone reaches; use a teacher that acts from the "
+                          "observation (imitation=mpc)")
+    data: list[Demonstrations] = []
+    losses: list[float] = []
+    collect_s = 0.0
+    for round_ in range(rounds + 1):
+        count = int(imitation_cfg["episodes"] if round_ == 0 else imitation_cfg.get("dagger_episodes", 64))
+        episodes = episodes_for(params, None, count, int(imitation_cfg["seed"]) + 7919 * round_)
+        actor = None if round_ == 0 else _ClonedActor(model.policy, normalizer, guard)
+        began = time.perf_counter()
+        data.append(collect_demonstrations(teacher, params, episodes, training_coefficients, gamma, tie_break,
+                                           controllable_reward, reward_scale, actor))
+        collect_s += time.perf_counter() - began
+        observations = np.concatenate([d.observations for d in data])
+        value_targets = np.concatenate([d.returns for d in data])
+        if normalizer is not None:
+            if normalizer.norm_obs:
+                normalizer.obs_rms.update(data[-1].observations)
+                observations = normalizer.normalize_obs(observations)
+            if normalizer.norm_reward:
+                normalizer.ret_rms.update(data[-1].returns)
+                value_targets = value_targets / np.sqrt(normalizer.ret_rms.var + normalizer.epsilon)
+        epochs = imitation_cfg["epochs"]
+        if round_ > 0 and imitation_cfg.get("dagger_epochs"):
+            epochs = imitation_cfg["dagger_epochs"]
+        losses += clone(model.policy, observations, np.concatenate([d.actions for d in data]), value_targets,
+                        epochs, imitation_cfg["batch_size"], imitation_cfg["learning_rate"],
+                        float(imitation_cfg.get("value_weight", 0.5)), seed + round_,
+                        imitation_cfg.get("final_learning_rate"))
     log_std = imitation_cfg.get("log_std")
     if log_std is not None and hasattr(model.policy, "log_std"):
         import torch
 
         with torch.no_grad():
             model.policy.log_std.fill_(float(log_std))
-    return {"imitation/samples": demos.size, "imitation/first_loss": losses[0],
+    return {"imitation/samples": sum(d.size for d in data), "imitation/first_loss": losses[0],
             "imitation/last_loss": losses[-1],
-            "imitation/teacher_reward_eur": float(demos.teacher_reward.mean()),
-            "imitation/collect_s": collected, "imitation/wall_s": time.perf_counter() - start}
+            "imitation/teacher_reward_eur": float(data[0].teacher_reward.mean()),
+            "imitation/collect_s": collect_s, "imitation/wall_s": time.perf_counter() - start}
 
 
 def _mean_and_value(policy, obs):
@@ -184,3 +220,18 @@ def _bounded_squared_error(mean, target):
     error = torch.where((target >= 1.0) & (error > 0), torch.zeros_like(error), error)
     error = torch.where((target <= -1.0) & (error < 0), torch.zeros_like(error), error)
     return (error * error).mean()
+
+
+class _ClonedActor:
+    """The policy being cloned, acting deterministically behind the run's deadline guard."""
+
+    def __init__(self, policy, normalizer=None, guard=None):
+        self.policy, self.normalizer, self.guard = policy, normalizer, guard
+
+    def predict(self, obs, deterministic=True):
+        scaled = obs
+        if self.normalizer is not None and self.normalizer.norm_obs:
+            scaled = self.normalizer.normalize_obs(obs)
+        actions, _ = self.policy.predict(scaled, deterministic=True)
+        actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
+        return (actions if self.guard is None else self.guard.apply(obs, actions)), None

@@ -35,15 +35,18 @@ class PerPortNetwork(nn.Module):
     nodes from its own up to the root, the least headroom relative to the node's limit and to
     the power the ports below it could take now). The pooled embeddings (mean and/or max over
     occupied ports, and the occupied share) with the scaled site-wide fields give a site
-    context; each occupied port's action mean comes from its embedding plus that context (an
-    empty port's is 0: the env ignores it), and the value (B, 1) from the pooled embeddings and
-    site-wide fields. Only occupied ports are computed, so the cost follows the EVs plugged in.
+    context; each occupied port's action mean comes from its embedding plus that context,
+    through ``head_layers`` hidden layers (an empty port's is 0: the env ignores it), and the
+    value (B, 1) from the pooled embeddings and site-wide fields. Only occupied ports are
+    computed, so the cost follows the EVs plugged in.
     Site-derived index arrays and scales are non-persistent buffers, rebound by ``set_site``.
     """
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
-                 activation: str):
+                 activation: str, head_layers: int = 1):
         super().__init__()
+        if int(head_layers) < 1:
+            raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
         layout = declared_layout(site)
         self.port_width = len(layout.port_fields) + NODE_CONTEXT
         self.site_width = len(layout.site_columns)
@@ -53,6 +56,8 @@ class PerPortNetwork(nn.Module):
         self.site_encoder = _mlp([summary, hidden_dim], activation)
         self.port_head = nn.Linear(embed_dim, hidden_dim)
         self.context_head = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.deeper_head = (_mlp([hidden_dim] * int(head_layers), activation) if head_layers > 1
+                            else None)
         self.action_head = nn.Linear(hidden_dim, 1)
         self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
         self.activation = ACTIVATIONS[activation]()
@@ -129,6 +134,8 @@ class PerPortNetwork(nn.Module):
         embedded, rows, env = ports
         context = self.context_head(self.activation(self.site_encoder(summary)))
         hidden = self.activation(self.port_head(embedded) + context.index_select(0, env))
+        if self.deeper_head is not None:
+            hidden = self.activation(self.deeper_head(hidden))
         mean = summary.new_zeros(summary.shape[0] * self.latent_dim_pi)
         return mean.scatter(0, rows, self.action_head(hidden).squeeze(1)).reshape(summary.shape[0], -1)
 
@@ -170,6 +177,8 @@ class PerPortPolicy(ActorCriticPolicy):
     * ``embed_dim`` (32), ``hidden_dim`` (64): port embedding and hidden layer widths.
     * ``pooling`` (``["mean", "max"]``): poolings over the occupied ports.
     * ``activation`` (``"tanh"``): one of ``ACTIVATIONS``.
+    * ``head_layers`` (1): hidden layers between a port's embedding plus site context and its
+      action mean.
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     ``config()`` returns these arguments but the site, JSON-able, so that weights plus config
     rebuild the policy without pickle. Other keyword arguments go to ``ActorCriticPolicy``.
@@ -191,8 +200,8 @@ class PerPortPolicy(ActorCriticPolicy):
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
-                 pooling: Sequence[str] = POOLINGS, activation: str = "tanh", log_std_init: float = 0.0,
-                 ortho_init: bool = True, use_sde: bool = False, **kwargs: Any):
+                 pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
+                 log_std_init: float = 0.0, ortho_init: bool = True, use_sde: bool = False, **kwargs: Any):
         if use_sde:
             raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
         if activation not in ACTIVATIONS:
@@ -205,7 +214,8 @@ class PerPortPolicy(ActorCriticPolicy):
                              f"{site.name!r}: expected ({expected},) and ({site.num_ports},)")
         self.site = site
         self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
-                               "pooling": [str(p) for p in pooling], "activation": activation}
+                               "pooling": [str(p) for p in pooling], "activation": activation,
+                               "head_layers": int(head_layers)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

@@ -622,6 +622,8 @@ class OfflineOptimal:
     ((2,), True)
     """
 
+    acts_from_observation = False  # plays back a plan: cannot label states it did not plan for
+
     def __init__(self, params: SiteParams, time_limit_s: float = 10.0, mip_rel_gap: float = 1e-4):
         self.params = params
         self.options = {"time_limit_s": float(time_limit_s), "mip_rel_gap": float(mip_rel_gap)}

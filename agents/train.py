@@ -174,10 +174,15 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         from agents.imitation import pretrain
 
         rewarded = training_params(params, cfg["env"])
-        scale = cfg["env"].get("reward_scale")
+        scale, margin = cfg["env"].get("reward_scale"), cfg["env"].get("deadline_guard_hours")
+        guard = None
+        if margin is not None:
+            from agents.guards import DeadlineGuard
+
+            guard = DeadlineGuard(params, float(margin), bool(cfg["env"].get("guard_fits_headroom")))
         for key, value in pretrain(model, cfg["imitation"], rewarded, rewarded.reward.coefficients(),
                                    cfg["seed"], bool(cfg["env"].get("controllable_reward")),
-                                   1.0 if scale is None else float(scale)).items():
+                                   1.0 if scale is None else float(scale), guard).items():
             model.logger.record(key, value)
     steps = model.num_timesteps
     eval_freq, checkpoint_freq = cfg.get("eval_freq", 0), cfg.get("checkpoint_freq", 0)

@@ -11,7 +11,7 @@ from agents.guards import DeadlineGuard
 from agents.imitation import clone, collect_demonstrations
 from envs.core import reset
 from envs.generators import generator_for
-from envs.observation import layout_size, observe
+from envs.observation import layout_size, observation_layout, observe
 from envs.reward import TERM_INDEX
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
@@ -144,3 +144,40 @@ def test_guard_refuses_action_modes_whose_actions_mean_something_else():
         DeadlineGuard(load_site("caltech", action_mode="priority"))
     with pytest.raises(ConfigError, match="unit"):
         DeadlineGuard(load_site("v2g_workplace", action_mode="unit"))
+
+
+def test_with_an_actor_the_episodes_follow_it_and_the_teacher_labels_its_states():
+    coefficients = PARAMS.reward.coefficients()
+
+    class Idle:
+        def predict(self, obs, deterministic=True):
+            return np.zeros((len(obs), PARAMS.num_ports)), None
+
+    edf = EarliestDeadlineFirst(PARAMS)
+    led = collect_demonstrations(edf, PARAMS, episodes(2), coefficients, gamma=1.0, actor=Idle())
+    alone = collect_demonstrations(edf, PARAMS, episodes(2), coefficients, gamma=1.0)
+    remaining = observation_layout(PARAMS)["remaining_kwh"]
+    assert led.observations[:, remaining].sum() > alone.observations[:, remaining].sum()  # nobody charged
+    assert led.teacher_reward.sum() < alone.teacher_reward.sum()  # the idle actor's rewards
+    relabelled, _ = EarliestDeadlineFirst(PARAMS).predict(led.observations[-2:])
+    np.testing.assert_allclose(led.actions[-2:], relabelled)  # EDF's labels of the idle actor's states
+    assert (led.actions > 0).any()
+
+
+def test_dagger_rounds_add_the_clone_s_states_and_refuse_a_plan_playing_teacher(tmp_path):
+    from agents.train import train
+    from envs.errors import ConfigError
+    from tests.test_train import TINY, train_config
+
+    dagger = ["imitation=mpc", "imitation.episodes=2", "imitation.epochs=2", "imitation.dagger_rounds=1",
+              "imitation.dagger_episodes=2", "imitation.teacher.horizon_steps=4", "total_timesteps=0",
+              "env.deadline_guard_hours=1.0"]
+    metrics = train(train_config(*TINY, *dagger), tmp_path / "run")
+    scalars = (tmp_path / "run" / "tensorboard").rglob("progress.csv")
+    header, row = next(scalars).read_text().splitlines()[:2]
+    samples = dict(zip(header.split(","), row.split(","), strict=True))["imitation/samples"]
+    assert float(samples) == 4 * 24  # two demonstration and two DAgger episodes of 24 steps
+    assert metrics["timesteps"] == 0
+    with pytest.raises(ConfigError, match="dagger_rounds"):
+        train(train_config(*TINY, "imitation=optimum", "imitation.episodes=2", "imitation.dagger_rounds=1",
+                           "total_timesteps=0"), tmp_path / "refused")

@@ -201,3 +201,21 @@ def test_deterministic_actor_exports_with_a_dynamic_batch(caltech_policy):
     assert obs[:2, :54].sum() != obs[:, :54].sum(), "another batch, other occupied ports"
     with torch.no_grad():
         np.testing.assert_allclose(exported.module()(obs).numpy(), actor(obs).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_deeper_head_keeps_equivariance_rebuilds_from_its_config_and_refuses_zero_layers():
+    params = load_site("caltech")
+    deep = _policy(params, head_layers=3, ortho_init=False)
+    assert len([m for m in deep.mlp_extractor.deeper_head if isinstance(m, torch.nn.Linear)]) == 2
+    obs = _observations(params)
+    order = np.random.default_rng(2).permutation(params.num_ports)
+    np.testing.assert_allclose(_mean_actions(deep, _permute_ports(params, obs, order)),
+                               _mean_actions(deep, obs)[:, order], rtol=1e-5, atol=1e-6)
+    config = json.loads(json.dumps(deep.config()))
+    assert config["head_layers"] == 3
+    rebuilt = _policy(params, seed=4, **config)
+    rebuilt.load_state_dict(deep.state_dict())
+    np.testing.assert_array_equal(rebuilt.predict(obs, deterministic=True)[0],
+                                  deep.predict(obs, deterministic=True)[0])
+    with pytest.raises(ValueError, match="head_layers"):
+        _policy(params, head_layers=0)
