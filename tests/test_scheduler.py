@@ -325,3 +325,63 @@ def test_session_fields_are_plain_values():
     assert session.soc is None and session.energy_delivered_kwh == 0.0
     with pytest.raises(SiteStateError, match="now must be a datetime"):
         Scheduler(exported("per_port"), "caltech").decide(SiteState(now="noon"))
+
+
+CORRUPTIONS = (None, float("nan"), float("inf"), -1.0, 1.5, "0.5", "many", [0.5], True, np.float32(0.25),
+               10**400)
+SESSION_FIELDS = ("soc", "battery_kwh", "energy_requested_kwh", "energy_delivered_kwh", "departure",
+                  "max_charge_kw", "max_discharge_kw", "v2g_consent", "min_soc", "plugged_in", "port")
+
+
+def _outcome(params, live, required):
+    try:
+        inputs, sessions = observation_inputs(params, live, required)
+    except (SiteStateError, TypeError, OverflowError) as error:
+        return type(error), str(error)
+    return {name: value for name, value in inputs.items() if isinstance(value, np.ndarray)}, sessions
+
+
+@pytest.mark.parametrize("name", ["v2g_workplace", "dc_depot"])
+@pytest.mark.parametrize("level", ["full", "iso15118", "ocpp"])
+def test_reading_the_sessions_at_once_equals_reading_them_one_by_one(name, level, monkeypatch):
+    """The one-pass reading of the sessions gives what the session-by-session reading gives, and
+    where a field is bad the same error, naming the same session and field."""
+    import dataclasses
+    import datetime as dt
+
+    from test_scheduler_safety import random_live_state
+
+    from agents.scheduler import live as live_module
+
+    params = load_site(name, observability=level)
+    required = required_fields(params)
+    base = _live_state(params)
+    rng = np.random.default_rng(5)
+    at_once = live_module._read_sessions
+    errors = 0
+    for index in range(150):
+        live = random_live_state(params, base, rng)
+        sessions = [dataclasses.replace(session, plugged_in=live.now - dt.timedelta(hours=rng.uniform(0, 9)))
+                    for session in live.sessions]
+        if sessions and index % 3:
+            at = int(rng.integers(len(sessions)))
+            field = SESSION_FIELDS[index % len(SESSION_FIELDS)]
+            value = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
+            if field in ("departure", "plugged_in") and index % 2:
+                value = live.now + dt.timedelta(hours=float(rng.uniform(-3, 3)))
+            sessions[at] = dataclasses.replace(sessions[at], **{field: value})
+        if index % 7 == 0 and sessions:
+            sessions.append(dataclasses.replace(sessions[0], session_id="twin"))
+        live = dataclasses.replace(live, sessions=tuple(sessions))
+        fast = _outcome(params, live, required)
+        monkeypatch.setattr(live_module, "_read_sessions", lambda *args: None)
+        slow = _outcome(params, live, required)
+        monkeypatch.setattr(live_module, "_read_sessions", at_once)
+        errors += isinstance(slow[0], type)
+        if isinstance(slow[0], type):
+            assert fast == slow
+        else:
+            assert fast[1] == slow[1] and fast[0].keys() == slow[0].keys()
+            for key, array in slow[0].items():
+                np.testing.assert_array_equal(fast[0][key], array, err_msg=key)
+    assert 20 < errors < 130

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
+import operator
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -108,31 +110,18 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
         raise SiteStateError(f"now must be a datetime, got {cut(now)}")
     p, h = params.num_ports, params.forecast_steps
     unavailable = _port_set(params, state.unavailable_ports)
-    masked = params.observability != "full"
     names = ("soc", "battery_kwh", "remaining_kwh", "hours_to_departure", "ev_max_charge_kw",
              "ev_max_discharge_kw", "min_soc")
-    if masked:
+    if params.observability != "full":
         names += ("arrival_hour", "elapsed_hours", "delivered_kwh")
-    ports: dict[str, np.ndarray] = {name: np.zeros((1, p)) for name in names}
     dc = port_is_dc(params)
     on_every_port = tuple(required.get("session", ()))
     on_dc = on_every_port + tuple(required.get("session_on_dc_ports", ()))
-    occupied = np.zeros((1, p), dtype=bool)
-    session_ids: list[str | None] = [None] * p
-    for session in state.sessions:
-        if not isinstance(session, PluggedSession):
-            raise SiteStateError(f"sessions must hold PluggedSession entries, got {type(session).__name__}")
-        index = _port_index(params, session)
-        if session_ids[index] is not None:
-            raise SiteStateError(f"session {cut(session.session_id)}: port {session.port!r} already holds "
-                                 f"session {cut(session_ids[index])}")
-        session_ids[index] = session.session_id
-        if index in unavailable:
-            continue
-        values = _session_values(params, session, now, on_dc if dc[index] else on_every_port)
-        occupied[0, index] = True
-        for name, value in values.items():
-            ports[name][0, index] = value
+    sessions = tuple(state.sessions)
+    read = _read_sessions(params, sessions, now, unavailable, on_every_port, on_dc, names, dc)
+    if read is None:  # something is wrong: the session-by-session reading names it
+        read = _read_each_session(params, sessions, now, unavailable, on_every_port, on_dc, names, dc)
+    occupied, ports, session_ids = read
     forecasts = np.stack([_series(state, name, h + 1) for name in FORECAST_FIELDS])[None]
     demand = None
     if params.demand_forecast:
@@ -153,21 +142,177 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
     return inputs, session_ids
 
 
+def _read_each_session(params: SiteParams, sessions, now: dt.datetime, unavailable: set[int], on_every_port,
+                       on_dc, names, dc) -> tuple[np.ndarray, dict[str, np.ndarray], list[str | None]]:
+    """(occupied (1, P), port fields (1, P) by name, session id by port), session by session;
+    raises ``SiteStateError`` on the first bad field of the first bad session."""
+    ports: dict[str, np.ndarray] = {name: np.zeros((1, params.num_ports)) for name in names}
+    occupied = np.zeros((1, params.num_ports), dtype=bool)
+    session_ids: list[str | None] = [None] * params.num_ports
+    for session in sessions:
+        if not isinstance(session, PluggedSession):
+            raise SiteStateError(f"sessions must hold PluggedSession entries, got {type(session).__name__}")
+        index = _port_index(params, session)
+        if session_ids[index] is not None:
+            raise SiteStateError(f"session {cut(session.session_id)}: port {session.port!r} already holds "
+                                 f"session {cut(session_ids[index])}")
+        session_ids[index] = session.session_id
+        if index in unavailable:
+            continue
+        values = _session_values(params, session, now, on_dc if dc[index] else on_every_port)
+        occupied[0, index] = True
+        for name, value in values.items():
+            ports[name][0, index] = value
+    return occupied, ports, session_ids
+
+
+_NUMBER_TYPES = (int, float, np.integer, np.floating, np.bool_)
+_SESSION_FIELDS = ("port", "session_id", "v2g_consent", "departure", "plugged_in", *_SESSION_NUMBERS)
+_session_fields = operator.attrgetter(*_SESSION_FIELDS)
+
+
+def _read_sessions(params: SiteParams, sessions, now: dt.datetime, unavailable: set[int], on_every_port,
+                   on_dc, names, dc):
+    """What ``_read_each_session`` returns, every field of every session read at once; None where
+    any session or field is not plainly valid (``_read_each_session`` then names it)."""
+    p = params.num_ports
+    try:
+        if not set(map(type, sessions)) <= {PluggedSession}:
+            return None
+        rows = list(map(_session_fields, sessions))
+        port_index = _indices(params)[0]
+        index = np.array([port_index[row[0]] for row in rows], dtype=np.int64)
+    except (KeyError, TypeError):
+        return None
+    if len(set(index.tolist())) != len(index):
+        return None
+    session_ids: list[str | None] = [None] * p
+    for position, row in zip(index.tolist(), rows, strict=True):
+        session_ids[position] = row[1]
+    keep = np.ones(len(index), dtype=bool)
+    if unavailable:
+        keep = ~np.isin(index, sorted(unavailable))
+        rows = [row for row, kept in zip(rows, keep.tolist(), strict=True) if kept]
+        index = index[keep]
+    occupied = np.zeros((1, p), dtype=bool)
+    ports: dict[str, np.ndarray] = {name: np.zeros((1, p)) for name in names}
+    if not rows:
+        return occupied, ports, session_ids
+    columns = dict(zip(_SESSION_FIELDS, zip(*rows, strict=True), strict=True))
+    numbers = _session_numbers(params, columns, dc[index], on_every_port, on_dc)
+    if numbers is None:
+        return None
+    masked = params.observability != "full"
+    hidden = _ignored(params, on_every_port, on_dc, dc[index])
+    try:
+        hours = _hours_from(now, columns["departure"], hidden["departure"])
+        values = {"soc": numbers["soc"], "battery_kwh": numbers["battery_kwh"],
+                  "remaining_kwh": numbers["energy_requested_kwh"] - numbers["energy_delivered_kwh"],
+                  "hours_to_departure": hours, "ev_max_charge_kw": numbers["max_charge_kw"],
+                  "ev_max_discharge_kw": np.where(numbers["may_discharge"], numbers["max_discharge_kw"], 0.0),
+                  "min_soc": numbers["min_soc"]}
+        if masked:
+            plugged = columns["plugged_in"]
+            elapsed = -_hours_from(now, plugged, np.zeros(len(plugged), dtype=bool))
+            if not (elapsed >= 0).all():
+                return None
+            values.update(arrival_hour=np.array([moment.hour + moment.minute / 60 + moment.second / 3600
+                                                 for moment in plugged]),
+                          elapsed_hours=elapsed, delivered_kwh=numbers["energy_delivered_kwh"])
+    except (TypeError, AttributeError):
+        return None
+    occupied[0, index] = True
+    for name, value in values.items():
+        ports[name][0, index] = value
+    return occupied, ports, session_ids
+
+
+def _ignored(params: SiteParams, on_every_port, on_dc, dc: np.ndarray) -> dict[str, np.ndarray]:
+    """Hidden field -> (S,) True on the sessions whose value this artifact ignores."""
+    if params.observability == "full":
+        return {name: np.zeros(len(dc), dtype=bool) for name in HIDDEN_FIELDS}
+    return {name: np.where(dc, name not in on_dc, name not in on_every_port) for name in HIDDEN_FIELDS}
+
+
+def _session_numbers(params: SiteParams, columns: Mapping[str, tuple], dc: np.ndarray, on_every_port,
+                     on_dc) -> dict[str, np.ndarray] | None:
+    """The ``_SESSION_NUMBERS`` fields (S,) as ``_session_values`` reads them (0 for unknown and
+    ignored ones), and ``may_discharge``; None if any is missing, malformed or out of range."""
+    if not all(kind is type(None) or issubclass(kind, _NUMBER_TYPES)
+               for kind in set(map(type, columns["max_discharge_kw"]))):
+        return None  # ``_session_values`` compares it before reading it as a number
+    try:
+        consent = np.fromiter(map(bool, columns["v2g_consent"]), dtype=bool, count=len(dc))
+    except (TypeError, ValueError):
+        return None
+    discharge_kw = np.array([value or 0 for value in columns["max_discharge_kw"]], dtype=np.float64)
+    may_discharge = params.bidirectional & consent & (discharge_kw > 0)
+    masked = params.observability != "full"
+    ignored = _ignored(params, on_every_port, on_dc, dc)
+    numbers = {"may_discharge": may_discharge}
+    for name, (low, high) in _SESSION_NUMBERS.items():
+        column = columns[name]
+        types = set(map(type, column))
+        if not all(kind is type(None) or issubclass(kind, _NUMBER_TYPES) for kind in types):
+            return None
+        skipped = ignored.get(name, np.zeros(len(dc), dtype=bool))
+        needed = np.where(dc, name in on_dc, name in on_every_port) | (not masked and name in FULL_FIELDS)
+        if name == "min_soc":
+            needed = needed | may_discharge
+        try:
+            values = np.array(column, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if type(None) in types:
+            unknown = np.array([value is None for value in column]) & ~skipped
+            if (unknown & needed).any():
+                return None
+            skipped = skipped | unknown
+        values[skipped] = 0.0
+        if values.shape != (len(dc),) or not ((low <= values) & (values <= high)).all():
+            return None
+        numbers[name] = values
+    if ((numbers["battery_kwh"] <= 0) & ~ignored["battery_kwh"]).any():
+        return None
+    return numbers
+
+
+def _hours_from(now: dt.datetime, moments: tuple, skipped: np.ndarray) -> np.ndarray:
+    """(S,) hours from ``now`` to each datetime in ``moments`` (0 where ``skipped``); TypeError on a
+    value that is not a datetime or does not subtract."""
+    skip = skipped.tolist()
+    if not set(map(type, moments)) <= {dt.datetime} and not all(
+            chosen or isinstance(moment, dt.datetime) for moment, chosen in zip(moments, skip, strict=True)):
+        raise TypeError("not a datetime")
+    return np.array([0.0 if chosen else (moment - now).total_seconds() / 3600
+                     for moment, chosen in zip(moments, skip, strict=True)], dtype=np.float64)
+
+
 def _port_set(params: SiteParams, names) -> set[int]:
     if isinstance(names, str):
         raise SiteStateError("unavailable_ports must be a collection of port names, got a string")
+    index = _indices(params)[0]
     out = set()
     for name in names:
-        if name not in params.port_names:
-            raise SiteStateError(f"unavailable_ports: unknown port {cut(name)} on site {params.name!r}")
-        out.add(params.port_names.index(name))
+        try:
+            out.add(index[name])
+        except (KeyError, TypeError):
+            raise SiteStateError(f"unavailable_ports: unknown port {cut(name)} on site "
+                                 f"{params.name!r}") from None
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _indices(params: SiteParams) -> tuple[dict[str, int], dict[str, int]]:
+    """(port name -> index, node name -> index) of a site."""
+    return ({name: i for i, name in enumerate(params.port_names)},
+            {name: i for i, name in enumerate(params.node_names)})
 
 
 def _port_index(params: SiteParams, session: PluggedSession) -> int:
     try:
-        return params.port_names.index(session.port)
-    except ValueError:
+        return _indices(params)[0][session.port]
+    except (KeyError, TypeError):
         raise SiteStateError(f"session {cut(session.session_id)}: port {cut(session.port)} is not a port of "
                              f"site {params.name!r}") from None
 
@@ -251,16 +396,19 @@ def _node_values(params: SiteParams, state: SiteState, name: str) -> np.ndarray:
     if not isinstance(mapping, Mapping):
         raise SiteStateError(f"{name} must map node names to kW, got {cut(mapping)}")
     values = np.zeros(params.num_nodes)
+    index = _indices(params)[1]
     for node, value in mapping.items():
-        if node not in params.node_names:
-            raise SiteStateError(f"{name}: unknown node {cut(node)} on site {params.name!r}")
+        try:
+            position = index[node]
+        except (KeyError, TypeError):
+            raise SiteStateError(f"{name}: unknown node {cut(node)} on site {params.name!r}") from None
         try:
             value = float(value)
         except (TypeError, ValueError):
             raise SiteStateError(f"{name}[{node!r}] must be a number, got {cut(value)}") from None
         if not math.isfinite(value):
             raise SiteStateError(f"{name}[{node!r}] is {value}; it must be finite")
-        values[params.node_names.index(node)] = value
+        values[position] = value
     return values
 
 
