@@ -233,15 +233,19 @@ class AsLateAsPossible(RuleBasedPolicy):
 
     def act(self, obs):
         max_charge = self.field(obs, "max_charge_kw")
-        full_step = self.full_step_kwh(max_charge)
+        grant = self.fill_in_order(self.laxity(obs, max_charge), self.request_kw(obs, max_charge),
+                                   self.headroom_kw(obs))
+        return self.fractions(grant, max_charge)
+
+    def request_kw(self, obs: np.ndarray, max_charge_kw: np.ndarray) -> np.ndarray:
+        """(B, P) kW each EV asks for now: what the later steps cannot deliver, at most ``max_charge_kw``."""
+        full_step = self.full_step_kwh(max_charge_kw)
         steps_left = self.steps_to_departure(obs, self.margin_steps)
         later_kwh = np.maximum(steps_left - 1.0, 0.0) * full_step
         now_kwh = self.field(obs, "remaining_kwh") - later_kwh
         now_kwh = np.where(now_kwh > _SLOT_ROUND_OFF * (1.0 + full_step), now_kwh, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            request = np.minimum(now_kwh / self._charge_kwh_per_kw_step, max_charge)
-        grant = self.fill_in_order(self.laxity(obs, max_charge), request, self.headroom_kw(obs))
-        return self.fractions(grant, max_charge)
+            return np.minimum(now_kwh / self._charge_kwh_per_kw_step, max_charge_kw)
 
 
 class PriceThreshold(RuleBasedPolicy):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from agents.baselines import AsLateAsPossible
+from envs.action_layer import _levels
 from envs.errors import ConfigError
+from envs.projection import node_flows
 from envs.site import SiteParams
 
 
@@ -40,16 +42,54 @@ class DeadlineGuard:
         self._alap = AsLateAsPossible(params, margin_hours=margin_hours)
 
     def apply(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        floor, _ = self._alap.predict(obs)
+        rules = self._alap
+        observation = np.asarray(obs, dtype=np.float64)
+        if observation.shape[-1:] != (rules.obs_size,) or observation.ndim not in (1, 2):
+            rules.predict(observation)  # raises naming the expected shape
+        batch = np.atleast_2d(observation)
+        max_charge = rules.field(batch, "max_charge_kw")
+        fill = _LaxityFill(self.params, rules.laxity(batch, max_charge), rules.headroom_kw(batch))
+        floor = rules.fractions(fill(rules.request_kw(batch, max_charge)), max_charge).astype(np.float32)
+        np.clip(floor, -1.0, 1.0, out=floor)
+        if observation.ndim == 1:
+            floor = floor[0]
         actions = np.asarray(actions, dtype=np.float32)
         actions = np.where(floor > 0.0, np.maximum(actions, floor), actions)
-        return self._fitted(np.atleast_2d(obs), actions) if self.fit_headroom else actions
-
-    def _fitted(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        rules = self._alap
-        obs = obs.astype(np.float64)
-        max_charge = rules.field(obs, "max_charge_kw")
+        if not self.fit_headroom:
+            return actions
         request = np.maximum(actions.reshape(max_charge.shape), 0.0) * max_charge
-        grant = rules.fill_in_order(rules.laxity(obs, max_charge), request, rules.headroom_kw(obs))
-        charge = rules.fractions(grant, max_charge).astype(np.float32).reshape(actions.shape)
+        charge = rules.fractions(fill(request), max_charge).astype(np.float32).reshape(actions.shape)
         return np.where(actions > 0.0, charge, actions)
+
+
+class _LaxityFill:
+    """``envs.action_layer.fill_in_order`` (ties in port order) of requests in order of ``laxity`` (B, P)
+    into ``room_kw`` (B, N), the orders sorted once for the guard's two fills (same results)."""
+
+    def __init__(self, params: SiteParams, laxity: np.ndarray, room_kw: np.ndarray):
+        self.params, self.laxity, self.room_kw = params, laxity, room_kw
+        self.levels = None
+
+    def __call__(self, request_kw: np.ndarray) -> np.ndarray:
+        if not request_kw.any() and not np.isnan(self.room_kw).any():
+            return np.zeros(request_kw.shape)  # what the fill grants for nothing asked
+        params, room_kw = self.params, self.room_kw
+        b = request_kw.shape[0]
+        rows = np.arange(b)[:, None]
+        if self.levels is None:
+            by_priority = np.argsort(self.laxity, axis=1, kind="stable")
+            self.levels = [(level, slot, np.take_along_axis(by_priority, np.argsort(key[by_priority], axis=1,
+                                                                                     kind="stable"), 1))
+                           for level, slot, key in _levels(params)]
+        grant = request_kw.copy()
+        zeros, unlimited = np.zeros((b, 1)), np.full((b, 1), np.inf)
+        for level, slot, order in self.levels:
+            sorted_grant = grant[rows, order]
+            before = np.cumsum(sorted_grant, axis=1) - sorted_grant
+            segment = np.concatenate([node_flows(params, grant, 0.0)[:, level], zeros], axis=1)
+            segment_start = np.cumsum(segment, axis=1) - segment
+            sorted_slot = slot[order]
+            room = np.concatenate([room_kw[:, level], unlimited], axis=1)[rows, sorted_slot]
+            room -= before - segment_start[rows, sorted_slot]
+            grant[rows, order] = np.minimum(sorted_grant, np.maximum(room, 0.0))
+        return grant
