@@ -348,7 +348,8 @@ def observe_live(params: SiteParams, *, occupied, available, soc, battery_kwh, r
     b, p = occupied.shape
 
     def port(values):
-        return np.where(occupied, np.broadcast_to(np.asarray(values, dtype=np.float64), (b, p)), 0.0)
+        values = np.asarray(values, dtype=np.float64)
+        return np.where(occupied, values if values.shape == (b, p) else np.broadcast_to(values, (b, p)), 0.0)
 
     soc, battery_kwh, remaining_kwh = port(soc), port(battery_kwh), port(remaining_kwh)
     hours_to_departure, view = port(hours_to_departure), None

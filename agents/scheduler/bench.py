@@ -32,7 +32,6 @@ from envs.site import SiteParams, load_site
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
-LOOSE_PARITY_TOLERANCE = 1e-3  # see export_artifact
 CLOCKS = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}  # cpu: steadier on a busy machine
 
 
@@ -140,26 +139,12 @@ def bench_artifact(artifact: str | Path, site: SiteParams | str | Path | None = 
 
 
 def export_artifact(run: str | Path, site: str, out: Path, check_observations: int = 200) -> dict[str, Any]:
-    """``agents.export.export_policy`` of ``run`` for ``site`` into ``out``; returns the manifest.
+    """``agents.export.export_policy`` of ``run`` for ``site`` into ``out``; returns the manifest (its
+    ``policy.export_check`` holds the ONNX-vs-torch difference and the tolerance for the site's
+    ports, ``agents.export.writer.parity_tolerance``)."""
+    from agents.export import export_policy
 
-    A per-port policy on a site of a thousand ports can differ from its torch actor by more
-    than the export's tolerance (float32 sums over the ports' pooling in another order); such an
-    export is retried with ``LOOSE_PARITY_TOLERANCE`` and the manifest's ``export_check`` says
-    by how much it differed (the timing does not depend on it).
-    """
-    from unittest import mock
-
-    from agents.export import ExportError, export_policy, writer
-
-    try:
-        return export_policy(run, out, site, check_observations=check_observations)
-    except ExportError as error:
-        if "differs from the torch actor" not in str(error):
-            raise
-        with mock.patch.object(writer, "PARITY_TOLERANCE", LOOSE_PARITY_TOLERANCE):
-            manifest = export_policy(run, out, site, check_observations=check_observations)
-        manifest["policy"]["export_check"]["tolerance"] = LOOSE_PARITY_TOLERANCE
-        return writer.write_manifest(Path(out), manifest)
+    return export_policy(run, out, site, check_observations=check_observations)
 
 
 def bench_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +168,7 @@ def bench_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 rows.append(bench_artifact(Path(folder) / site, site, **options)
                             | {"artifact": f"{cfg['run']} exported for {site}",
                                "export_max_abs_diff": check["max_abs_diff"],
-                               "export_loose_tolerance": check.get("tolerance")})
+                               "export_tolerance": check["tolerance"]})
     return {"benchmark": "scheduler_decision", "threads": 1, "machine": machine(), "rows": rows}
 
 
