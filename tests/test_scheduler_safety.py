@@ -8,6 +8,10 @@ states beyond what the env produces (car limits above the port's, SoC at min SoC
 above requested, loads and PV past the node limits) are checked from the state alone. A
 non-finite output must be replaced by the declared fallback's decision. The checker itself is
 shown to fail on a runtime without the node projection or with oversized setpoints.
+
+At the masked ``observability`` levels (``iso15118``, ``ocpp``) the sessions report what a real
+site knows (the hidden fields None, or the SoC reported anyway); the runtime charges on
+estimates there, which a car's own limits cut, but it must never discharge below min SoC.
 """
 
 import dataclasses
@@ -29,6 +33,7 @@ from agents.scheduler.replay import site_state_from_env
 from envs.core import reset, step
 from envs.dynamics import battery_energy_kwh, node_flows, split_power
 from envs.generators import generator_for
+from envs.observability import known_ports
 from envs.observation import declared_layout, layout_size
 from envs.site import load_site
 
@@ -41,6 +46,8 @@ SITES = {
     "caltech": (WEEKDAY, 96, 10),
     "v2g_workplace": (WEEKDAY, 96, 10),
     "city": ({**WEEKDAY, "start_hour": 7}, 12, 5),
+    "v2g_workplace@iso15118": ({**WEEKDAY, "observability": "iso15118"}, 96, 6),
+    "v2g_workplace@ocpp": ({**WEEKDAY, "observability": "ocpp"}, 96, 6),
 }
 FALLBACKS = ("agents.baselines.EarliestDeadlineFirst", "agents.baselines.Uncontrolled",
              "agents.baselines.V2GArbitrage")
@@ -106,7 +113,11 @@ def write_artifact(folder, params, model: bytes, fallback: str, guard_hours, fit
 
 
 def check_decision(params, state, env: int, decision) -> None:
-    """Every limit the env enforces, from the env's own state, with independent arithmetic."""
+    """Every limit the env enforces, from the env's own state, with independent arithmetic (at a
+    masked ``observability`` level, where the runtime charges on estimates of the SoC and the
+    request, the charge is held to the port's and car's limits, not to the battery's room or the
+    request the site cannot see)."""
+    masked = params.observability != "full"
     kw = decision.setpoint_kw
     b = env
     assert kw.shape == (params.num_ports,) and np.isfinite(kw).all()
@@ -118,7 +129,7 @@ def check_decision(params, state, env: int, decision) -> None:
     assert np.all(kw >= -params.port_max_discharge_kw - TOLERANCE_KW), "port discharge limit"
     assert np.all(kw <= state.ev_max_charge_kw[b] + TOLERANCE_KW), "car charge limit"
     assert np.all(kw >= -state.ev_max_discharge_kw[b] - TOLERANCE_KW), "car discharge limit or no consent"
-    assert np.all(kw <= state.max_charge_kw[b] + TOLERANCE_KW), "available charge power"
+    assert masked or np.all(kw <= state.max_charge_kw[b] + TOLERANCE_KW), "available charge power"
     assert np.all(kw >= -state.max_discharge_kw[b] - TOLERANCE_KW), "available discharge power"
     charge, discharge = split_power(kw[None])
     energy = battery_energy_kwh(params, charge, discharge)[0]
@@ -128,8 +139,9 @@ def check_decision(params, state, env: int, decision) -> None:
     discharging = kw < -TOLERANCE_KW
     assert np.all(soc_next[discharging] >= np.minimum(min_soc, soc)[discharging] - TOLERANCE_SOC), "min SoC"
     assert not np.any(discharging & (soc <= min_soc)), "discharge at or below min SoC"
-    assert np.all(soc_next[present] <= 1.0 + TOLERANCE_SOC), "battery over full"
-    assert np.all(energy <= np.maximum(state.remaining_kwh[b], 0.0) + TOLERANCE_SOC), "beyond the request"
+    if not masked:
+        assert np.all(soc_next[present] <= 1.0 + TOLERANCE_SOC), "battery over full"
+        assert np.all(energy <= np.maximum(state.remaining_kwh[b], 0.0) + TOLERANCE_SOC), "beyond the request"
     exo = state.node_exo_kw[b, state.t][None]
     flows = node_flows(params, kw[None], exo)[0]
     excess = (np.maximum(flows - params.node_import_limit_kw, 0)
@@ -172,13 +184,31 @@ def fractions(setpoint_kw, max_charge_kw, max_discharge_kw):
     return np.clip(action, -1.0, 1.0)
 
 
+def as_the_site_knows(params, live, report_soc: bool = False):
+    """``live`` with the session fields the site's ``observability`` level hides set to None (the
+    SoC and battery kept where ``report_soc``)."""
+    soc_known, needs_known = known_ports(params)
+    sessions = []
+    for session in live.sessions:
+        port = params.port_names.index(session.port)
+        hidden = {} if needs_known[port] else {"energy_requested_kwh": None, "departure": None}
+        if not (soc_known[port] or report_soc):
+            hidden |= {"soc": None, "battery_kwh": None}
+        sessions.append(dataclasses.replace(session, **hidden))
+    return dataclasses.replace(live, sessions=tuple(sessions))
+
+
 def drive(scheduler, raw_session, params, steps: int, seed: int) -> tuple[int, int]:
     """A rollout of one env driven by the scheduler's setpoints, every decision checked;
-    (decisions, fallbacks)."""
+    (decisions, fallbacks). At a masked level the sessions report what the site knows, on odd
+    seeds with the SoC reported anyway."""
     state = reset(params, generator_for(params).sample(params, np.random.default_rng(seed), 1))
     decisions = fallbacks = 0
     for _ in range(min(steps, params.horizon_steps)):
-        decision = scheduler.decide(site_state_from_env(params, state, 0))
+        live = site_state_from_env(params, state, 0)
+        if params.observability != "full":
+            live = as_the_site_knows(params, live, report_soc=seed % 2 == 1)
+        decision = scheduler.decide(live)
         check_decision(params, state, 0, decision)
         fallbacks += check_source(scheduler, raw_session, decision)
         decisions += 1
@@ -190,7 +220,7 @@ def drive(scheduler, raw_session, params, steps: int, seed: int) -> tuple[int, i
 def variants(site: str, count: int, tmp_path):
     """(scheduler, a plain onnxruntime session of the same graph) for ``count`` adversarial artifacts."""
     overrides, _, _ = SITES[site]
-    params = load_site(site, **overrides)
+    params = load_site(site.split("@")[0], **overrides)
     rng = np.random.default_rng(zlib.crc32(site.encode()))
     for index in range(count):
         kind = KINDS[index % len(KINDS)]
@@ -213,24 +243,48 @@ def test_no_policy_output_breaks_a_limit(site, tmp_path):
     assert 0 < fallbacks < decisions  # both paths ran
 
 
-def test_the_v2g_site_is_driven_into_discharge_and_min_soc(tmp_path):
+@pytest.mark.parametrize("level, report_soc", [("full", True), ("iso15118", False), ("iso15118", True),
+                                               ("ocpp", False), ("ocpp", True)])
+def test_the_v2g_site_is_driven_into_discharge_and_min_soc(level, report_soc, tmp_path):
     """The property is not vacuous on the V2G site: a constant -1 policy discharges consenting EVs
-    down to their min SoC and no further."""
-    params = load_site("v2g_workplace", **WEEKDAY)
+    down to their min SoC and no further; at a masked level (every port AC, so no SoC known) only
+    the EVs whose sessions report their SoC discharge."""
+    params = load_site("v2g_workplace", **WEEKDAY, observability=level)
     model = _constant_graph(params, -1.0)
     folder = write_artifact(tmp_path / "discharge", params, model, FALLBACKS[0], None, False)
     scheduler = Scheduler(folder, params)
     state = reset(params, generator_for(params).sample(params, np.random.default_rng(3), 1))
     discharged = at_min = 0
     for _ in range(params.horizon_steps):
-        decision = scheduler.decide(site_state_from_env(params, state, 0))
+        live = as_the_site_knows(params, site_state_from_env(params, state, 0), report_soc)
+        decision = scheduler.decide(live)
         check_decision(params, state, 0, decision)
         discharged += int((decision.setpoint_kw < -1.0).sum())
         consenting = (state.port_ev[0] >= 0) & (state.ev_max_discharge_kw[0] > 0)
         at_min += int((consenting & (state.soc[0] <= state.min_soc[0] + 1e-6)).sum())
         action = fractions(decision.setpoint_kw, state.max_charge_kw[0], state.max_discharge_kw[0])
         state, _, _ = step(params, state, action[None])
-    assert discharged > 20 and at_min > 0
+    if report_soc:
+        assert discharged > 20 and at_min > 0
+    else:
+        assert discharged == 0
+
+
+def test_a_runtime_discharging_on_estimates_is_caught(tmp_path, monkeypatch):
+    """Without the rule, the runtime discharges on the estimated SoC and the checker catches it."""
+    params = load_site("v2g_workplace", **WEEKDAY, observability="ocpp")
+    folder = write_artifact(tmp_path / "estimates", params, _constant_graph(params, -1.0), FALLBACKS[0], None,
+                            False)
+    scheduler = Scheduler(folder, params)
+    monkeypatch.setattr(Scheduler, "_discharge_on_known_soc_kw", lambda self, state, inputs, live:
+                        live.max_discharge_kw)
+    state = reset(params, generator_for(params).sample(params, np.random.default_rng(3), 1))
+    with pytest.raises(AssertionError, match="min SoC|available discharge"):
+        for _ in range(params.horizon_steps):
+            decision = scheduler.decide(as_the_site_knows(params, site_state_from_env(params, state, 0)))
+            check_decision(params, state, 0, decision)
+            action = fractions(decision.setpoint_kw, state.max_charge_kw[0], state.max_discharge_kw[0])
+            state, _, _ = step(params, state, action[None])
 
 
 def _constant_graph(params, value: float) -> bytes:

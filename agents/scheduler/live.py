@@ -432,3 +432,23 @@ def _count(state: SiteState, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise SiteStateError(f"{name} must be a whole number >= 0, got {cut(value)}")
     return int(value)
+
+
+def reported_soc(params: SiteParams, state: SiteState, ports: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(SoC (1, P), battery kWh (1, P)) the sessions on ``ports`` (P,) bool report themselves, whatever
+    the site's ``observability`` level; NaN where a session reports no SoC or battery in range
+    (SoC in [0, 1], battery above 0 and finite)."""
+    soc = np.full((1, params.num_ports), np.nan)
+    battery = np.full((1, params.num_ports), np.nan)
+    index = _indices(params)[0]
+    for session in state.sessions:
+        port = index.get(session.port) if isinstance(session, PluggedSession) else None
+        if port is None or not ports[port]:
+            continue
+        try:
+            reported = float(session.soc), float(session.battery_kwh)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if 0.0 <= reported[0] <= 1.0 and 0.0 < reported[1] < math.inf:
+            soc[0, port], battery[0, port] = reported
+    return soc, battery

@@ -16,9 +16,9 @@ from agents.scheduler.artifact import (
     read_manifest,
     read_policy_file,
 )
-from agents.scheduler.live import SiteState, observation_inputs
+from agents.scheduler.live import SiteState, observation_inputs, reported_soc
 from envs.dynamics import project_to_limits, split_power
-from envs.observation import layout_size, observe_live
+from envs.observation import layout_size, observation_layout, observe_live
 from envs.site import SiteParams, load_site
 
 BASELINE_PREFIX = "agents.baselines."
@@ -101,6 +101,10 @@ class Scheduler:
             raise ArtifactError(f"{self.artifact}: manifest-only artifact of {self.fallback_name}, which "
                                 "this runtime cannot run (only agents.baselines classes run from a live "
                                 "state)")
+        self.full_view = None
+        if params.observability != "full" and params.bidirectional:
+            self.full_view = dataclasses.replace(params, observability="full")
+            self.soc_estimated = observation_layout(params)["soc_estimated"]
         margin = self.manifest.get("deadline_guard_hours")
         self.guard = None
         if margin is not None:
@@ -134,10 +138,28 @@ class Scheduler:
             action = self.guard.apply(live.obs, action)
         charge_kw, discharge_kw = split_power(action.astype(np.float64))
         charge_kw *= live.max_charge_kw
-        discharge_kw *= live.max_discharge_kw
+        discharge_kw *= live.max_discharge_kw if self.full_view is None else \
+            self._discharge_on_known_soc_kw(state, inputs, live)
         power, site_kw, violation_kw = project_to_limits(params, charge_kw + discharge_kw, live.node_exo_kw)
         return Decision(power[0], action[0], live.obs[0], params.port_names, tuple(session_ids), fell_back,
                         reason, float(violation_kw[0]), float(site_kw[0]))
+
+
+    def _discharge_on_known_soc_kw(self, state: SiteState, inputs: dict, live) -> np.ndarray:
+        """(1, P) discharge kW available on each port: 0 where the SoC is an estimate, unless the
+        session reports its SoC and battery (then from those, as ``observe_live`` at ``full``)."""
+        estimated = live.obs[:, self.soc_estimated] > 0.0
+        if not (estimated & (live.max_discharge_kw > 0.0)).any():
+            return live.max_discharge_kw
+        soc, battery_kwh = reported_soc(self.params, state, estimated[0])
+        reported = ~np.isnan(soc)
+        discharge_kw = np.where(estimated, 0.0, live.max_discharge_kw)
+        if not reported.any():
+            return discharge_kw
+        as_reported = {"soc": np.where(reported, soc, 0.0),
+                       "battery_kwh": np.where(reported, battery_kwh, 0.0)}
+        known = observe_live(self.full_view, **(inputs | as_reported))
+        return np.where(estimated & reported, known.max_discharge_kw, discharge_kw)
 
 
 def _fallback(manifest: dict, params: SiteParams):
