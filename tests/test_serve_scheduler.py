@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 import websockets
-from test_export import SEED_SITE, exported
+from test_export import SEED_SITE, exported, trained_run
 from test_scheduler import BLOCKED_RUN, fractions
 
-from agents.export import export_baseline
+from agents.export import export_baseline, export_policy
 from agents.scheduler import Scheduler
 from agents.scheduler.central_system import CentralSystem, charge_point_layout
 from agents.scheduler.charge_point_sim import SimulatedSite, replay_over_ocpp
@@ -276,3 +276,28 @@ def test_the_central_system_and_charge_points_run_without_torch_or_sb3():
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["leaked"] == [] and report["kwh"] > 0
+
+
+def test_an_artifact_of_the_ocpp_level_runs_over_ocpp(tmp_path):
+    """At ``observability: ocpp`` the scheduler needs each session's plug-in time: the central system
+    passes the transaction's start, on the site's clock, and decides as on the env's own state."""
+    zone = ZoneInfo("America/Los_Angeles")
+    params = load_site("caltech", **SEED_SITE, observability="ocpp")
+    export_policy(trained_run("per_port"), tmp_path / "ocpp", params, check_observations=20)
+    scheduler = Scheduler(tmp_path / "ocpp", params)
+    expected, compared, plugged = [], [], []
+
+    def check_step(simulated, central, now):
+        live, truth = central.site_state(now), site_state_from_env(params, simulated.state)
+        mine = {s.port: s for s in live.sessions}
+        for env in truth.sessions:
+            got = mine[env.port].plugged_in
+            assert got.tzinfo == zone and got.replace(tzinfo=None) == env.plugged_in
+        plugged.append(len(truth.sessions))
+        expected.append(scheduler.decide(truth).setpoint_kw)
+        compared.append(scheduler.decide(live).setpoint_kw)
+
+    run = served(scheduler, episode(params), "1.6", "W", 24, check_step, zone)
+    asyncio.run(asyncio.wait_for(run, TIMEOUT_S))
+    assert sum(plugged) > 50 and np.array(expected).sum() * params.dt_hours > 10.0
+    np.testing.assert_allclose(compared, expected, atol=1e-6, rtol=0)

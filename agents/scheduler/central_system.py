@@ -113,11 +113,17 @@ class Connector:
                 elif measurand == "SoC":
                     self.soc_percent = value
 
-    def session(self, charge_efficiency: float, discharge_efficiency: float) -> PluggedSession:
+    def session(self, charge_efficiency: float, discharge_efficiency: float,
+                zone: dt.tzinfo | None = None) -> PluggedSession:
+        """The session as the scheduler reads it; ``plugged_in`` is the transaction's start, on the
+        clock of ``zone`` (the site's, so its hour of the day is the site's)."""
         needs = self.needs or {}
         kw = {name: needs[key] / 1000.0 if needs.get(key) is not None else None for name, key in (
             ("battery_kwh", "capacity_wh"), ("energy_requested_kwh", "energy_wh"),
             ("max_charge_kw", "max_power_w"))}
+        plugged_in = self.started_at
+        if plugged_in is not None and zone is not None and plugged_in.tzinfo is not None:
+            plugged_in = plugged_in.astimezone(zone)
         delivered_kwh = ((self.import_wh - self.import_start_wh) * charge_efficiency
                          - (self.export_wh - self.export_start_wh) / discharge_efficiency) / 1000.0
         return PluggedSession(
@@ -125,7 +131,7 @@ class Connector:
             soc=None if self.soc_percent is None else self.soc_percent / 100.0,
             energy_delivered_kwh=delivered_kwh, departure=needs.get("departure"),
             max_discharge_kw=(needs.get("max_discharge_w") or 0.0) / 1000.0,
-            v2g_consent=bool(needs.get("v2x")), min_soc=needs.get("min_soc"), **kw)
+            v2g_consent=bool(needs.get("v2x")), min_soc=needs.get("min_soc"), plugged_in=plugged_in, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +223,7 @@ class CentralSystem:
             if connector.status in DOWN_STATUSES:
                 down.append(connector.port)
             if connector.transaction_id is not None:
-                sessions.append(connector.session(float(eta_c[index]), float(eta_d[index])))
+                sessions.append(connector.session(float(eta_c[index]), float(eta_d[index]), now.tzinfo))
         return SiteState(now=now, sessions=tuple(sessions), unavailable_ports=tuple(down), **extra)
 
     async def dispatch(self, now: dt.datetime) -> Dispatch:
