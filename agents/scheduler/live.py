@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Collection, Mapping, Sequence
@@ -167,6 +168,9 @@ def _read_each_session(params: SiteParams, sessions, now: dt.datetime, unavailab
 
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating, np.bool_)
+_NUMBER_ROW = {name: row for row, name in enumerate(_SESSION_NUMBERS)}
+_NUMBER_LOW = np.array([[low] for low, _ in _SESSION_NUMBERS.values()])
+_NUMBER_HIGH = np.array([[high] for _, high in _SESSION_NUMBERS.values()])
 _SESSION_FIELDS = ("port", "session_id", "v2g_consent", "departure", "plugged_in", *_SESSION_NUMBERS)
 _session_fields = operator.attrgetter(*_SESSION_FIELDS)
 
@@ -245,10 +249,13 @@ def _session_numbers(params: SiteParams, columns: Mapping[str, tuple], dc: np.nd
         consent = np.fromiter(map(bool, columns["v2g_consent"]), dtype=bool, count=len(dc))
     except (TypeError, ValueError):
         return None
+    ignored = _ignored(params, on_every_port, on_dc, dc)
+    all_numbers = itertools.chain.from_iterable(columns[name] for name in _SESSION_NUMBERS)
+    if set(map(type, all_numbers)) <= {float, int}:
+        return _plain_numbers(params, columns, consent, ignored)
     discharge_kw = np.array([value or 0 for value in columns["max_discharge_kw"]], dtype=np.float64)
     may_discharge = params.bidirectional & consent & (discharge_kw > 0)
     masked = params.observability != "full"
-    ignored = _ignored(params, on_every_port, on_dc, dc)
     numbers = {"may_discharge": may_discharge}
     for name, (low, high) in _SESSION_NUMBERS.items():
         column = columns[name]
@@ -274,6 +281,25 @@ def _session_numbers(params: SiteParams, columns: Mapping[str, tuple], dc: np.nd
         numbers[name] = values
     if ((numbers["battery_kwh"] <= 0) & ~ignored["battery_kwh"]).any():
         return None
+    return numbers
+
+
+def _plain_numbers(params: SiteParams, columns: Mapping[str, tuple], consent: np.ndarray,
+                   ignored: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """``_session_numbers`` where every number is a plain float or int (none unknown): one table."""
+    try:
+        table = np.array([columns[name] for name in _SESSION_NUMBERS], dtype=np.float64)
+    except OverflowError:
+        return None
+    for name, skipped in ignored.items():
+        if name in _SESSION_NUMBERS:
+            table[_NUMBER_ROW[name], skipped] = 0.0
+    if not ((_NUMBER_LOW <= table) & (table <= _NUMBER_HIGH)).all():
+        return None
+    numbers = dict(zip(_SESSION_NUMBERS, table, strict=True))
+    if ((numbers["battery_kwh"] <= 0) & ~ignored["battery_kwh"]).any():
+        return None
+    numbers["may_discharge"] = params.bidirectional & consent & (numbers["max_discharge_kw"] > 0)
     return numbers
 
 
