@@ -64,7 +64,12 @@ class DeadlineGuard:
 
 class _LaxityFill:
     """``envs.action_layer.fill_in_order`` (ties in port order) of requests in order of ``laxity`` (B, P)
-    into ``room_kw`` (B, N), the orders sorted once for the guard's two fills (same results)."""
+    into ``room_kw`` (B, N), with the same results: the orders are sorted once for the guard's two
+    fills, and requests that fit every node's room with a margin far above the round-off of the
+    fill's sums (``FIT_MARGIN`` of the kW summed) are granted as they are, which is what the fill
+    grants them."""
+
+    FIT_MARGIN = 1e-9
 
     def __init__(self, params: SiteParams, laxity: np.ndarray, room_kw: np.ndarray):
         self.params, self.laxity, self.room_kw = params, laxity, room_kw
@@ -73,6 +78,14 @@ class _LaxityFill:
     def __call__(self, request_kw: np.ndarray) -> np.ndarray:
         if not request_kw.any() and not np.isnan(self.room_kw).any():
             return np.zeros(request_kw.shape)  # what the fill grants for nothing asked
+        if (request_kw >= 0.0).all():
+            total = request_kw.sum(axis=1, keepdims=True)
+            margin = self.FIT_MARGIN * (total + np.abs(self.room_kw))
+            if (node_flows(self.params, request_kw, 0.0) <= self.room_kw - margin).all():
+                return request_kw.copy()
+        return self._fill(request_kw)
+
+    def _fill(self, request_kw: np.ndarray) -> np.ndarray:
         params, room_kw = self.params, self.room_kw
         b = request_kw.shape[0]
         rows = np.arange(b)[:, None]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agents.baselines import AsLateAsPossible
-from agents.guards import DeadlineGuard
+from agents.guards import DeadlineGuard, _LaxityFill
 from envs.core import reset, step
 from envs.generators import generator_for
 from envs.observation import observe
@@ -43,7 +43,10 @@ def random_actions(rng, shape, kind):
 
 
 @pytest.mark.parametrize("site", ["caltech", "jpl", "v2g_workplace"])
-def test_the_guard_equals_its_reference_over_random_rollouts(site):
+def test_the_guard_equals_its_reference_over_random_rollouts(site, monkeypatch):
+    filled = []
+    fill = _LaxityFill._fill
+    monkeypatch.setattr(_LaxityFill, "_fill", lambda self, request: filled.append(1) or fill(self, request))
     params = load_site(site)
     rng = np.random.default_rng(11)
     envs = 4
@@ -67,6 +70,7 @@ def test_the_guard_equals_its_reference_over_random_rollouts(site):
             np.testing.assert_array_equal(single, reference(params, hours, fit, obs[0], actions[0]))
         state, _, _ = step(params, state, rng.uniform(-1.0, 1.0, (envs, params.num_ports)))
     assert raised > 0 and fitted > 0  # both the floor and the fit changed actions
+    assert 0 < len(filled) < 12 * params.horizon_steps  # the fill ran, and requests that fit skipped it
 
 
 def test_a_wrong_observation_shape_is_refused_as_before():
