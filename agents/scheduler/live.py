@@ -123,10 +123,10 @@ def observation_inputs(params: SiteParams, state: SiteState, required: Mapping[s
     if read is None:  # something is wrong: the session-by-session reading names it
         read = _read_each_session(params, sessions, now, unavailable, on_every_port, on_dc, names, dc)
     occupied, ports, session_ids = read
-    forecasts = np.stack([_series(state, name, h + 1) for name in FORECAST_FIELDS])[None]
+    forecasts = _all_series(state, FORECAST_FIELDS, h + 1)[None]
     demand = None
     if params.demand_forecast:
-        demand = np.stack([_series(state, name, h) for name in DEMAND_FIELDS])[None]
+        demand = _all_series(state, DEMAND_FIELDS, h)[None]
     available = np.ones((1, p), dtype=bool)
     available[0, sorted(unavailable)] = False
     hours = now.hour + now.minute / 60 + (now.second + now.microsecond / 1e6) / 3600
@@ -395,6 +395,21 @@ def _hours_until(where: str, name: str, moment, now: dt.datetime) -> float:
     except TypeError:
         raise SiteStateError(f"{where}: {name} and now must both be naive or both carry a time "
                              "zone") from None
+
+
+def _all_series(state: SiteState, names: Sequence[str], length: int) -> np.ndarray:
+    """(len(names), length) the first ``length`` values of each series; at once where they are plain
+    lists of floats of one length, else series by series (``_series`` names what is wrong)."""
+    values = [getattr(state, name) for name in names]
+    if all(type(series) is list for series in values) and len({len(series) for series in values}) == 1:
+        try:
+            table = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            table = None
+        if table is not None and table.ndim == 2 and table.shape[1] >= length \
+                and np.isfinite(table[:, :length]).all():
+            return table[:, :length]
+    return np.stack([_series(state, name, length) for name in names])
 
 
 def _series(state: SiteState, name: str, length: int) -> np.ndarray:
