@@ -23,11 +23,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "mlp_ppo": ["agent=ppo"],
-    "perport_ppo": ["agent=ppo_perport", "env=physical"],
-    "bc": ["experiment=quickstart", "total_timesteps=0"],
-    "bc_ppo": ["experiment=quickstart"],
+VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
+    "mlp_ppo": (["agent=ppo"], True),
+    "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
+    "bc": (["experiment=quickstart", "total_timesteps=0"], False),
+    "bc_ppo": (["experiment=quickstart"], True),
+    "clone_mpc": (["experiment=clone_mpc"], False),
+    "clone_mpc_ppo": (["experiment=clone_mpc"], True),
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
@@ -35,9 +37,10 @@ RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbit
 def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path) -> dict:
     from agents.train import train
 
-    overrides = [f"site={site}", *VARIANTS[variant], f"seed={seed}", "progress_bar=false",
+    variant_overrides, reinforced = VARIANTS[variant]
+    overrides = [f"site={site}", *variant_overrides, f"seed={seed}", "progress_bar=false",
                  "checkpoint_freq=0", "keep_checkpoints=1"]
-    if variant != "bc":
+    if reinforced:
         overrides += [f"total_timesteps={timesteps}", f"eval_freq={max(timesteps // 4, 1)}"]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=True)
