@@ -30,8 +30,10 @@ class Decision:
 
     ``setpoint_kw`` (P,) grid-side kW per port in ``port_names`` order (> 0 charging, < 0
     discharging, 0 on empty and unavailable ports), within every port, car and node limit the
-    env enforces; ``action`` (P,) the fractions of available power they come from (after the
-    guard, before the node projection); ``observation`` (D,) what the policy saw.
+    env enforces (at an ``observability`` level other than ``full`` the charge follows the
+    estimated SoC and request, so the car may take less; discharge never passes min SoC);
+    ``action`` (P,) the fractions of available power they come from (after the guard, before
+    the node projection); ``observation`` (D,) what the policy saw.
     ``fell_back`` is True when the policy's output was not finite and the fallback baseline
     decided, ``reason`` then says why. ``violation_kw`` is what no schedule could avoid (the
     inflexible load alone breaks a node limit), summed over nodes; ``site_import_kw`` the
