@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.baselines import AsLateAsPossible
-from envs.action_layer import _levels
+from envs.action_layer import fill_in_order, fill_orders
 from envs.errors import ConfigError
 from envs.projection import node_flows
 from envs.site import SiteParams
@@ -63,17 +63,17 @@ class DeadlineGuard:
 
 
 class _LaxityFill:
-    """``envs.action_layer.fill_in_order`` (ties in port order) of requests in order of ``laxity`` (B, P)
-    into ``room_kw`` (B, N), with the same results: the orders are sorted once for the guard's two
-    fills, and requests that fit every node's room with a margin far above the round-off of the
-    fill's sums (``FIT_MARGIN`` of the kW summed) are granted as they are, which is what the fill
-    grants them."""
+    """``envs.action_layer.fill_in_order`` (ties in port order) of requests in order of ``laxity``
+    (B, P) into ``room_kw`` (B, N): the orders are sorted once for the guard's two fills, and
+    requests that fit every node's room with a margin far above the round-off of the fill's sums
+    (``FIT_MARGIN`` of the kW summed) are granted as they are, which is what the fill grants
+    them."""
 
     FIT_MARGIN = 1e-9
 
     def __init__(self, params: SiteParams, laxity: np.ndarray, room_kw: np.ndarray):
         self.params, self.laxity, self.room_kw = params, laxity, room_kw
-        self.levels = None
+        self.orders = None
 
     def __call__(self, request_kw: np.ndarray) -> np.ndarray:
         if not request_kw.any() and not np.isnan(self.room_kw).any():
@@ -86,23 +86,6 @@ class _LaxityFill:
         return self._fill(request_kw)
 
     def _fill(self, request_kw: np.ndarray) -> np.ndarray:
-        params, room_kw = self.params, self.room_kw
-        b = request_kw.shape[0]
-        rows = np.arange(b)[:, None]
-        if self.levels is None:
-            by_priority = np.argsort(self.laxity, axis=1, kind="stable")
-            self.levels = [(level, slot, np.take_along_axis(by_priority, np.argsort(key[by_priority], axis=1,
-                                                                                     kind="stable"), 1))
-                           for level, slot, key in _levels(params)]
-        grant = request_kw.copy()
-        zeros, unlimited = np.zeros((b, 1)), np.full((b, 1), np.inf)
-        for level, slot, order in self.levels:
-            sorted_grant = grant[rows, order]
-            before = np.cumsum(sorted_grant, axis=1) - sorted_grant
-            segment = np.concatenate([node_flows(params, grant, 0.0)[:, level], zeros], axis=1)
-            segment_start = np.cumsum(segment, axis=1) - segment
-            sorted_slot = slot[order]
-            room = np.concatenate([room_kw[:, level], unlimited], axis=1)[rows, sorted_slot]
-            room -= before - segment_start[rows, sorted_slot]
-            grant[rows, order] = np.minimum(sorted_grant, np.maximum(room, 0.0))
-        return grant
+        if self.orders is None:
+            self.orders = fill_orders(self.params, self.laxity)
+        return fill_in_order(self.params, self.laxity, request_kw, self.room_kw, orders=self.orders)

@@ -77,26 +77,36 @@ def _levels(params: SiteParams):
                  for level, slot in zip(params.levels_bottom_up, params.level_port_slot, strict=True))
 
 
+def fill_orders(params: SiteParams, order_key: np.ndarray) -> list:
+    """The port orders ``fill_in_order`` walks for ``order_key`` (B, P), level by level; a caller
+    that fills several requests in one order computes them once."""
+    by_priority = np.argsort(order_key, axis=1, kind="stable")
+    orders = []
+    for level, slot, key in _levels(params):
+        by_node = np.argsort(key[by_priority], axis=1, kind="stable")
+        orders.append((level, slot, np.take_along_axis(by_priority, by_node, 1)))
+    return orders
+
+
 def fill_in_order(params: SiteParams, order_key: np.ndarray, request_kw: np.ndarray, room_kw: np.ndarray,
-                  share_ties: bool = False) -> np.ndarray:
+                  share_ties: bool = False, orders: list | None = None) -> np.ndarray:
     """Grant (B, P) kW: ports in increasing ``order_key`` take their request (>= 0) while it fits.
 
     Levels go bottom-up; at each node, a port gets at most the node's ``room_kw`` (B, N) less
     what the ports before it below that node were granted so far. Later cuts higher up only
     lower the grants, so every node ends within its room (a negative room grants nothing). Ties
     in ``order_key`` go in port order, or with ``share_ties`` take one common fraction of their
-    grants so far where the room cannot hold them all.
+    grants so far where the room cannot hold them all. ``orders``: ``fill_orders(params,
+    order_key)``, when the caller has them.
     """
     b = request_kw.shape[0]
     rows = np.arange(b)[:, None]
-    by_priority = np.argsort(order_key, axis=1, kind="stable")
     grant = request_kw.copy()
     zeros, unlimited = np.zeros((b, 1)), np.full((b, 1), np.inf)
     if share_ties:
         positions = np.broadcast_to(np.arange(request_kw.shape[1]), request_kw.shape)
         last = request_kw.shape[1] - 1
-    for level, slot, key in _levels(params):
-        order = np.take_along_axis(by_priority, np.argsort(key[by_priority], axis=1, kind="stable"), 1)
+    for level, slot, order in fill_orders(params, order_key) if orders is None else orders:
         sorted_grant = grant[rows, order]
         cumulative = np.cumsum(sorted_grant, axis=1)
         before = cumulative - sorted_grant
