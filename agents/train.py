@@ -162,6 +162,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         table, score = validation.score(policy)
         figure = validation.figure(policy, cfg.get("figure_episode", 0))
         log_validation(current.logger, table, score, figure, time.perf_counter() - start)
+        current.logger.record("eval/timesteps", current.num_timesteps)
+        current.logger.record("eval/training_s", clock.elapsed())
         current.logger.dump(current.num_timesteps)
         latest["score"] = score
         return table, score

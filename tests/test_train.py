@@ -101,9 +101,14 @@ def test_a_run_writes_checkpoints_tensorboard_policy_and_metrics(tiny_run):
     assert steps[-1] == metrics["timesteps"] and len(steps) == 2
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     with open(run_dir / "tensorboard" / "progress.csv") as handle:
-        columns = set(next(csv.reader(handle)))
+        rows = list(csv.DictReader(handle))
     assert {"kpi/profit_eur", "kpi/unmet_pct", "kpi/overload_kwh", "kpi/peak_kw", "kpi/v2g_kwh",
-            "reward/energy_cost_eur", "eval/score", "eval/unmet_pct", "train/loss"} <= columns
+            "reward/energy_cost_eur", "eval/score", "eval/unmet_pct", "train/loss"} <= set(rows[0])
+    evaluations = [row for row in rows if row.get("eval/score")]
+    steps = [int(float(row["eval/timesteps"])) for row in evaluations]
+    assert steps == [0, 192, 384, metrics["timesteps"]]  # before training, every eval_freq, at the end
+    elapsed = [float(row["eval/training_s"]) for row in evaluations]
+    assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= metrics["wall_s"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
