@@ -172,7 +172,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"]},
                         cfg.get("keep_checkpoints", 2))
 
-    if checkpoint is None and cfg.get("imitation"):
+    if checkpoint is None and cfg.get("init_policy"):
+        start_from_policy(model, cfg["init_policy"])
+    elif checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
         rewarded = training_params(params, cfg["env"])
@@ -257,3 +259,19 @@ def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
     progress = folder / "progress.csv"
     if progress.is_file():
         progress.rename(folder / f"progress.until_{timesteps}.csv")
+
+
+def start_from_policy(model, path: str | Path) -> None:
+    """Load a saved policy's weights (and observation statistics) into ``model`` before RL: a
+    committed clone fine-tuned without cloning again. The networks must match."""
+    from agents.policy_io import load_policy
+
+    loaded = load_policy(path)
+    try:
+        model.policy.load_state_dict(loaded.policy.state_dict())
+    except RuntimeError as error:
+        raise TrainConfigError(f"init_policy={path}: its weights do not fit this run's policy "
+                               f"(agent and policy_kwargs must match): {str(error)[:300]}") from error
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None and normalizer.norm_obs and loaded.obs_mean is not None:
+        normalizer.obs_rms.mean, normalizer.obs_rms.var = loaded.obs_mean.copy(), loaded.obs_var.copy()

@@ -292,3 +292,17 @@ def test_bad_counts_are_config_errors_naming_the_key(tmp_path, override, words):
 
     with pytest.raises(ConfigError, match=words):
         train(train_config(*TINY, override), tmp_path)
+
+
+def test_a_run_can_start_from_a_saved_policy_and_refuses_one_that_does_not_fit(tiny_run, tmp_path):
+    import torch
+
+    run_dir, _ = tiny_run
+    train(train_config(*TINY, f"init_policy={run_dir}", "total_timesteps=0", "eval_freq=0"), tmp_path / "again")
+    before, after = load_policy(run_dir), load_policy(tmp_path / "again")
+    for name, tensor in before.policy.state_dict().items():
+        torch.testing.assert_close(after.policy.state_dict()[name], tensor)
+    np.testing.assert_allclose(after.obs_mean, before.obs_mean)
+    with pytest.raises(TrainConfigError, match="init_policy"):
+        train(train_config(*TINY, "agent=ppo_perport", "env=physical", f"init_policy={run_dir}",
+                           "total_timesteps=0"), tmp_path / "refused")
