@@ -298,7 +298,8 @@ def test_a_run_can_start_from_a_saved_policy_and_refuses_one_that_does_not_fit(t
     import torch
 
     run_dir, _ = tiny_run
-    train(train_config(*TINY, f"init_policy={run_dir}", "total_timesteps=0", "eval_freq=0"), tmp_path / "again")
+    again = train_config(*TINY, f"init_policy={run_dir}", "total_timesteps=0", "eval_freq=0")
+    train(again, tmp_path / "again")
     before, after = load_policy(run_dir), load_policy(tmp_path / "again")
     for name, tensor in before.policy.state_dict().items():
         torch.testing.assert_close(after.policy.state_dict()[name], tensor)
