@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
-    "bc": (["experiment=quickstart", "total_timesteps=0"], False),
-    "bc_ppo": (["experiment=quickstart"], True),
+    "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
+    "bc_ppo": (["experiment=caltech_perport_bc"], True),
     "clone_mpc": (["experiment=clone_mpc"], False),
     "clone_mpc_ppo": (["experiment=clone_mpc"], True),
 }
@@ -115,6 +115,8 @@ def main() -> None:
                     start = time.perf_counter()
                     train_run(site, variant, seed, args.timesteps, args.out)
                     print(f"{site} {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+                if args.score_only and not (run_dir / "metrics.json").exists():
+                    continue  # a variant not run for this seed
                 runs[name] = run_dir
                 metrics[name] = json.loads((run_dir / "metrics.json").read_text())
         summary = score_runs(site, runs, args.test_episodes, args.test_seed)

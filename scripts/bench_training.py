@@ -3,6 +3,7 @@
     python scripts/bench_training.py                      # caltech, 64 envs, 4 rollouts of 6,144 steps
     python scripts/bench_training.py --steps 12288 --site jpl --policies per_port
     python scripts/bench_training.py --threads 2          # torch on two threads per process
+    python scripts/bench_training.py --policies per_port --batch-size 4096 --epochs 5   # a cheaper update
 
 PPO uses the settings of ``configs/agent/ppo.yaml`` (n_steps 96, batch 1024, 10 epochs; the MLP
 is 2 x 256). Each policy learns in a fresh process with torch on one thread. The time splits
@@ -34,7 +35,8 @@ def _timed(owner, name: str, totals: dict) -> None:
     setattr(owner, name, wrapper)
 
 
-def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threads: int = 1) -> dict:
+def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threads: int = 1,
+             batch_size: int = 1024, epochs: int = 10) -> dict:
     import torch
     from stable_baselines3 import PPO
 
@@ -43,11 +45,12 @@ def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threa
 
     torch.set_num_threads(threads)
     env = SmartChargingVecEnv(num_envs=num_envs, site=site, step_info=False)
+    settings = {**PPO_SETTINGS, "batch_size": batch_size, "n_epochs": epochs}
     if policy == "per_port":
-        model = PPO(PerPortPolicy, env, seed=seed, **PPO_SETTINGS,
+        model = PPO(PerPortPolicy, env, seed=seed, **settings,
                     policy_kwargs={"site": env.params, "log_std_init": -0.5})
     else:
-        model = PPO("MlpPolicy", env, seed=seed, **PPO_SETTINGS,
+        model = PPO("MlpPolicy", env, seed=seed, **settings,
                     policy_kwargs={"net_arch": [256, 256], "log_std_init": -0.5})
     totals: dict[str, float] = {}
     for name in ("step_wait", "reset"):
@@ -64,7 +67,7 @@ def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threa
         "update_share": round(totals.get("train", 0.0) / seconds, 3),
         "rollout_policy_share": round(1 - (env_seconds + totals.get("train", 0.0)) / seconds, 3),
         "parameters": sum(p.numel() for p in model.policy.parameters()),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "batch_size": batch_size, "n_epochs": epochs,
     }
 
 
@@ -76,16 +79,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=["per_port", "mlp"], choices=["per_port", "mlp"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
+    parser.add_argument("--batch-size", type=int, default=PPO_SETTINGS["batch_size"])
+    parser.add_argument("--epochs", type=int, default=PPO_SETTINGS["n_epochs"])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.site, args.num_envs, args.steps, args.seed, args.threads)))
+        print(json.dumps(run_case(args.case, args.site, args.num_envs, args.steps, args.seed, args.threads,
+                                  args.batch_size, args.epochs)))
         return
     results = {}
     for policy in args.policies:
         command = [sys.executable, __file__, "--case", policy, "--site", args.site,
                    "--num-envs", str(args.num_envs), "--steps", str(args.steps), "--seed", str(args.seed),
-                   "--threads", str(args.threads)]
+                   "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+                   "--epochs", str(args.epochs)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         line = output.strip().splitlines()[-1]
         results[policy] = json.loads(line)
