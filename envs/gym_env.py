@@ -88,7 +88,10 @@ class SmartChargingEnv(gymnasium.Env):
     ``time_of_day`` (sin, cos), a one-hot ``weekday``, ``setpoint_kw``, ``queue_length``, and a
     window of ``forecast_steps + 1`` values (now and ahead) of the buy and sell prices, carbon
     intensity, site load and site PV. Sites with ``demand_forecast: true`` add the expected
-    arrivals and requested kWh of each of the next ``forecast_steps`` steps. Bounds are in
+    arrivals and requested kWh of each of the next ``forecast_steps`` steps; then
+    ``peak_import_kw`` (the highest site import so far). Sites whose ``observability`` is not
+    ``full`` show estimates where the site cannot know the SoC, request or departure, and end
+    with per-port flags marking them (``envs.observability``). Bounds are in
     ``observation_space``; normalize with a wrapper (e.g. ``VecNormalize``).
 
     ## Rewards
