@@ -62,13 +62,14 @@ def collect_demonstrations(teacher, params: SiteParams, episodes: Episode, rewar
         action, _ = teacher.predict(obs, deterministic=True)
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
         acting = action if actor is None else np.clip(actor.predict(obs, deterministic=True)[0], -1.0, 1.0)
+        idle_reward = 0.0
         if controllable_reward:
             idle, idle_peak_kw = idle_site_terms(params, state, idle_peak_kw)
-            terms_before = idle @ reward_coefficients
+            idle_reward = idle @ reward_coefficients
         state, terms, _ = step(params, state, acting)
         observations.append(obs)
         actions.append(action.astype(np.float32))
-        rewards.append(terms @ reward_coefficients - (terms_before if controllable_reward else 0.0))
+        rewards.append(terms @ reward_coefficients - idle_reward)
     rewards = np.array(rewards) * float(reward_scale)
     returns = np.zeros_like(rewards)
     following = np.zeros(rewards.shape[1])

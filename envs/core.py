@@ -87,9 +87,8 @@ def step(params: SiteParams, state: State, action: np.ndarray):
     net_kwh = _row_sum(energy)
     charged_kwh = _row_sum(np.maximum(energy, 0.0))
     discharged_kwh = charged_kwh - net_kwh
-    peak = np.maximum(state.peak_import_kw, site_kw)
     terms = np.empty((len(site_kw), len(TERMS)))
-    _grid_terms(params, episode, t, site_kw, violation_kw, state.peak_import_kw, terms)
+    peak = _grid_terms(params, episode, t, site_kw, violation_kw, state.peak_import_kw, terms)
     terms[:, TERM_INDEX["charging_revenue_eur"]] = episode.tariff_eur_kwh[:, t] * net_kwh
     terms[:, TERM_INDEX["degradation_kwh"]] = charged_kwh + discharged_kwh
     terms[:, TERM_INDEX["overload_requested_kwh"]] = (
@@ -171,18 +170,20 @@ GRID_TERMS = ("energy_cost_eur", "export_revenue_eur", "grid_violation_kwh", "pe
 
 
 def _grid_terms(params: SiteParams, episode: Episode, t: int, site_kw, violation_kw, peak_before_kw,
-                terms: np.ndarray) -> None:
+                terms: np.ndarray) -> np.ndarray:
     """Write the ``GRID_TERMS`` of step ``t`` (the terms that follow from the grid connection's
-    flow ``site_kw``) into ``terms``."""
+    flow ``site_kw``) into ``terms``; returns the peak import after the step."""
     dt = params.dt_hours
     imported = np.maximum(site_kw, 0.0) * dt
     exported = np.maximum(-site_kw, 0.0) * dt
     terms[:, TERM_INDEX["energy_cost_eur"]] = episode.price_buy_eur_kwh[:, t] * imported
     terms[:, TERM_INDEX["export_revenue_eur"]] = episode.price_sell_eur_kwh[:, t] * exported
     terms[:, TERM_INDEX["grid_violation_kwh"]] = violation_kw * dt
-    terms[:, TERM_INDEX["peak_increase_kw"]] = np.maximum(peak_before_kw, site_kw) - peak_before_kw
+    peak = np.maximum(peak_before_kw, site_kw)
+    terms[:, TERM_INDEX["peak_increase_kw"]] = peak - peak_before_kw
     terms[:, TERM_INDEX["carbon_kg"]] = episode.carbon_kg_kwh[:, t] * imported
     terms[:, TERM_INDEX["setpoint_error_kwh"]] = np.abs(site_kw - episode.setpoint_kw[:, t]) * dt
+    return peak
 
 
 def idle_site_terms(params: SiteParams, state: State, idle_peak_kw: np.ndarray):
@@ -196,8 +197,8 @@ def idle_site_terms(params: SiteParams, state: State, idle_peak_kw: np.ndarray):
     idle = np.zeros((state.episode.num_envs, params.num_ports))
     _, site_kw, violation_kw = project_to_limits(params, idle, state.node_exo_kw[:, t])
     terms = np.zeros((len(site_kw), len(TERMS)))
-    _grid_terms(params, state.episode, t, site_kw, violation_kw, idle_peak_kw, terms)
-    return terms, np.maximum(idle_peak_kw, site_kw)
+    peak = _grid_terms(params, state.episode, t, site_kw, violation_kw, idle_peak_kw, terms)
+    return terms, peak
 
 
 def _plug_events(params: SiteParams, state: State, t: int, changes: dict) -> np.ndarray:

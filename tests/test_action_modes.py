@@ -210,6 +210,15 @@ def test_priority_rollouts_keep_node_limits_and_leave_no_wanted_headroom(name):
     assert cut > 0, "the rollout must make node limits bind"
 
 
+def assert_same_rollouts(first, second):
+    """Two rollouts give the same observations, totals and terms at every step."""
+    for (a_state, a_obs, a_terms, _), (b_state, b_obs, b_terms, _) in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a_obs, b_obs)
+        np.testing.assert_array_equal(a_state.totals, b_state.totals)
+        if a_terms is not None:
+            np.testing.assert_array_equal(a_terms, b_terms)
+
+
 @pytest.mark.parametrize("name", ["caltech", "v2g_workplace"])
 def test_unit_is_signed_with_the_mapped_action(name):
     params, generator = busy_site(name)
@@ -217,12 +226,7 @@ def test_unit_is_signed_with_the_mapped_action(name):
     episode = generator.sample(params, np.random.default_rng(31), NUM_ENVS)
     actions = np.random.default_rng(32).uniform(0, 1, (params.horizon_steps, NUM_ENVS, params.num_ports))
     mapped = 2 * actions - 1 if params.bidirectional else actions
-    for (u_state, u_obs, u_terms, _), (s_state, s_obs, s_terms, _) in zip(
-            rollout(unit, episode, actions), rollout(signed, episode, mapped), strict=True):
-        np.testing.assert_array_equal(u_obs, s_obs)
-        np.testing.assert_array_equal(u_state.totals, s_state.totals)
-        if u_terms is not None:
-            np.testing.assert_array_equal(u_terms, s_terms)
+    assert_same_rollouts(rollout(unit, episode, actions), rollout(signed, episode, mapped))
 
 
 @pytest.mark.parametrize("name", ["caltech", "v2g_workplace"])
@@ -236,12 +240,7 @@ def test_priority_is_signed_where_no_limit_binds(name):
     fraction = rng.uniform(-1, 1, (params.horizon_steps, NUM_ENVS, params.num_ports))
     actions = np.stack([fraction, rng.uniform(-1, 1, fraction.shape)], axis=3)
     actions = actions.reshape(*fraction.shape[:2], -1)
-    for (p_state, p_obs, p_terms, _), (s_state, s_obs, s_terms, _) in zip(
-            rollout(priority, episode, actions), rollout(signed, episode, fraction), strict=True):
-        np.testing.assert_array_equal(p_obs, s_obs)
-        np.testing.assert_array_equal(p_state.totals, s_state.totals)
-        if p_terms is not None:
-            np.testing.assert_array_equal(p_terms, s_terms)
+    assert_same_rollouts(rollout(priority, episode, actions), rollout(signed, episode, fraction))
 
 
 @pytest.mark.parametrize("mode", ["unit", "priority"])
