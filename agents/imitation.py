@@ -160,11 +160,12 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     from agents.evaluate import episodes_for
 
     start = time.perf_counter()
+    imitation_cfg = _checked_counts(imitation_cfg)
     teacher = instantiate(imitation_cfg["teacher"], _partial_=True)(params=params)
     gamma = float(getattr(model, "gamma", 0.99))
     normalizer = model.get_vec_normalize_env()
     tie_break = float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0))
-    rounds = int(imitation_cfg.get("dagger_rounds", 0) or 0)
+    rounds = imitation_cfg.get("dagger_rounds") or 0
     if rounds and not getattr(teacher, "acts_from_observation", True):
         raise ConfigError(f"imitation.dagger_rounds: the teacher {type(teacher).__name__} plays back a plan "
                           "and cannot label the states a clone reaches; use a teacher that acts from the "
@@ -221,6 +222,23 @@ def _bounded_squared_error(mean, target):
     error = torch.where((target >= 1.0) & (error > 0), torch.zeros_like(error), error)
     error = torch.where((target <= -1.0) & (error < 0), torch.zeros_like(error), error)
     return (error * error).mean()
+
+
+_COUNTS = {  # imitation key: (size limit of envs.limits or None, lowest value)
+    "episodes": ("episodes", 1), "epochs": (None, 1), "batch_size": (None, 1), "dagger_rounds": (None, 0),
+    "dagger_episodes": ("episodes", 1), "dagger_epochs": (None, 1),
+}
+
+
+def _checked_counts(imitation_cfg):
+    """``imitation_cfg`` with its counts as ints; a bad one is a ConfigError naming ``imitation.<key>``."""
+    from envs.limits import check_count
+
+    out = dict(imitation_cfg)
+    for key, (limit, low) in _COUNTS.items():
+        if out.get(key) is not None:
+            out[key] = check_count(f"imitation.{key}", out[key], limit, low)
+    return out
 
 
 class _ClonedActor:

@@ -181,3 +181,6 @@ def test_dagger_rounds_add_the_clone_s_states_and_refuse_a_plan_playing_teacher(
     with pytest.raises(ConfigError, match="dagger_rounds"):
         train(train_config(*TINY, "imitation=optimum", "imitation.episodes=2", "imitation.dagger_rounds=1",
                            "total_timesteps=0"), tmp_path / "refused")
+    for key, value in (("dagger_rounds", -1), ("dagger_episodes", 0), ("episodes", 2.5)):
+        with pytest.raises(ConfigError, match=f"imitation.{key}"):
+            train(train_config(*TINY, *dagger, f"imitation.{key}={value}"), tmp_path / f"bad_{key}")
