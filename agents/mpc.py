@@ -9,16 +9,9 @@ import highspy
 import numpy as np
 
 from agents.baselines import EarliestDeadlineFirst
-from agents.optimal import (
-    Model,
-    OptimizationError,
-    Window,
-    build_model,
-    checked_batch,
-    new_highs,
-    power_to_action,
-    solve_model,
-)
+from agents.optimal import power_to_action
+from agents.plan_model import Model, Window, build_model
+from agents.plan_solver import OptimizationError, checked_batch, new_highs, solve_model
 from envs.core import reset
 from envs.episode import Episode
 from envs.observability import estimator_for
@@ -33,7 +26,7 @@ _STATUSES = tuple(highspy.HighsBasisStatus.__members__.values())
 class ModelPredictiveControl:
     """Re-plan every step over the next ``horizon_steps`` with what is known now; apply the first step.
 
-    The plan is the offline model (``agents.optimal.build_model``) of a window that holds only
+    The plan is the offline model (``agents.plan_model.build_model``) of a window that holds only
     the EVs plugged in now, with their SoC and remaining request from the observation and their
     *announced* departures brought forward by ``departure_margin_hours`` (drivers also leave
     early), and the price, tariff, carbon, setpoint, load and PV series of the episode over the
