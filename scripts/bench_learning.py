@@ -30,6 +30,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
     "clone_mpc": (["experiment=clone_mpc"], False),
     "clone_mpc_ppo": (["experiment=clone_mpc"], True),
+    "clone_mpc_1h": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0"], False),
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 

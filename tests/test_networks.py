@@ -219,3 +219,38 @@ def test_a_deeper_head_keeps_equivariance_rebuilds_from_its_config_and_refuses_z
                                   deep.predict(obs, deterministic=True)[0])
     with pytest.raises(ValueError, match="head_layers"):
         _policy(params, head_layers=0)
+
+
+def test_occupied_likelihood_counts_only_ports_with_an_ev():
+    params = load_site("caltech")
+    obs = torch.as_tensor(_observations(params, steps=40))
+    occupied = obs[:, declared_layout(params).slices["occupied"]] > 0.5
+    assert occupied.any() and not occupied.all()
+    masked = _policy(params, ortho_init=False, occupied_likelihood=True)
+    plain = _policy(params, ortho_init=False)
+    plain.load_state_dict(masked.state_dict())
+    actions = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (len(obs), params.num_ports)),
+                              dtype=torch.float32)
+    with torch.no_grad():
+        value, log_prob, entropy = masked.evaluate_actions(obs, actions)
+        plain_value, plain_log_prob, plain_entropy = plain.evaluate_actions(obs, actions)
+        mean = masked.mlp_extractor.forward_actor(obs)
+        normal = torch.distributions.Normal(mean, masked.log_std.exp().expand_as(mean))
+        per_port = normal.log_prob(actions)
+        torch.testing.assert_close(log_prob, (per_port * occupied).sum(dim=1))
+        torch.testing.assert_close(plain_log_prob, per_port.sum(dim=1))
+        torch.testing.assert_close(entropy, (normal.entropy() * occupied).sum(dim=1))
+        torch.testing.assert_close(value, plain_value)
+        torch.manual_seed(1)
+        sampled, _, sampled_log_prob = masked(obs)
+        torch.manual_seed(1)
+        plain_sampled = plain(obs)[0]
+    torch.testing.assert_close(sampled, plain_sampled)
+    torch.testing.assert_close(sampled_log_prob, (normal.log_prob(sampled) * occupied).sum(dim=1))
+    assert masked.config()["occupied_likelihood"] is True and plain.config()["occupied_likelihood"] is False
+    env = SmartChargingVecEnv(num_envs=4, site=load_site("caltech", horizon_steps=8, start_hour=8),
+                              step_info=False)
+    model = PPO(PerPortPolicy, env, n_steps=8, batch_size=16, n_epochs=2, seed=0,
+                policy_kwargs={"site": env.params, "occupied_likelihood": True})
+    model.learn(64)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
