@@ -96,7 +96,8 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
 
     The actor's mean action regresses onto ``actions`` (squared error, after the [-1, 1] clip the
     env applies, with the gradient passed through where the target sits at a bound, so a mean
-    beyond a bound costs nothing); the critic onto ``value_targets`` when given. Observations
+    beyond a bound costs nothing), and a per-port policy's site power head (``site_power``)
+    onto the actions' net power; the critic onto ``value_targets`` when given. Observations
     are as the policy sees them (normalized where the run normalizes). With
     ``final_learning_rate`` the rate falls from ``learning_rate`` to it along a cosine over the
     epochs. Returns the mean loss of each epoch.
@@ -119,7 +120,8 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
         for start in range(0, len(obs), int(batch_size)):
             index = order[start:start + int(batch_size)]
             mean, value = _mean_and_value(policy, obs[index])
-            loss = _bounded_squared_error(mean, target[index])
+            loss = _bounded_squared_error(mean, target[index]) + _site_power_error(policy, obs[index],
+                                                                                   target[index])
             if values is not None:
                 loss = loss + value_weight * torch.nn.functional.mse_loss(value, values[index])
             optimizer.zero_grad()
@@ -213,6 +215,14 @@ def _mean_and_value(policy, obs):
     distribution = policy.get_distribution(obs)
     value = policy.predict_values(obs).squeeze(-1)
     return distribution.distribution.mean, value
+
+
+def _site_power_error(policy, obs, target):
+    """The site head's error on the teacher's net EV power (``PerPortNetwork.site_power_error``), or 0."""
+    network = policy.mlp_extractor
+    if getattr(network, "site_power_head", None) is None:
+        return 0.0
+    return network.site_power_error(policy.extract_features(obs), target)
 
 
 def _bounded_squared_error(mean, target):

@@ -39,11 +39,19 @@ class PerPortNetwork(nn.Module):
     through ``head_layers`` hidden layers (an empty port's is 0: the env ignores it), and the
     value (B, 1) from the pooled embeddings and site-wide fields. Only occupied ports are
     computed, so the cost follows the EVs plugged in.
+
+    With ``site_power`` a site head also sets the EVs' net power for the whole site: from the
+    site context, a fraction ``s`` in (-1, 1) of the occupied ports' summed charge power (or,
+    below 0, of their summed discharge power). The ports' charging requests are then scaled
+    by one common factor, each capped at its port's power, so that charging less the
+    discharging the ports asked for meets that total where the caps allow: the ports share
+    out a total that one head decides, instead of adding up independent errors (a demand
+    charge pays for the site's peak, not the ports').
     Site-derived index arrays and scales are non-persistent buffers, rebound by ``set_site``.
     """
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
-                 activation: str, head_layers: int = 1):
+                 activation: str, head_layers: int = 1, site_power: bool = False):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
@@ -59,6 +67,7 @@ class PerPortNetwork(nn.Module):
         self.deeper_head = (_mlp([hidden_dim] * int(head_layers), activation) if head_layers > 1
                             else None)
         self.action_head = nn.Linear(hidden_dim, 1)
+        self.site_power_head = nn.Linear(hidden_dim, 1) if site_power else None
         self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
         self.activation = ACTIVATIONS[activation]()
         self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
@@ -87,6 +96,7 @@ class PerPortNetwork(nn.Module):
             "node_port_hi": site.node_port_hi,
             "max_charge_columns": np.arange(cols["max_charge_kw"].start, cols["max_charge_kw"].stop),
             "occupied_columns": np.arange(cols["occupied"].start, cols["occupied"].stop),
+            "max_discharge_columns": np.arange(cols["max_discharge_kw"].start, cols["max_discharge_kw"].stop),
             "node_limit_kw": site.node_import_limit_kw,
         }
         for name, value in buffers.items():
@@ -121,6 +131,8 @@ class PerPortNetwork(nn.Module):
         rows = occupied.reshape(-1).nonzero().squeeze(1)
         env = torch.div(rows, p, rounding_mode="floor")
         embedded = self.activation(self.encoder(ports.reshape(b * p, -1).index_select(0, rows)))
+        limits_kw = tuple(obs.index_select(1, columns).reshape(-1).index_select(0, rows).clamp(min=0.0)
+                          for columns in (self.max_charge_columns, self.max_discharge_columns))
         count = occupied.sum(dim=1, keepdim=True).to(embedded.dtype)
         zeros = embedded.new_zeros((b, embedded.shape[1]))
         pooled = []
@@ -129,16 +141,53 @@ class PerPortNetwork(nn.Module):
         if "max" in self.pooling:
             index = env.unsqueeze(1).expand(-1, embedded.shape[1])
             pooled.append(zeros.scatter_reduce(0, index, embedded, "amax", include_self=False))
-        return (embedded, rows, env), torch.cat([*pooled, count / p, site], dim=1)
+        return (embedded, rows, env, limits_kw), torch.cat([*pooled, count / p, site], dim=1)
 
     def _actor(self, ports, summary: torch.Tensor) -> torch.Tensor:
-        embedded, rows, env = ports
-        context = self.context_head(self.activation(self.site_encoder(summary)))
-        hidden = self.activation(self.port_head(embedded) + context.index_select(0, env))
+        embedded, rows, env, limits_kw = ports
+        site_context = self.activation(self.site_encoder(summary))
+        context = self.context_head(site_context).index_select(0, env)
+        hidden = self.activation(self.port_head(embedded) + context)
         if self.deeper_head is not None:
             hidden = self.activation(self.deeper_head(hidden))
+        port_mean = self.action_head(hidden).squeeze(1)
+        if self.site_power_head is not None:
+            total_kw = self._site_total_kw(site_context, env, limits_kw)
+            port_mean = self._share_out(port_mean, total_kw, env, limits_kw)
         mean = summary.new_zeros(summary.shape[0] * self.latent_dim_pi)
-        return mean.scatter(0, rows, self.action_head(hidden).squeeze(1)).reshape(summary.shape[0], -1)
+        return mean.scatter(0, rows, port_mean).reshape(summary.shape[0], -1)
+
+    @staticmethod
+    def _site_sums(values: torch.Tensor, env: torch.Tensor, batch: int) -> torch.Tensor:
+        return values.new_zeros(batch).index_add(0, env, values)
+
+    def _site_total_kw(self, site_context, env, limits_kw) -> torch.Tensor:
+        """(B,) the site head's net EV power: a share of the summed charge (or discharge) power."""
+        share = torch.tanh(self.site_power_head(site_context).squeeze(1))
+        charge_kw, discharge_kw = (self._site_sums(kw, env, len(share)) for kw in limits_kw)
+        return torch.where(share >= 0, share * charge_kw, share * discharge_kw)
+
+    def _share_out(self, port_mean, total_kw, env, limits_kw) -> torch.Tensor:
+        """Occupied ports' actions (M,) after scaling their charging to the site's total."""
+        charge_cap, discharge_cap = limits_kw
+        charge_kw = torch.relu(port_mean) * charge_cap
+        discharging_kw = self._site_sums(torch.relu(-port_mean) * discharge_cap, env, len(total_kw))
+        asked_kw = self._site_sums(charge_kw, env, len(total_kw))
+        factor = (total_kw + discharging_kw).clamp(min=0.0) / asked_kw.clamp(min=1e-3)
+        granted_kw = torch.minimum(charge_kw * factor.index_select(0, env), charge_cap)
+        return torch.where(port_mean > 0, granted_kw / charge_cap.clamp(min=1e-6), port_mean)
+
+    def site_power_error(self, obs: torch.Tensor, target_actions: torch.Tensor) -> torch.Tensor:
+        """Mean over envs of the squared gap between the site head's net EV power and that of
+        ``target_actions`` (B, P), in units of the occupied ports' summed charge power."""
+        (_, rows, env, limits_kw), summary = self._summary(obs)
+        total_kw = self._site_total_kw(self.activation(self.site_encoder(summary)), env, limits_kw)
+        charge_cap, discharge_cap = limits_kw
+        target = target_actions.reshape(-1).index_select(0, rows).clamp(-1.0, 1.0)
+        target_kw = self._site_sums(torch.where(target > 0, target * charge_cap, target * discharge_cap),
+                                    env, len(total_kw))
+        scale = self._site_sums(charge_cap, env, len(total_kw)).clamp(min=1.0)
+        return (((total_kw - target_kw) / scale) ** 2).mean()
 
     def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:
         return self._actor(*self._summary(obs))
@@ -184,6 +233,8 @@ class PerPortPolicy(ActorCriticPolicy):
     * ``activation`` (``"tanh"``): one of ``ACTIVATIONS``.
     * ``head_layers`` (1): hidden layers between a port's embedding plus site context and its
       action mean.
+    * ``site_power`` (False): a site head sets the EVs' net power for the whole site and the
+      ports' charging is scaled to it (``PerPortNetwork``).
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     * ``occupied_likelihood`` (False): an action's log-probability and entropy sum over the
       occupied ports only. An empty port's action changes nothing, so its noise only adds
@@ -210,6 +261,7 @@ class PerPortPolicy(ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
+                 site_power: bool = False,
                  log_std_init: float = 0.0, ortho_init: bool = True, use_sde: bool = False,
                  occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
@@ -226,7 +278,7 @@ class PerPortPolicy(ActorCriticPolicy):
         self.occupied_likelihood = bool(occupied_likelihood)
         self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
                                "pooling": [str(p) for p in pooling], "activation": activation,
-                               "head_layers": int(head_layers)}
+                               "head_layers": int(head_layers), "site_power": bool(site_power)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

@@ -31,6 +31,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc": (["experiment=clone_mpc"], False),
     "clone_mpc_ppo": (["experiment=clone_mpc"], True),
     "clone_mpc_1h": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0"], False),
+    "clone_mpc_site": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
+                        "+agent.policy_kwargs.site_power=true"], False),
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 

@@ -254,3 +254,64 @@ def test_occupied_likelihood_counts_only_ports_with_an_ev():
                 policy_kwargs={"site": env.params, "occupied_likelihood": True})
     model.learn(64)
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+
+
+def _net_kw(params, obs, actions):
+    """(B,) the EVs' net power that ``actions`` ask for, clipped as the env clips them."""
+    layout = declared_layout(params).slices
+    charge_cap, discharge_cap = obs[:, layout["max_charge_kw"]], obs[:, layout["max_discharge_kw"]]
+    actions = np.clip(actions, -1.0, 1.0)
+    return np.where(actions > 0, actions * charge_cap, actions * discharge_cap).sum(axis=1)
+
+
+def test_site_power_head_sets_the_net_power_and_keeps_equivariance():
+    params = load_site("v2g_workplace")
+    policy = _policy(params, ortho_init=False, site_power=True)
+    network = policy.mlp_extractor
+    with torch.no_grad():
+        network.site_power_head.bias.fill_(0.3)
+    obs = _observations(params, steps=40, num_envs=4)
+    tensor = torch.as_tensor(obs)
+    with torch.no_grad():
+        mean = network.forward_actor(tensor).numpy()
+        (_, _, env, limits_kw), summary = network._summary(tensor)
+        total_kw = network._site_total_kw(network.activation(network.site_encoder(summary)), env, limits_kw)
+    layout = declared_layout(params).slices
+    charging = (mean > 0) & (obs[:, layout["occupied"]] > 0.5) & (obs[:, layout["max_charge_kw"]] > 0.1)
+    capped = (mean >= 1.0 - 1e-6) & charging
+    shared = charging.any(axis=1) & ~capped.any(axis=1) & (total_kw.numpy() > 0)
+    assert shared.sum() >= 2
+    np.testing.assert_allclose(_net_kw(params, obs, mean)[shared], total_kw.numpy()[shared],
+                               rtol=1e-4, atol=1e-3)
+    assert (mean[charging] <= 1.0 + 1e-6).all()
+    order = np.random.default_rng(3).permutation(params.num_ports)
+    np.testing.assert_allclose(_mean_actions(policy, _permute_ports(params, obs, order)), mean[:, order],
+                               rtol=1e-5, atol=1e-6)
+    target = torch.as_tensor(np.where(obs[:, layout["occupied"]] > 0.5, 0.5, 0.0), dtype=torch.float32)
+    error = network.site_power_error(tensor, target)
+    error.backward()
+    assert error.item() > 0 and network.site_power_head.weight.grad.abs().sum() > 0
+    config = json.loads(json.dumps(policy.config()))
+    assert config["site_power"] is True
+    rebuilt = _policy(params, seed=5, **config)
+    rebuilt.load_state_dict(policy.state_dict())
+    np.testing.assert_array_equal(rebuilt.predict(obs, deterministic=True)[0],
+                                  policy.predict(obs, deterministic=True)[0])
+
+
+def test_cloning_fits_the_site_power_head_to_the_teachers_net_power():
+    from agents.imitation import clone
+
+    params = load_site("v2g_workplace")
+    policy = _policy(params, site_power=True)
+    obs = _observations(params, steps=40, num_envs=8)
+    layout = declared_layout(params).slices
+    target = np.where(obs[:, layout["occupied"]] > 0.5, 0.4, 0.0).astype(np.float32)
+    tensor, target_tensor = torch.as_tensor(obs), torch.as_tensor(target)
+    before = policy.mlp_extractor.site_power_error(tensor, target_tensor).item()
+    clone(policy, obs, target, epochs=200, batch_size=8, learning_rate=3e-3)
+    with torch.no_grad():
+        after = policy.mlp_extractor.site_power_error(tensor, target_tensor).item()
+    assert after < 0.05 * before
+    np.testing.assert_allclose(_net_kw(params, obs, policy.predict(obs, deterministic=True)[0]),
+                               _net_kw(params, obs, target), rtol=0.05, atol=1.0)
