@@ -89,3 +89,30 @@ class _LaxityFill:
         if self.orders is None:
             self.orders = fill_orders(self.params, self.laxity)
         return fill_in_order(self.params, self.laxity, request_kw, self.room_kw, orders=self.orders)
+
+
+class GuardedPolicy:
+    """Any policy with the baselines' ``predict`` protocol, acting behind a ``DeadlineGuard``.
+
+    ``begin(params, episode)`` passes the site on (to the inner policy's own ``begin`` too) and
+    builds the guard for it; ``predict(obs)`` returns the guard's ``apply`` of the inner
+    policy's actions. It measures what a margin costs a planner (MPC behind the guard is the
+    ceiling of a clone of MPC behind it: ``scripts/bench_guard.py``).
+    """
+
+    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True):
+        self.policy = policy
+        self.margin_hours, self.fit_headroom = float(margin_hours), bool(fit_headroom)
+        self.guard: DeadlineGuard | None = None
+
+    def begin(self, params: SiteParams, episode) -> None:
+        begin = getattr(self.policy, "begin", None)
+        if callable(begin):
+            begin(params, episode)
+        self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        if self.guard is None:
+            raise ConfigError("call begin(params, episode) with the site before predict")
+        actions, _ = self.policy.predict(observation, deterministic=deterministic)
+        return self.guard.apply(observation, actions), None

@@ -77,3 +77,41 @@ def test_a_wrong_observation_shape_is_refused_as_before():
     guard = DeadlineGuard(load_site("caltech"), 1.0, True)
     with pytest.raises(ValueError, match="observation has shape"):
         guard.apply(np.zeros(5, dtype=np.float32), np.zeros(54, dtype=np.float32))
+
+
+def test_a_guarded_policy_is_its_policy_behind_the_guard():
+    from agents.baselines import Uncontrolled
+    from agents.evaluate import episodes_for, run_policies
+    from agents.guards import GuardedPolicy
+    from envs.errors import ConfigError
+
+    params = load_site("caltech", horizon_steps=48, start_hour=6)
+    episode = generator_for(params).sample(params, np.random.default_rng(3), 2)
+    state = reset(params, episode)
+    inner = AsLateAsPossible(params)
+    guarded = GuardedPolicy(inner, margin_hours=1.0, fit_headroom=False)
+    with pytest.raises(ConfigError, match="begin"):
+        guarded.predict(observe(params, state))
+    guarded.begin(params, episode)
+    guard = DeadlineGuard(params, 1.0)
+    for _ in range(30):
+        obs = observe(params, state)
+        actions = np.random.default_rng(state.t).uniform(-1, 1, (2, params.num_ports)).astype(np.float32)
+        noisy = GuardedPolicy(_Fixed(actions), 1.0, fit_headroom=False)
+        noisy.begin(params, episode)
+        np.testing.assert_array_equal(noisy.predict(obs)[0], guard.apply(obs, actions))
+        state = step(params, state, guarded.predict(obs)[0])[0]
+    result = run_policies({"uncontrolled": Uncontrolled(params),
+                           "behind": GuardedPolicy(Uncontrolled(params), 1.0, fit_headroom=False)},
+                          params, episodes_for(params, None, 2, 5))
+    assert not result.failures
+    kpis = result.per_episode
+    np.testing.assert_array_equal(kpis.loc["behind", "reward_eur"], kpis.loc["uncontrolled", "reward_eur"])
+
+
+class _Fixed:
+    def __init__(self, actions):
+        self.actions = actions
+
+    def predict(self, observation, deterministic=True):
+        return self.actions, None
