@@ -31,8 +31,13 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc": (["experiment=clone_mpc"], False),
     "clone_mpc_ppo": (["experiment=clone_mpc"], True),
     "clone_mpc_1h": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0"], False),
+    "clone_mpc_ft": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
+                      "+agent.policy_kwargs.occupied_likelihood=true"], True),
     "clone_mpc_site": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
                         "+agent.policy_kwargs.site_power=true"], False),
+}
+STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
+    "clone_mpc_ft": "clone_mpc",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
@@ -45,6 +50,8 @@ def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path) -> 
                  "checkpoint_freq=0", "keep_checkpoints=1"]
     if reinforced:
         overrides += [f"total_timesteps={timesteps}", f"eval_freq={max(timesteps // 4, 1)}"]
+    if variant in STARTS_FROM:
+        overrides.append(f"init_policy={out / site / STARTS_FROM[variant] / f'seed_{seed}'}")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=True)
     run_dir = out / site / variant / f"seed_{seed}"
