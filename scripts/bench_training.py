@@ -4,6 +4,7 @@
     python scripts/bench_training.py --steps 12288 --site jpl --policies per_port
     python scripts/bench_training.py --threads 2          # torch on two threads per process
     python scripts/bench_training.py --policies per_port --batch-size 4096 --epochs 5   # a cheaper update
+    python scripts/bench_training.py --policies per_port per_port_occupied   # likelihood over plugged ports
 
 PPO uses the settings of ``configs/agent/ppo.yaml`` (n_steps 96, batch 1024, 10 epochs; the MLP
 is 2 x 256). Each policy learns in a fresh process with torch on one thread. The time splits
@@ -46,9 +47,10 @@ def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threa
     torch.set_num_threads(threads)
     env = SmartChargingVecEnv(num_envs=num_envs, site=site, step_info=False)
     settings = {**PPO_SETTINGS, "batch_size": batch_size, "n_epochs": epochs}
-    if policy == "per_port":
+    if policy.startswith("per_port"):
         model = PPO(PerPortPolicy, env, seed=seed, **settings,
-                    policy_kwargs={"site": env.params, "log_std_init": -0.5})
+                    policy_kwargs={"site": env.params, "log_std_init": -0.5,
+                                   "occupied_likelihood": policy == "per_port_occupied"})
     else:
         model = PPO("MlpPolicy", env, seed=seed, **settings,
                     policy_kwargs={"net_arch": [256, 256], "log_std_init": -0.5})
@@ -77,7 +79,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4 * 96 * 64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--policies", nargs="+", default=["per_port", "mlp"], choices=["per_port", "mlp"])
+    parser.add_argument("--policies", nargs="+", default=["per_port", "mlp"],
+                        choices=["per_port", "per_port_occupied", "mlp"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     parser.add_argument("--batch-size", type=int, default=PPO_SETTINGS["batch_size"])
     parser.add_argument("--epochs", type=int, default=PPO_SETTINGS["n_epochs"])
@@ -97,7 +100,7 @@ def main() -> None:
         line = output.strip().splitlines()[-1]
         results[policy] = json.loads(line)
         print(line, flush=True)
-    if len(results) == 2:
+    if {"per_port", "mlp"} <= set(results):
         ratio = results["per_port"]["steps_per_s"] / results["mlp"]["steps_per_s"]
         print(f"per-port / MLP steps/s: {ratio:.2f}")
 
