@@ -42,11 +42,11 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
 
-def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path) -> dict:
+def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, site_overrides=()) -> dict:
     from agents.train import train
 
     variant_overrides, reinforced = VARIANTS[variant]
-    overrides = [f"site={site}", *variant_overrides, f"seed={seed}", "progress_bar=false",
+    overrides = [f"site={site}", *site_overrides, *variant_overrides, f"seed={seed}", "progress_bar=false",
                  "checkpoint_freq=0", "keep_checkpoints=1"]
     if reinforced:
         overrides += [f"total_timesteps={timesteps}", f"eval_freq={max(timesteps // 4, 1)}"]
@@ -61,14 +61,15 @@ def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path) -> 
     return metrics
 
 
-def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_optimum: bool = True):
+def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_optimum: bool = True,
+               site_overrides=()):
     from hydra.utils import instantiate
 
     from agents import load_policy
     from agents.evaluate import episodes_for, run_policies
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"site={site}"])
+        cfg = compose(config_name="evaluate", overrides=[f"site={site}", *site_overrides])
     from envs.site import load_site
 
     params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
@@ -113,6 +114,9 @@ def main() -> None:
                         help="transfer sites scored without MPC and the optimum (too large to plan here): "
                              "the table compares rewards")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "learning")
+    parser.add_argument("--site-overrides", nargs="*", default=[],
+                        help="Hydra overrides of the site for training and scoring alike, e.g. "
+                             "+site.overrides.forecast_steps=24 (use another --out)")
     parser.add_argument("--score-only", action="store_true", help="score the runs already under --out")
     args = parser.parse_args()
     for site in args.sites:
@@ -123,20 +127,21 @@ def main() -> None:
                 run_dir = args.out / site / variant / f"seed_{seed}"
                 if not args.score_only:
                     start = time.perf_counter()
-                    train_run(site, variant, seed, args.timesteps, args.out)
+                    train_run(site, variant, seed, args.timesteps, args.out, args.site_overrides)
                     print(f"{site} {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
                 if args.score_only and not (run_dir / "metrics.json").exists():
                     continue  # a variant not run for this seed
                 runs[name] = run_dir
                 metrics[name] = json.loads((run_dir / "metrics.json").read_text())
-        summary = score_runs(site, runs, args.test_episodes, args.test_seed)
+        summary = score_runs(site, runs, args.test_episodes, args.test_seed,
+                             site_overrides=args.site_overrides)
         text = table(summary, runs, metrics)
         (args.out / site).mkdir(parents=True, exist_ok=True)
         (args.out / site / "results.md").write_text(text)
         print(f"\n{site}, {args.test_episodes} test days (seed {args.test_seed}):\n{text}", flush=True)
         for other in args.transfer:
             summary = score_runs(other, runs, args.test_episodes, args.test_seed,
-                                 with_optimum=other not in args.unplanned)
+                                 with_optimum=other not in args.unplanned, site_overrides=args.site_overrides)
             text = table(summary, runs, {})
             (args.out / site / f"transfer_{other}.md").write_text(text)
             print(f"\n{site} policies on {other}:\n{text}", flush=True)
