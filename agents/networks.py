@@ -47,11 +47,16 @@ class PerPortNetwork(nn.Module):
     discharging the ports asked for meets that total where the caps allow: the ports share
     out a total that one head decides, instead of adding up independent errors (a demand
     charge pays for the site's peak, not the ports').
+
+    With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
+    occupied ports of its env (one multi-head self-attention layer, residual, no position
+    encoding), so a port's decision can depend on which other EVs compete with it, beyond what
+    the pooled summary carries; equivariance and site-size independence are kept.
     Site-derived index arrays and scales are non-persistent buffers, rebound by ``set_site``.
     """
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
-                 activation: str, head_layers: int = 1, site_power: bool = False):
+                 activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
@@ -68,6 +73,8 @@ class PerPortNetwork(nn.Module):
                             else None)
         self.action_head = nn.Linear(hidden_dim, 1)
         self.site_power_head = nn.Linear(hidden_dim, 1) if site_power else None
+        self.attention = (nn.MultiheadAttention(embed_dim, int(attention_heads), batch_first=True)
+                          if int(attention_heads) > 0 else None)
         self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
         self.activation = ACTIVATIONS[activation]()
         self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
@@ -131,6 +138,8 @@ class PerPortNetwork(nn.Module):
         rows = occupied.reshape(-1).nonzero().squeeze(1)
         env = torch.div(rows, p, rounding_mode="floor")
         embedded = self.activation(self.encoder(ports.reshape(b * p, -1).index_select(0, rows)))
+        if self.attention is not None:
+            embedded = embedded + self._attend(embedded, rows, occupied)
         limits_kw = tuple(obs.index_select(1, columns).reshape(-1).index_select(0, rows).clamp(min=0.0)
                           for columns in (self.max_charge_columns, self.max_discharge_columns))
         count = occupied.sum(dim=1, keepdim=True).to(embedded.dtype)
@@ -142,6 +151,17 @@ class PerPortNetwork(nn.Module):
             index = env.unsqueeze(1).expand(-1, embedded.shape[1])
             pooled.append(zeros.scatter_reduce(0, index, embedded, "amax", include_self=False))
         return (embedded, rows, env, limits_kw), torch.cat([*pooled, count / p, site], dim=1)
+
+    def _attend(self, embedded: torch.Tensor, rows: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+        """Self-attention among each env's occupied ports (M, E); an env with no EV attends to a
+        placeholder, which no occupied row reads."""
+        b, p = occupied.shape
+        padded = embedded.new_zeros((b * p, embedded.shape[1])).index_copy(0, rows, embedded)
+        padded = padded.view(b, p, -1)
+        ignored = ~occupied
+        ignored[:, 0] &= occupied.any(dim=1)
+        attended, _ = self.attention(padded, padded, padded, key_padding_mask=ignored, need_weights=False)
+        return attended.reshape(b * p, -1).index_select(0, rows)
 
     def _actor(self, ports, summary: torch.Tensor) -> torch.Tensor:
         embedded, rows, env, limits_kw = ports
@@ -235,6 +255,8 @@ class PerPortPolicy(ActorCriticPolicy):
       action mean.
     * ``site_power`` (False): a site head sets the EVs' net power for the whole site and the
       ports' charging is scaled to it (``PerPortNetwork``).
+    * ``attention_heads`` (0): > 0 adds self-attention among the occupied ports, with that many
+      heads (``embed_dim`` must be a multiple of it).
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     * ``occupied_likelihood`` (False): an action's log-probability and entropy sum over the
       occupied ports only. An empty port's action changes nothing, so its noise only adds
@@ -261,7 +283,7 @@ class PerPortPolicy(ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
-                 site_power: bool = False,
+                 site_power: bool = False, attention_heads: int = 0,
                  log_std_init: float = 0.0, ortho_init: bool = True, use_sde: bool = False,
                  occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
@@ -278,7 +300,8 @@ class PerPortPolicy(ActorCriticPolicy):
         self.occupied_likelihood = bool(occupied_likelihood)
         self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
                                "pooling": [str(p) for p in pooling], "activation": activation,
-                               "head_layers": int(head_layers), "site_power": bool(site_power)}
+                               "head_layers": int(head_layers), "site_power": bool(site_power),
+                               "attention_heads": int(attention_heads)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

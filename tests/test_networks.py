@@ -315,3 +315,28 @@ def test_cloning_fits_the_site_power_head_to_the_teachers_net_power():
     assert after < 0.05 * before
     np.testing.assert_allclose(_net_kw(params, obs, policy.predict(obs, deterministic=True)[0]),
                                _net_kw(params, obs, target), rtol=0.05, atol=1.0)
+
+
+def test_attention_among_ports_keeps_equivariance_and_exports():
+    params = load_site("caltech")
+    policy = _policy(params, ortho_init=False, attention_heads=2)
+    obs = _observations(params, steps=44, num_envs=4)
+    obs[3] = 0.0  # an env with no EV plugged in
+    order = np.random.default_rng(4).permutation(params.num_ports)
+    mean = _mean_actions(policy, obs)
+    assert np.isfinite(mean).all() and (mean[3] == 0).all()
+    np.testing.assert_allclose(_mean_actions(policy, _permute_ports(params, obs, order)), mean[:, order],
+                               rtol=1e-5, atol=1e-6)
+    alone = _observations(params, steps=44, num_envs=4)[:1]
+    np.testing.assert_allclose(_mean_actions(policy, alone), mean[:1], rtol=1e-5, atol=1e-6)
+    config = json.loads(json.dumps(policy.config()))
+    assert config["attention_heads"] == 2
+    actor = deterministic_actor(policy)
+    tensor = torch.as_tensor(obs)
+    exported = torch.export.export(actor, (tensor[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with torch.no_grad():
+        np.testing.assert_allclose(exported.module()(tensor).numpy(), actor(tensor).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    jpl = load_site("jpl")
+    policy.set_site(jpl)
+    assert policy.predict(np.zeros((2, declared_layout(jpl).size), dtype=np.float32))[0].shape == (2, 52)
