@@ -28,6 +28,27 @@ def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class PortAttention(nn.Module):
+    """Multi-head self-attention over a site's ports (B, P, E), skipping the ``ignored`` (B, P)
+    keys; plain matrix products and a softmax, so that it exports to ONNX."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embed_dim {dim} must be a multiple of attention_heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, ports: torch.Tensor, ignored: torch.Tensor) -> torch.Tensor:
+        b, p, e = ports.shape
+        q, k, v = self.qkv(ports).view(b, p, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / float(np.sqrt(e // self.heads))
+        scores = scores.masked_fill(ignored[:, None, None, :], -1e9)
+        mixed = torch.softmax(scores, dim=-1) @ v
+        return self.out(mixed.transpose(1, 2).reshape(b, p, e))
+
+
 class PerPortNetwork(nn.Module):
     """Scores every port with one shared MLP; pools the ports into a site summary and a value.
 
@@ -73,8 +94,7 @@ class PerPortNetwork(nn.Module):
                             else None)
         self.action_head = nn.Linear(hidden_dim, 1)
         self.site_power_head = nn.Linear(hidden_dim, 1) if site_power else None
-        self.attention = (nn.MultiheadAttention(embed_dim, int(attention_heads), batch_first=True)
-                          if int(attention_heads) > 0 else None)
+        self.attention = PortAttention(embed_dim, int(attention_heads)) if int(attention_heads) > 0 else None
         self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
         self.activation = ACTIVATIONS[activation]()
         self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
@@ -158,10 +178,9 @@ class PerPortNetwork(nn.Module):
         b, p = occupied.shape
         padded = embedded.new_zeros((b * p, embedded.shape[1])).index_copy(0, rows, embedded)
         padded = padded.view(b, p, -1)
-        ignored = ~occupied
-        ignored[:, 0] &= occupied.any(dim=1)
-        attended, _ = self.attention(padded, padded, padded, key_padding_mask=ignored, need_weights=False)
-        return attended.reshape(b * p, -1).index_select(0, rows)
+        first = ~occupied[:, :1] & occupied.any(dim=1, keepdim=True)
+        ignored = torch.cat([first, ~occupied[:, 1:]], dim=1)
+        return self.attention(padded, ignored).reshape(b * p, -1).index_select(0, rows)
 
     def _actor(self, ports, summary: torch.Tensor) -> torch.Tensor:
         embedded, rows, env, limits_kw = ports
@@ -178,21 +197,22 @@ class PerPortNetwork(nn.Module):
         return mean.scatter(0, rows, port_mean).reshape(summary.shape[0], -1)
 
     @staticmethod
-    def _site_sums(values: torch.Tensor, env: torch.Tensor, batch: int) -> torch.Tensor:
-        return values.new_zeros(batch).index_add(0, env, values)
+    def _site_sums(values: torch.Tensor, env: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(B,) sums per env of the occupied ports' ``values`` (M,); ``like`` is any (B,) tensor."""
+        return torch.zeros_like(like).index_add(0, env, values)
 
     def _site_total_kw(self, site_context, env, limits_kw) -> torch.Tensor:
         """(B,) the site head's net EV power: a share of the summed charge (or discharge) power."""
         share = torch.tanh(self.site_power_head(site_context).squeeze(1))
-        charge_kw, discharge_kw = (self._site_sums(kw, env, len(share)) for kw in limits_kw)
+        charge_kw, discharge_kw = (self._site_sums(kw, env, share) for kw in limits_kw)
         return torch.where(share >= 0, share * charge_kw, share * discharge_kw)
 
     def _share_out(self, port_mean, total_kw, env, limits_kw) -> torch.Tensor:
         """Occupied ports' actions (M,) after scaling their charging to the site's total."""
         charge_cap, discharge_cap = limits_kw
         charge_kw = torch.relu(port_mean) * charge_cap
-        discharging_kw = self._site_sums(torch.relu(-port_mean) * discharge_cap, env, len(total_kw))
-        asked_kw = self._site_sums(charge_kw, env, len(total_kw))
+        discharging_kw = self._site_sums(torch.relu(-port_mean) * discharge_cap, env, total_kw)
+        asked_kw = self._site_sums(charge_kw, env, total_kw)
         factor = (total_kw + discharging_kw).clamp(min=0.0) / asked_kw.clamp(min=1e-3)
         granted_kw = torch.minimum(charge_kw * factor.index_select(0, env), charge_cap)
         return torch.where(port_mean > 0, granted_kw / charge_cap.clamp(min=1e-6), port_mean)
@@ -205,8 +225,8 @@ class PerPortNetwork(nn.Module):
         charge_cap, discharge_cap = limits_kw
         target = target_actions.reshape(-1).index_select(0, rows).clamp(-1.0, 1.0)
         target_kw = self._site_sums(torch.where(target > 0, target * charge_cap, target * discharge_cap),
-                                    env, len(total_kw))
-        scale = self._site_sums(charge_cap, env, len(total_kw)).clamp(min=1.0)
+                                    env, total_kw)
+        scale = self._site_sums(charge_cap, env, total_kw).clamp(min=1.0)
         return (((total_kw - target_kw) / scale) ** 2).mean()
 
     def forward_actor(self, obs: torch.Tensor) -> torch.Tensor:

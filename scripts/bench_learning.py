@@ -33,6 +33,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_1h": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0"], False),
     "clone_mpc_ft": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
                       "+agent.policy_kwargs.occupied_likelihood=true"], True),
+    "clone_mpc_long": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0", "imitation.episodes=512",
+                        "imitation.dagger_rounds=4", "imitation.dagger_episodes=128"], False),
     "clone_mpc_attention": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
                              "+agent.policy_kwargs.attention_heads=2"], False),
     "clone_mpc_site": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",

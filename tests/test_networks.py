@@ -340,3 +340,19 @@ def test_attention_among_ports_keeps_equivariance_and_exports():
     jpl = load_site("jpl")
     policy.set_site(jpl)
     assert policy.predict(np.zeros((2, declared_layout(jpl).size), dtype=np.float32))[0].shape == (2, 52)
+
+
+@pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True}])
+def test_the_options_export_to_onnx(option, tmp_path):
+    from agents.export.onnx_graph import write_onnx
+    from agents.export.writer import onnx_actions
+
+    params = load_site("v2g_workplace")
+    policy = _policy(params, ortho_init=False, **option)
+    obs = _observations(params, steps=44, num_envs=4)
+    obs[3] = 0.0
+    actor = deterministic_actor(policy)
+    path = write_onnx(actor, obs[:2], params.num_ports, tmp_path / "policy.onnx")
+    with torch.no_grad():
+        expected = actor(torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(onnx_actions(path, obs), expected, rtol=1e-5, atol=1e-5)
