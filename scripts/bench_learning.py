@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from learning_days import ROOT, TEST_EPISODES, TEST_SEED, ScoredSite
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
@@ -67,22 +67,13 @@ def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, sit
 
 def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_optimum: bool = True,
                site_overrides=()):
-    from hydra.utils import instantiate
-
     from agents import load_policy
-    from agents.evaluate import episodes_for, run_policies
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"site={site}", *site_overrides])
-    from envs.site import load_site
-
-    params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
+    scored = ScoredSite(site, site_overrides)
     planners = ["model_predictive_control", "offline_optimal"] if with_optimum else []
-    wanted = ["uncontrolled", *RULES, *planners]
-    policies = {name: instantiate(cfg.policies[name], _partial_=True)(params=params) for name in wanted}
+    policies = {name: scored.reference(name) for name in ["uncontrolled", *RULES, *planners]}
     policies.update({name: load_policy(path) for name, path in runs.items()})
-    result = run_policies(policies, params, episodes_for(params, None, episodes, seed))
-    return result.summary()
+    return scored.summary(policies, episodes, seed)
 
 
 def table(summary, runs: dict[str, Path], metrics: dict[str, dict]) -> str:
@@ -111,8 +102,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["bc", "bc_ppo"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=400_000, help="RL steps of the PPO variants")
-    parser.add_argument("--test-episodes", type=int, default=28)
-    parser.add_argument("--test-seed", type=int, default=1000)
+    parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=TEST_SEED)
     parser.add_argument("--transfer", nargs="*", default=[], help="sites to run the first site's policies on")
     parser.add_argument("--unplanned", nargs="*", default=["city"],
                         help="transfer sites scored without MPC and the optimum (too large to plan here): "

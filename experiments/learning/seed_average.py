@@ -12,11 +12,20 @@ the average scores above its members, their errors are partly independent noise 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _learning_days():
+    """``scripts/learning_days.py``, the learning benchmarks' site, references and score table."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import learning_days
+
+    return learning_days
 
 
 class MeanAction:
@@ -34,28 +43,20 @@ class MeanAction:
 
 
 def main() -> None:
+    days = _learning_days()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="caltech")
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--margin", type=float, default=1.5)
-    parser.add_argument("--test-episodes", type=int, default=28)
-    parser.add_argument("--test-seed", type=int, default=1000)
+    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from agents import load_policy
-    from agents.evaluate import episodes_for, run_policies
     from agents.guards import GuardedPolicy
-    from envs.site import load_site
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"site={args.site}", "policies=with_optimum"])
-    params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
-    policies = {name: instantiate(cfg.policies[name], _partial_=True)(params=params)
-                for name in ("uncontrolled", "offline_optimal")}
+    site = days.ScoredSite(args.site)
+    policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
     members = []
     for path in args.runs:
         policies[str(path)] = load_policy(path)
@@ -63,14 +64,7 @@ def main() -> None:
         member.config["deadline_guard_hours"] = None
         members.append(member)
     policies["average"] = GuardedPolicy(MeanAction(members), args.margin)
-    episodes = episodes_for(params, None, args.test_episodes, args.test_seed)
-    summary = run_policies(policies, params, episodes).summary()
-    print("| policy | score | unmet % | reward EUR/day |\n|---|---|---:|---:|")
-    for name in policies:
-        row = summary.loc[name]
-        print(f"| {name} | {row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}] | "
-              f"{row['unmet_pct']:.2f} | {row['reward_eur']:.2f} |")
-
+    print(days.score_rows(site.summary(policies, args.test_episodes, args.test_seed), policies))
 
 if __name__ == "__main__":
     main()

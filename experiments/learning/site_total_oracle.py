@@ -13,11 +13,20 @@ every step.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _learning_days():
+    """``scripts/learning_days.py``, the learning benchmarks' site, references and score table."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import learning_days
+
+    return learning_days
 
 
 def _share(total_kw: np.ndarray, room_kw: np.ndarray, grant_kw: np.ndarray) -> np.ndarray:
@@ -78,44 +87,26 @@ class SiteTotalOracle:
 
 
 def main() -> None:
+    days = _learning_days()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="v2g_workplace")
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.1])
-    parser.add_argument("--test-episodes", type=int, default=28)
-    parser.add_argument("--test-seed", type=int, default=1000)
+    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from agents import load_policy
-    from agents.evaluate import episodes_for, run_policies
-    from envs.site import load_site
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"site={args.site}", "policies=with_optimum"])
-    params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
-
-    def planned(name):
-        return instantiate(cfg.policies[name], _partial_=True)(params=params)
-
+    site = days.ScoredSite(args.site)
     references = ("uncontrolled", "offline_optimal", "model_predictive_control")
-    policies = {name: planned(name) for name in references}
+    policies = {name: site.reference(name) for name in references}
     policies["clone"] = load_policy(args.run)
     for noise in args.noise:
         policies[f"clone at MPC's net power, error {noise:g}"] = SiteTotalOracle(
-            load_policy(args.run), planned("model_predictive_control"), args.margin, noise)
-    episodes = episodes_for(params, None, args.test_episodes, args.test_seed)
-    summary = run_policies(policies, params, episodes).summary()
-    print("| policy | score | unmet % | reward EUR/day |\n|---|---|---:|---:|")
-    for name in policies:
-        row = summary.loc[name]
-        print(f"| {name} | {row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}] | "
-              f"{row['unmet_pct']:.2f} | {row['reward_eur']:.2f} |")
-
+            load_policy(args.run), site.reference("model_predictive_control"), args.margin, noise)
+    print(days.score_rows(site.summary(policies, args.test_episodes, args.test_seed), policies))
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ disagree about charging (above 0.5 kW or not).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _learning_days():
+    """``scripts/learning_days.py``, the learning benchmarks' site, references and score table."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import learning_days
+
+    return learning_days
+
+
 def main() -> None:
+    days = _learning_days()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="v2g_workplace")
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--margin", type=float, default=1.0)
-    parser.add_argument("--test-episodes", type=int, default=28)
-    parser.add_argument("--test-seed", type=int, default=1000)
+    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
     args = parser.parse_args()
-
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from agents import load_policy
     from agents.baselines import AsLateAsPossible
@@ -38,15 +44,12 @@ def main() -> None:
     from agents.guards import GuardedPolicy
     from envs.core import reset, step
     from envs.observation import observe
-    from envs.site import load_site
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"site={args.site}", "policies=with_optimum"])
-    params = load_site(cfg.site.preset, **OmegaConf.to_container(cfg.site.overrides))
+    site = days.ScoredSite(args.site)
+    params = site.params
     episodes = episodes_for(params, None, args.test_episodes, args.test_seed)
     clone = load_policy(args.run)
-    mpc = instantiate(cfg.policies["model_predictive_control"], _partial_=True)(params=params)
-    teacher = GuardedPolicy(mpc, args.margin)
+    teacher = GuardedPolicy(site.reference("model_predictive_control"), args.margin)
     clone.begin(params, episodes)
     teacher.begin(params, episodes)
     field = AsLateAsPossible(params).field

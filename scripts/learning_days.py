@@ -1,0 +1,54 @@
+"""The learning benchmarks' common ground: a site as `configs/evaluate.yaml` composes it, its
+reference policies, its held-out test days and a markdown row per scored policy.
+
+Imported by ``scripts/bench_learning.py``, ``scripts/bench_guard.py`` and the analysis scripts of
+``experiments/learning/`` (which put this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_SEED = 1000
+TEST_EPISODES = 28
+
+
+class ScoredSite:
+    """The site ``site`` with ``overrides`` (Hydra overrides of the ``evaluate`` config), its
+    ``params``, and ``reference(name)``: a fresh policy of ``configs/policies/with_optimum.yaml``
+    (uncontrolled, the rules, MPC, the offline optimum) built for it."""
+
+    def __init__(self, site: str, overrides: Sequence[str] = ()):
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        from envs.site import load_site
+
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            self.cfg = compose(config_name="evaluate", overrides=[f"site={site}", *overrides])
+        self.params = load_site(self.cfg.site.preset, **OmegaConf.to_container(self.cfg.site.overrides))
+
+    def reference(self, name: str):
+        from hydra.utils import instantiate
+
+        return instantiate(self.cfg.policies[name], _partial_=True)(params=self.params)
+
+    def summary(self, policies: dict, episodes: int = TEST_EPISODES, seed: int = TEST_SEED):
+        """``agents.evaluate.run_policies(...).summary()`` of ``policies`` on the test days."""
+        from agents.evaluate import episodes_for, run_policies
+
+        return run_policies(policies, self.params, episodes_for(self.params, None, episodes, seed)).summary()
+
+
+def score_rows(summary, names: Iterable[str]) -> str:
+    """A markdown table of score (with interval), unmet energy, overload and reward for ``names``."""
+    lines = ["| policy | score | unmet % | overload requested kWh | reward EUR/day |",
+             "|---|---|---:|---:|---:|"]
+    for name in names:
+        row = summary.loc[name]
+        lines.append(f"| {name} | {row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}] | "
+                     f"{row['unmet_pct']:.2f} | {row['overload_requested_kwh']:.2f} | "
+                     f"{row['reward_eur']:.2f} |")
+    return "\n".join(lines)
