@@ -81,6 +81,8 @@ class PerPortNetwork(nn.Module):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
+        if int(attention_heads) < 0:
+            raise ValueError(f"attention_heads must be >= 0, got {attention_heads!r}")
         layout = declared_layout(site)
         self.port_width = len(layout.port_fields) + NODE_CONTEXT
         self.site_width = len(layout.site_columns)

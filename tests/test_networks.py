@@ -337,6 +337,10 @@ def test_attention_among_ports_keeps_equivariance_and_exports():
     with torch.no_grad():
         np.testing.assert_allclose(exported.module()(tensor).numpy(), actor(tensor).numpy(),
                                    rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_heads"):
+        _policy(params, attention_heads=-1)
+    with pytest.raises(ValueError, match="multiple of attention_heads"):
+        _policy(params, attention_heads=3)
     jpl = load_site("jpl")
     policy.set_site(jpl)
     assert policy.predict(np.zeros((2, declared_layout(jpl).size), dtype=np.float32))[0].shape == (2, 52)
