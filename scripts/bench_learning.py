@@ -39,11 +39,13 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                              "+agent.policy_kwargs.attention_heads=2"], False),
     "clone_mpc_site": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
                         "+agent.policy_kwargs.site_power=true"], False),
+    "clone_mpc_12h": (["experiment=clone_mpc_12h"], False),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
+TEACHER_12H = "mpc_12h (clone_mpc_12h's teacher)"
 
 
 def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, site_overrides=()) -> dict:
@@ -72,8 +74,19 @@ def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_
     scored = ScoredSite(site, site_overrides)
     planners = ["model_predictive_control", "offline_optimal"] if with_optimum else []
     policies = {name: scored.reference(name) for name in ["uncontrolled", *RULES, *planners]}
+    if with_optimum:
+        policies[TEACHER_12H] = experiment_teacher("clone_mpc_12h", site, scored.params)
     policies.update({name: load_policy(path) for name, path in runs.items()})
     return scored.summary(policies, episodes, seed)
+
+
+def experiment_teacher(experiment: str, site: str, params):
+    """The imitation teacher of ``experiment`` (a training config), built for ``params``."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"site={site}", f"experiment={experiment}"])
+    return instantiate(cfg.imitation.teacher, _partial_=True)(params=params)
 
 
 def table(summary, runs: dict[str, Path], metrics: dict[str, dict]) -> str:
@@ -83,8 +96,8 @@ def table(summary, runs: dict[str, Path], metrics: dict[str, dict]) -> str:
     lines = ["| policy | score | unmet % | overload requested kWh | grid violation kWh | reward EUR/day "
              "| training s |", "|---|---|---:|---:|---:|---:|---:|"]
     for name in summary.index:
-        if name not in runs and name not in (best_rule, "model_predictive_control", "offline_optimal",
-                                             "uncontrolled"):
+        if name not in runs and name not in (best_rule, "model_predictive_control", TEACHER_12H,
+                                             "offline_optimal", "uncontrolled"):
             continue
         row = summary.loc[name]
         score = (f"{row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}]"

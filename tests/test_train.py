@@ -67,6 +67,18 @@ def test_every_experiment_overlays_the_run_config(experiment):
     assert site_params(cfg).num_ports >= 1
 
 
+def test_clone_mpc_12h_is_clone_mpc_with_a_longer_window_and_a_harder_fit():
+    base, tuned = train_config("experiment=clone_mpc"), train_config("experiment=clone_mpc_12h")
+    assert tuned["imitation"]["teacher"]["horizon_steps"] == 48
+    assert tuned["imitation"]["teacher"]["departure_margin_hours"] == 1.5
+    assert tuned["env"]["deadline_guard_hours"] == 1.0
+    assert tuned["agent"]["policy_kwargs"]["hidden_dim"] > base["agent"]["policy_kwargs"]["hidden_dim"]
+    assert tuned["imitation"]["episodes"] > base["imitation"]["episodes"]
+    kept = ("dagger_rounds", "dagger_epochs", "seed", "final_learning_rate")
+    assert {key: tuned["imitation"][key] for key in kept} == {key: base["imitation"][key] for key in kept}
+    assert tuned["agent"]["learning_rate"] == base["agent"]["learning_rate"]
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_every_launcher_config_composes(launcher):
     cfg = train_config(f"hydra/launcher={launcher}", hydra_config=True)
