@@ -40,12 +40,13 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_site": (["experiment=clone_mpc", "env.deadline_guard_hours=1.0",
                         "+agent.policy_kwargs.site_power=true"], False),
     "clone_mpc_12h": (["experiment=clone_mpc_12h"], False),
+    "clone_mpc_12h_m1": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"], False),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
-TEACHER_12H = "mpc_12h (clone_mpc_12h's teacher)"
+REFERENCE_MPC = {"horizon_steps": 24, "departure_margin_hours": 1.0}  # configs/policies/with_optimum.yaml
 
 
 def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, site_overrides=()) -> dict:
@@ -68,25 +69,35 @@ def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, sit
 
 
 def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_optimum: bool = True,
-               site_overrides=()):
+               site_overrides=(), variants=()):
     from agents import load_policy
 
     scored = ScoredSite(site, site_overrides)
     planners = ["model_predictive_control", "offline_optimal"] if with_optimum else []
     policies = {name: scored.reference(name) for name in ["uncontrolled", *RULES, *planners]}
     if with_optimum:
-        policies[TEACHER_12H] = experiment_teacher("clone_mpc_12h", site, scored.params)
+        policies.update(teachers(variants, site, scored.params))
     policies.update({name: load_policy(path) for name, path in runs.items()})
     return scored.summary(policies, episodes, seed)
 
 
-def experiment_teacher(experiment: str, site: str, params):
-    """The imitation teacher of ``experiment`` (a training config), built for ``params``."""
+def teachers(variants, site: str, params) -> dict:
+    """The MPC teachers of ``variants`` that plan otherwise than the reference MPC, by a name
+    that says how (``MPC 48 steps, 1.5 h margin``), built for ``params``."""
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"site={site}", f"experiment={experiment}"])
-    return instantiate(cfg.imitation.teacher, _partial_=True)(params=params)
+    out = {}
+    for variant in variants:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"site={site}", *VARIANTS[variant][0]])
+        teacher = (cfg.get("imitation") or {}).get("teacher") or {}
+        if not str(teacher.get("_target_", "")).endswith("ModelPredictiveControl"):
+            continue
+        plan = {key: float(teacher.get(key, value)) for key, value in REFERENCE_MPC.items()}
+        if plan != REFERENCE_MPC:
+            name = f"MPC {plan['horizon_steps']:.0f} steps, {plan['departure_margin_hours']:g} h margin"
+            out[name] = instantiate(teacher, _partial_=True)(params=params)
+    return out
 
 
 def table(summary, runs: dict[str, Path], metrics: dict[str, dict]) -> str:
@@ -96,8 +107,8 @@ def table(summary, runs: dict[str, Path], metrics: dict[str, dict]) -> str:
     lines = ["| policy | score | unmet % | overload requested kWh | grid violation kWh | reward EUR/day "
              "| training s |", "|---|---|---:|---:|---:|---:|---:|"]
     for name in summary.index:
-        if name not in runs and name not in (best_rule, "model_predictive_control", TEACHER_12H,
-                                             "offline_optimal", "uncontrolled"):
+        if name not in runs and not name.startswith("MPC ") and name not in (
+                best_rule, "model_predictive_control", "offline_optimal", "uncontrolled"):
             continue
         row = summary.loc[name]
         score = (f"{row['score']:.3f} [{row['score_low']:.3f}, {row['score_high']:.3f}]"
@@ -142,14 +153,15 @@ def main() -> None:
                 runs[name] = run_dir
                 metrics[name] = json.loads((run_dir / "metrics.json").read_text())
         summary = score_runs(site, runs, args.test_episodes, args.test_seed,
-                             site_overrides=args.site_overrides)
+                             site_overrides=args.site_overrides, variants=args.variants)
         text = table(summary, runs, metrics)
         (args.out / site).mkdir(parents=True, exist_ok=True)
         (args.out / site / "results.md").write_text(text)
         print(f"\n{site}, {args.test_episodes} test days (seed {args.test_seed}):\n{text}", flush=True)
         for other in args.transfer:
             summary = score_runs(other, runs, args.test_episodes, args.test_seed,
-                                 with_optimum=other not in args.unplanned, site_overrides=args.site_overrides)
+                                 with_optimum=other not in args.unplanned, site_overrides=args.site_overrides,
+                                 variants=args.variants)
             text = table(summary, runs, {})
             (args.out / site / f"transfer_{other}.md").write_text(text)
             print(f"\n{site} policies on {other}:\n{text}", flush=True)

@@ -1,0 +1,126 @@
+"""How well a clone fits its teacher, and what the fit is worth: cloning variants on one set of
+demonstrations, without an env in the loop.
+
+    .venv/bin/python experiments/learning/cloning_fit.py --site caltech --teacher-horizon 48 \
+        --teacher-margin 1.5 --variant base '{}' \
+        --variant wide_b256 '{"embed_dim": 64, "hidden_dim": 128, "batch_size": 256, "learning_rate": 0.003}'
+
+MPC (``--teacher-horizon`` steps, departures planned ``--teacher-margin`` hours early) labels
+``--days`` training days (the imitation seed, 800001) and 64 fresh days (seed 5555); each variant
+(a name and JSON: per-port network options, and ``epochs``, ``batch_size``, ``learning_rate``)
+is a fresh per-port policy cloned on the training days only (no DAgger, no critic), with the
+rate falling along a cosine to 1e-5. Printed per variant: the cloning seconds, the squared error
+of the mean action on plugged ports on training and fresh days (20,000 sampled steps each), and
+the score of its mean action behind the deadline guard (``--margin``) on the test days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+NETWORK = {"embed_dim": 32, "hidden_dim": 64, "pooling": ["mean", "max"], "activation": "tanh",
+           "log_std_init": -1.0, "head_layers": 2}
+CLONING = {"epochs": 40, "batch_size": 1024, "learning_rate": 1e-3}
+
+
+def _learning_days():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import learning_days
+
+    return learning_days
+
+
+class MeanAction:
+    """A policy's mean action, clipped to [-1, 1]: the clone as a deterministic predictor."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        import torch
+
+        with torch.no_grad():
+            obs = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+            mean = self.policy.get_distribution(obs).distribution.mean
+        return np.clip(mean.numpy(), -1.0, 1.0), None
+
+
+def squared_error(policy, observations: np.ndarray, actions: np.ndarray, occupied: slice) -> float:
+    """Mean squared error of the mean action on plugged ports, over up to 20,000 sampled steps."""
+    rows = np.random.default_rng(0).choice(len(observations), min(len(observations), 20_000), replace=False)
+    predicted, _ = MeanAction(policy).predict(observations[rows])
+    plugged = observations[rows][:, occupied] > 0.5
+    return float(((predicted - actions[rows]) ** 2)[plugged].mean())
+
+
+def main() -> None:
+    days = _learning_days()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", default="caltech")
+    parser.add_argument("--teacher-horizon", type=int, default=24)
+    parser.add_argument("--teacher-margin", type=float, default=1.0)
+    parser.add_argument("--days", type=int, default=256)
+    parser.add_argument("--margin", type=float, default=1.0, help="the scored clones' deadline guard, hours")
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batches")
+    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
+    args = parser.parse_args()
+
+    import torch
+    from gymnasium import spaces
+
+    from agents.evaluate import episodes_for
+    from agents.guards import GuardedPolicy
+    from agents.imitation import clone, collect_demonstrations
+    from agents.mpc import ModelPredictiveControl
+    from agents.networks import PerPortPolicy
+    from envs.observation import layout_size, observation_layout
+    from envs.reward import TERM_INDEX
+
+    torch.set_num_threads(1)
+    site = days.ScoredSite(args.site)
+    params = site.params
+    no_reward = np.zeros(len(TERM_INDEX))
+
+    def demonstrations(count: int, seed: int):
+        teacher = ModelPredictiveControl(params, horizon_steps=args.teacher_horizon,
+                                         departure_margin_hours=args.teacher_margin)
+        data = collect_demonstrations(teacher, params, episodes_for(params, None, count, seed), no_reward)
+        return data.observations, data.actions
+
+    train_obs, train_actions = demonstrations(args.days, 800_001)
+    fresh_obs, fresh_actions = demonstrations(64, 5555)
+    occupied = observation_layout(params)["occupied"]
+    observation_space = spaces.Box(-np.inf, np.inf, (layout_size(params),), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (params.num_ports,), np.float32)
+    policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
+    for name, text in args.variant:
+        options = json.loads(text)
+        cloning = {key: options.pop(key, value) for key, value in CLONING.items()}
+        torch.manual_seed(args.seed)
+        policy = PerPortPolicy(observation_space, action_space, lambda _: 1e-3, site=params,
+                               **{**NETWORK, **options})
+        start = time.perf_counter()
+        clone(policy, train_obs, train_actions, None, cloning["epochs"], cloning["batch_size"],
+              cloning["learning_rate"], seed=args.seed, final_learning_rate=1e-5)
+        print(f"{name}: cloned in {time.perf_counter() - start:.0f} s; squared error on plugged ports "
+              f"{squared_error(policy, train_obs, train_actions, occupied):.4f} (training days), "
+              f"{squared_error(policy, fresh_obs, fresh_actions, occupied):.4f} (fresh days)", flush=True)
+        policies[name] = GuardedPolicy(MeanAction(policy), args.margin)
+    summary = site.summary(policies, args.test_episodes, args.test_seed)
+    print(f"\n{args.site}, teacher MPC {args.teacher_horizon} steps with a {args.teacher_margin:g} h margin, "
+          f"{args.days} days; clones behind a {args.margin:g} h guard, {args.test_episodes} test days "
+          f"(seed {args.test_seed}):")
+    print(days.score_rows(summary, policies))
+
+
+if __name__ == "__main__":
+    main()
