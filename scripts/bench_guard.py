@@ -2,10 +2,12 @@
 
     python scripts/bench_guard.py --site v2g_workplace --margins 0.5 1 1.5
     python scripts/bench_guard.py --site caltech --trained experiments/learning/caltech/clone_mpc/seed_0
+    python scripts/bench_guard.py --margins 1 --mpc 24:1 48:1 48:1.5 --test-episodes 14 --test-seed 900001
 
 A policy behind the guard (``agents.guards.GuardedPolicy``, requests fitted into node headroom as
 the training runs fit them) is the ceiling of a clone of that policy trained behind the same
-guard. ``--policies`` names entries of ``configs/policies/with_optimum.yaml`` (default: MPC); a
+guard. ``--policies`` names entries of ``configs/policies/with_optimum.yaml`` (default: MPC); ``--mpc``
+adds MPC variants as ``HORIZON_STEPS:DEPARTURE_MARGIN_HOURS`` (scored behind each margin only); a
 ``--trained`` run or policy folder is scored with its own guard and, with ``deadline_guard_hours``
 replaced, at each margin. Scores are ratios of sums over the test days (seed 1000 by default)
 against uncontrolled charging and the offline optimum, as in ``scripts/bench_learning.py``.
@@ -24,6 +26,8 @@ def main() -> None:
     parser.add_argument("--site", default="caltech")
     parser.add_argument("--margins", nargs="+", type=float, default=[0.5, 1.0, 1.5])
     parser.add_argument("--policies", nargs="*", default=["model_predictive_control"])
+    parser.add_argument("--mpc", nargs="*", type=_horizon_and_margin, default=[],
+                        help="MPC variants HORIZON_STEPS:DEPARTURE_MARGIN_HOURS, e.g. 48:1.5")
     parser.add_argument("--trained", nargs="*", type=Path, default=[])
     parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
@@ -31,6 +35,7 @@ def main() -> None:
 
     from agents import load_policy
     from agents.guards import GuardedPolicy
+    from agents.mpc import ModelPredictiveControl
 
     site = ScoredSite(args.site)
     policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
@@ -38,6 +43,12 @@ def main() -> None:
         policies[name] = site.reference(name)
         for margin in args.margins:
             policies[f"{name} behind {margin:g} h"] = GuardedPolicy(site.reference(name), margin)
+    for horizon, planned_margin in args.mpc:
+        for margin in args.margins:
+            planner = ModelPredictiveControl(site.params, horizon_steps=horizon,
+                                             departure_margin_hours=planned_margin)
+            name = f"MPC {horizon} steps, {planned_margin:g} h margin, behind {margin:g} h"
+            policies[name] = GuardedPolicy(planner, margin)
     for path in args.trained:
         label = "/".join(path.parts[-2:])
         policies[label] = load_policy(path)
@@ -46,8 +57,18 @@ def main() -> None:
             policy.config["deadline_guard_hours"] = margin
             policies[f"{label} at {margin:g} h"] = policy
     summary = site.summary(policies, args.test_episodes, args.test_seed)
-    print(f"{args.site}, {args.test_episodes} test days (seed {args.test_seed}):")
+    kind = {TEST_SEED: "test", 900_001: "validation"}.get(args.test_seed, "seeded")
+    print(f"{args.site}, {args.test_episodes} {kind} days (seed {args.test_seed}):")
     print(score_rows(summary, policies))
+
+
+def _horizon_and_margin(text: str) -> tuple[int, float]:
+    try:
+        horizon, margin = text.split(":")
+        return int(horizon), float(margin)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--mpc wants HORIZON_STEPS:DEPARTURE_MARGIN_HOURS, got {text!r}") \
+            from error
 
 
 if __name__ == "__main__":
