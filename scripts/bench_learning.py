@@ -41,9 +41,11 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                         "+agent.policy_kwargs.site_power=true"], False),
     "clone_mpc_12h": (["experiment=clone_mpc_12h"], False),
     "clone_mpc_12h_m1": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"], False),
+    "clone_mpc_12h_ft": (["experiment=clone_mpc_12h", "+agent.policy_kwargs.occupied_likelihood=true"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
+    "clone_mpc_12h_ft": "clone_mpc_12h",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 REFERENCE_MPC = {"horizon_steps": 24, "departure_margin_hours": 1.0}  # configs/policies/with_optimum.yaml
