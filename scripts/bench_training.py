@@ -5,6 +5,7 @@
     python scripts/bench_training.py --threads 2          # torch on two threads per process
     python scripts/bench_training.py --policies per_port --batch-size 4096 --epochs 5   # a cheaper update
     python scripts/bench_training.py --policies per_port per_port_occupied   # likelihood over plugged ports
+    python scripts/bench_training.py --policies per_port per_port_wide --epochs 5   # the wider network
 
 PPO uses the settings of ``configs/agent/ppo.yaml`` (n_steps 96, batch 1024, 10 epochs; the MLP
 is 2 x 256). Each policy learns in a fresh process with torch on one thread. The time splits
@@ -21,6 +22,11 @@ import sys
 import time
 
 PPO_SETTINGS = {"n_steps": 96, "batch_size": 1024, "n_epochs": 10, "learning_rate": 3e-4}
+PER_PORT_OPTIONS = {  # policy case: options of the per-port network beyond its defaults
+    "per_port": {},
+    "per_port_occupied": {"occupied_likelihood": True},
+    "per_port_wide": {"embed_dim": 64, "hidden_dim": 128, "head_layers": 2, "occupied_likelihood": True},
+}
 
 
 def _timed(owner, name: str, totals: dict) -> None:
@@ -47,10 +53,9 @@ def run_case(policy: str, site: str, num_envs: int, steps: int, seed: int, threa
     torch.set_num_threads(threads)
     env = SmartChargingVecEnv(num_envs=num_envs, site=site, step_info=False)
     settings = {**PPO_SETTINGS, "batch_size": batch_size, "n_epochs": epochs}
-    if policy.startswith("per_port"):
+    if policy in PER_PORT_OPTIONS:
         model = PPO(PerPortPolicy, env, seed=seed, **settings,
-                    policy_kwargs={"site": env.params, "log_std_init": -0.5,
-                                   "occupied_likelihood": policy == "per_port_occupied"})
+                    policy_kwargs={"site": env.params, "log_std_init": -0.5, **PER_PORT_OPTIONS[policy]})
     else:
         model = PPO("MlpPolicy", env, seed=seed, **settings,
                     policy_kwargs={"net_arch": [256, 256], "log_std_init": -0.5})
@@ -80,7 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4 * 96 * 64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", nargs="+", default=["per_port", "mlp"],
-                        choices=["per_port", "per_port_occupied", "mlp"])
+                        choices=[*PER_PORT_OPTIONS, "mlp"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
     parser.add_argument("--batch-size", type=int, default=PPO_SETTINGS["batch_size"])
     parser.add_argument("--epochs", type=int, default=PPO_SETTINGS["n_epochs"])
