@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from learning_days import TEST_EPISODES, TEST_SEED, ScoredSite, score_rows
+from learning_days import TEST_SEED, ScoredSite, add_day_arguments, score_rows
 
 
 def main() -> None:
@@ -29,8 +29,7 @@ def main() -> None:
     parser.add_argument("--mpc", nargs="*", type=_horizon_and_margin, default=[],
                         help="MPC variants HORIZON_STEPS:DEPARTURE_MARGIN_HOURS, e.g. 48:1.5")
     parser.add_argument("--trained", nargs="*", type=Path, default=[])
-    parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)
-    parser.add_argument("--test-seed", type=int, default=TEST_SEED)
+    add_day_arguments(parser)
     args = parser.parse_args()
 
     from agents import load_policy
@@ -57,8 +56,8 @@ def main() -> None:
             policy.config["deadline_guard_hours"] = margin
             policies[f"{label} at {margin:g} h"] = policy
     summary = site.summary(policies, args.test_episodes, args.test_seed)
-    kind = {TEST_SEED: "test", 900_001: "validation"}.get(args.test_seed, "seeded")
-    print(f"{args.site}, {args.test_episodes} {kind} days (seed {args.test_seed}):")
+    kind = "test days" if args.test_seed == TEST_SEED else "days"
+    print(f"{args.site}, {args.test_episodes} {kind} (seed {args.test_seed}):")
     print(score_rows(summary, policies))
 
 

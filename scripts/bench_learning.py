@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from learning_days import ROOT, TEST_EPISODES, TEST_SEED, ScoredSite
+from learning_days import ROOT, ScoredSite, add_day_arguments
 from omegaconf import OmegaConf
 
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
@@ -49,7 +49,6 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_ft": "clone_mpc_12h",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
-REFERENCE_MPC = {"horizon_steps": 24, "departure_margin_hours": 1.0}  # configs/policies/with_optimum.yaml
 
 
 def train_run(site: str, variant: str, seed: int, timesteps: int, out: Path, site_overrides=()) -> dict:
@@ -79,27 +78,31 @@ def score_runs(site: str, runs: dict[str, Path], episodes: int, seed: int, with_
     planners = ["model_predictive_control", "offline_optimal"] if with_mpc else ["offline_optimal"]
     policies = {name: scored.reference(name) for name in ["uncontrolled", *RULES, *planners]}
     if with_mpc:
-        policies.update(teachers(variants, site, scored.params))
+        policies.update(teachers(variants, site, scored.params, policies["model_predictive_control"]))
     policies.update({name: load_policy(path) for name, path in runs.items()})
     return scored.summary(policies, episodes, seed)
 
 
-def teachers(variants, site: str, params) -> dict:
-    """The MPC teachers of ``variants`` that plan otherwise than the reference MPC, by a name
-    that says how (``MPC 48 steps, 1.5 h margin``), built for ``params``."""
+def teachers(variants, site: str, params, reference) -> dict:
+    """The MPC teachers of ``variants`` that plan otherwise than ``reference`` (the reference MPC:
+    another window or departure margin), by a name that says how (``MPC 48 steps, 1.5 h
+    margin``), built for ``params``."""
     from hydra.utils import instantiate
+
+    from agents.mpc import ModelPredictiveControl
+
+    def plan(mpc):
+        return mpc.horizon_steps, mpc.departure_margin_hours
 
     out = {}
     for variant in variants:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose(config_name="train", overrides=[f"site={site}", *VARIANTS[variant][0]])
-        teacher = (cfg.get("imitation") or {}).get("teacher") or {}
-        if not str(teacher.get("_target_", "")).endswith("ModelPredictiveControl"):
+        if "teacher" not in (cfg.get("imitation") or {}):
             continue
-        plan = {key: float(teacher.get(key, value)) for key, value in REFERENCE_MPC.items()}
-        if plan != REFERENCE_MPC:
-            name = f"MPC {plan['horizon_steps']:.0f} steps, {plan['departure_margin_hours']:g} h margin"
-            out[name] = instantiate(teacher, _partial_=True)(params=params)
+        teacher = instantiate(cfg.imitation.teacher, _partial_=True)(params=params)
+        if isinstance(teacher, ModelPredictiveControl) and plan(teacher) != plan(reference):
+            out[f"MPC {teacher.horizon_steps} steps, {teacher.departure_margin_hours:g} h margin"] = teacher
     return out
 
 
@@ -129,8 +132,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["bc", "bc_ppo"], choices=sorted(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--timesteps", type=int, default=400_000, help="RL steps of the PPO variants")
-    parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)
-    parser.add_argument("--test-seed", type=int, default=TEST_SEED)
+    add_day_arguments(parser)
     parser.add_argument("--transfer", nargs="*", default=[], help="sites to run the first site's policies on")
     parser.add_argument("--unplanned", nargs="*", default=["city"],
                         help="transfer sites scored without MPC (too large to plan every step here); "

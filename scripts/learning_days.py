@@ -42,6 +42,12 @@ class ScoredSite:
         return run_policies(policies, self.params, episodes_for(self.params, None, episodes, seed)).summary()
 
 
+def add_day_arguments(parser) -> None:
+    """``--test-episodes`` and ``--test-seed`` on ``parser``, defaulting to the held-out test days."""
+    parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)
+    parser.add_argument("--test-seed", type=int, default=TEST_SEED)
+
+
 def score_rows(summary, names: Iterable[str]) -> str:
     """A markdown table of score (with interval), unmet energy, overload and reward for ``names``."""
     lines = ["| policy | score | unmet % | overload requested kWh | reward EUR/day |",

@@ -6,10 +6,11 @@ demonstrations, without an env in the loop.
         --variant wide_b256 '{"embed_dim": 64, "hidden_dim": 128, "batch_size": 256, "learning_rate": 0.003}'
 
 MPC (``--teacher-horizon`` steps, departures planned ``--teacher-margin`` hours early) labels
-``--days`` training days (the imitation seed, 800001) and 64 fresh days (seed 5555); each variant
-(a name and JSON: per-port network options, and ``epochs``, ``batch_size``, ``learning_rate``)
-is a fresh per-port policy cloned on the training days only (no DAgger, no critic), with the
-rate falling along a cosine to 1e-5. Printed per variant: the cloning seconds, the squared error
+``--days`` training days (``experiment=clone_mpc``'s imitation seed) and 64 fresh days (seed
+5555); each variant (a name and JSON: per-port network options, and ``epochs``,
+``batch_size``, ``learning_rate``, replacing those of ``experiment=clone_mpc``) is a fresh
+per-port policy cloned on the training days only (no DAgger, no critic), with the rate falling
+along a cosine to that experiment's final rate. Printed per variant: the cloning seconds, the squared error
 of the mean action on plugged ports on training and fresh days (20,000 sampled steps each), and
 the score of its mean action behind the deadline guard (``--margin``) on the test days.
 """
@@ -25,9 +26,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-NETWORK = {"embed_dim": 32, "hidden_dim": 64, "pooling": ["mean", "max"], "activation": "tanh",
-           "log_std_init": -1.0, "head_layers": 2}
-CLONING = {"epochs": 40, "batch_size": 1024, "learning_rate": 1e-3}
+CLONING = ("epochs", "batch_size", "learning_rate")  # what a variant may change of the cloning
+
+
+def base_recipe(site: str) -> dict:
+    """``experiment=clone_mpc`` on ``site``: its per-port network options and imitation settings."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"site={site}", "experiment=clone_mpc"])
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _learning_days():
@@ -70,8 +79,7 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=1.0, help="the scored clones' deadline guard, hours")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batches")
-    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
-    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
+    days.add_day_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -89,6 +97,8 @@ def main() -> None:
     site = days.ScoredSite(args.site)
     params = site.params
     no_reward = np.zeros(len(TERM_INDEX))
+    recipe = base_recipe(args.site)
+    network, imitation = recipe["agent"]["policy_kwargs"], recipe["imitation"]
 
     def demonstrations(count: int, seed: int):
         teacher = ModelPredictiveControl(params, horizon_steps=args.teacher_horizon,
@@ -96,7 +106,7 @@ def main() -> None:
         data = collect_demonstrations(teacher, params, episodes_for(params, None, count, seed), no_reward)
         return data.observations, data.actions
 
-    train_obs, train_actions = demonstrations(args.days, 800_001)
+    train_obs, train_actions = demonstrations(args.days, imitation["seed"])
     fresh_obs, fresh_actions = demonstrations(64, 5555)
     occupied = observation_layout(params)["occupied"]
     observation_space = spaces.Box(-np.inf, np.inf, (layout_size(params),), np.float32)
@@ -104,13 +114,13 @@ def main() -> None:
     policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
     for name, text in args.variant:
         options = json.loads(text)
-        cloning = {key: options.pop(key, value) for key, value in CLONING.items()}
+        cloning = {key: options.pop(key, imitation[key]) for key in CLONING}
         torch.manual_seed(args.seed)
         policy = PerPortPolicy(observation_space, action_space, lambda _: 1e-3, site=params,
-                               **{**NETWORK, **options})
+                               **{**network, **options})
         start = time.perf_counter()
         clone(policy, train_obs, train_actions, None, cloning["epochs"], cloning["batch_size"],
-              cloning["learning_rate"], seed=args.seed, final_learning_rate=1e-5)
+              cloning["learning_rate"], seed=args.seed, final_learning_rate=imitation["final_learning_rate"])
         print(f"{name}: cloned in {time.perf_counter() - start:.0f} s; squared error on plugged ports "
               f"{squared_error(policy, train_obs, train_actions, occupied):.4f} (training days), "
               f"{squared_error(policy, fresh_obs, fresh_actions, occupied):.4f} (fresh days)", flush=True)

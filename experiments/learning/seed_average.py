@@ -48,8 +48,7 @@ def main() -> None:
     parser.add_argument("--site", default="caltech")
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--margin", type=float, default=1.5)
-    parser.add_argument("--test-episodes", type=int, default=days.TEST_EPISODES)
-    parser.add_argument("--test-seed", type=int, default=days.TEST_SEED)
+    days.add_day_arguments(parser)
     args = parser.parse_args()
 
     from agents import load_policy
