@@ -13,7 +13,9 @@ from agents.optimal import power_to_action
 from agents.plan_model import Model, Window, build_model
 from agents.plan_solver import OptimizationError, checked_batch, new_highs, solve_model
 from envs.core import reset
+from envs.departures import departure_model_for
 from envs.episode import Episode
+from envs.errors import ConfigError
 from envs.observability import estimator_for
 from envs.observation import PEAK_FIELD, observation_layout
 from envs.site import SiteParams
@@ -41,6 +43,13 @@ class ModelPredictiveControl:
     energy), the first step's modes are made integer. Each solve starts from the last window's
     basis, shifted by one step.
 
+    With ``departure_quantiles`` (levels such as ``(0.1, 0.3, 0.5, 0.7, 0.9)``) the plan does not
+    trust the announced departure: it plans each EV up to the last of its departure scenarios,
+    the quantiles of the real departure given the announced stay and the time plugged in so
+    far (``envs.departures``, from the site's own sessions), and weighs the energy missing at
+    each scenario by its share of the levels (``agents.plan_model.Window``'s checkpoints). The
+    margin then moves every scenario. The announcement must be known (not ``ocpp``).
+
     When HiGHS ends without a usable plan (status ``Unknown``, say), the window is solved again
     from scratch with each of ``retry_options`` in turn (HiGHS options: dual simplex, interior
     point, no presolve); when every try fails, that env's decision is the ``fallback`` policy's.
@@ -60,6 +69,8 @@ class ModelPredictiveControl:
         fallback: the policy of the decisions no solve could plan: a baseline class (or any
             callable taking the params) or a policy object; default ``EarliestDeadlineFirst``.
         retry_options: HiGHS option sets tried, in order, after a failed solve.
+        departure_quantiles: levels of the departure scenarios, or None to plan on the
+            announced departure alone.
 
     >>> import numpy as np
     >>> from envs.site import load_site
@@ -80,9 +91,11 @@ class ModelPredictiveControl:
 
     def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
                  time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4, fallback=EarliestDeadlineFirst,
-                 retry_options: Sequence[Mapping] = RETRY_OPTIONS):
+                 retry_options: Sequence[Mapping] = RETRY_OPTIONS,
+                 departure_quantiles: Sequence[float] | None = None):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
+        self.departure_quantiles = None if departure_quantiles is None else tuple(map(float, departure_quantiles))
         self.params = params
         is_policy = not isinstance(fallback, type) and callable(getattr(fallback, "predict", None))
         self.make_fallback = None if is_policy else fallback
@@ -111,6 +124,12 @@ class ModelPredictiveControl:
         self.solver_retries = np.zeros(episode.num_envs, dtype=np.int64)
         self.solver_fallbacks = np.zeros(episode.num_envs, dtype=np.int64)
         self.charge_kwh_per_kw = params.port_charge_efficiency * params.dt_hours
+        self.departures = None
+        if self.departure_quantiles is not None:
+            if params.observability == "ocpp":
+                raise ConfigError(f"site {params.name!r}: departure_quantiles need the announced departure, "
+                                  f"which observability 'ocpp' does not report")
+            self.departures = departure_model_for(params, self.departure_quantiles)
         self.t = 0
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
@@ -150,12 +169,30 @@ class ModelPredictiveControl:
             battery = np.where(estimated, estimator_for(params).battery_kwh, battery)
             remaining = np.where(obs[self.layout["max_charge_kw"]][ports] > 0, remaining, 0.0)
         margin = round(self.departure_margin_hours / params.dt_hours)
-        steps_left = np.maximum(announced - margin - t, 1)
+        scenarios = None
+        if self.departures is not None:
+            arrival = episode.ev_arrival_step[b, evs]
+            departs = t + self.departures.steps_left(announced - arrival, t - arrival)
+            scenarios = np.maximum(departs - margin - t, 1)
+            steps_left = scenarios.max(axis=1)
+        else:
+            steps_left = np.maximum(announced - margin - t, 1)
         length = np.minimum(steps_left, steps)
         first = np.cumsum(length) - length
         entry_ev = np.repeat(np.arange(len(ports)), length)
-        later_kwh = (self.charge_kwh_per_kw[ports] * np.minimum(car_kw, params.port_max_charge_kw[ports])
-                     * np.maximum(steps_left - steps, 0))
+        full_kwh = self.charge_kwh_per_kw[ports] * np.minimum(car_kw, params.port_max_charge_kw[ports])
+        later_kwh = full_kwh * np.maximum(steps_left - steps, 0)
+        checkpoints = {}
+        if scenarios is not None:
+            k = scenarios.shape[1]
+            counted = (departs <= params.horizon_steps).ravel()
+            ev_of = np.repeat(np.arange(len(ports)), k)[counted]
+            left = scenarios.ravel()[counted]
+            checkpoints = dict(
+                checkpoint_entry=first[ev_of] + np.minimum(left, length[ev_of]) - 1,
+                checkpoint_base_kwh=remaining[ev_of] - full_kwh[ev_of] * np.maximum(left - steps, 0),
+                checkpoint_weight=np.full(len(ev_of), 1.0 / k),
+                checkpoint_key=(evs[ev_of] * k + np.tile(np.arange(k), len(ports))[counted]).astype(np.int64))
         window = slice(t, t + steps)
         return Window(
             exo_kw=self.node_exo_kw[b, window],
@@ -175,9 +212,10 @@ class ModelPredictiveControl:
             ev_min_soc=episode.ev_min_soc[b, evs],
             ev_room_kwh=np.maximum(np.minimum(remaining, (1.0 - soc) * battery), 0.0),
             ev_unmet_base_kwh=remaining - later_kwh,
-            ev_counted=announced <= params.horizon_steps,
+            ev_counted=(announced <= params.horizon_steps) & (scenarios is None),
             ev_id=evs,
             start_step=t,
+            **checkpoints,
         )
 
     def _decide(self, b: int, obs: np.ndarray) -> np.ndarray:

@@ -25,6 +25,12 @@ class Window:
     ``ev_room_kwh`` bounds the energy the EV may take over the window (its remaining request
     and its battery room); ``ev_unmet_base_kwh`` minus that energy is counted unmet where
     ``ev_counted``, and unmet at the horizon where ``ev_at_horizon``.
+
+    *Checkpoints* weigh departures the plan is not sure of: checkpoint j counts
+    ``checkpoint_weight[j]`` times the kWh by which the EV's energy after entry
+    ``checkpoint_entry[j]`` falls short of ``checkpoint_base_kwh[j]`` at the unmet price, and the
+    tariff revenue of the energy the EV takes after that entry at the same weight is taken back
+    (the EV leaves after that entry in one of the planner's departure scenarios).
     """
 
     exo_kw: np.ndarray  # (S, N) inflexible load minus PV of each node's subtree
@@ -49,6 +55,10 @@ class Window:
     entry_fraction: np.ndarray | None = None  # (R,) share of the step the EV is there (None: all)
     ev_id: np.ndarray | None = None  # (E,) int identity across windows (episode EV index), for warm starts
     start_step: int = 0  # episode step of the window's first step
+    checkpoint_entry: np.ndarray | None = None  # (M,) int, the entry after which a scenario's EV leaves
+    checkpoint_base_kwh: np.ndarray | None = None  # (M,) kWh it must have taken by then to miss nothing
+    checkpoint_weight: np.ndarray | None = None  # (M,) the scenario's probability
+    checkpoint_key: np.ndarray | None = None  # (M,) int identity across windows (EV, scenario)
 
     @property
     def steps(self) -> int:
@@ -136,7 +146,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     Columns: per entry charge ``c`` and battery energy ``x`` (cumulative since the window start);
     per entry that may discharge, discharge ``d`` and a mode ``z`` (continuous unless made
     integer); per counted EV unmet kWh, per EV at the horizon its unmet kWh there (when
-    weighted); per step site import, export and an export mode; slacks
+    weighted), per checkpoint its unmet kWh; per step site import, export and an export mode; slacks
     for nodes whose inflexible load (PV) alone breaks a limit, under which no port charges
     (discharges), as the env would cut it; the peak; the setpoint error.
     """
@@ -175,6 +185,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     counted = np.flatnonzero(w.ev_counted)
     at_horizon = (np.flatnonzero(w.ev_at_horizon) if w.ev_at_horizon is not None
                   and weights.unmet_at_horizon_eur_per_kwh > 0 else counted[:0])
+    checkpoint = np.zeros(0, dtype=np.int64) if w.checkpoint_entry is None else w.checkpoint_entry
     last_entry = np.flatnonzero(last)
 
     ev_id = np.arange(len(w.ev_soc)) if w.ev_id is None else w.ev_id
@@ -182,7 +193,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     step_key = w.start_step + np.arange(s_len)
     node_step_key = np.arange(n_nodes) * _STEP + step_key[:, None]
     keys = {"c": entry_key, "d": entry_key[v2g], "z": entry_key[v2g], "x": entry_key, "u": ev_id[counted],
-            "h": ev_id[at_horizon],
+            "h": ev_id[at_horizon], "q": np.zeros(0, dtype=np.int64) if w.checkpoint_key is None else w.checkpoint_key,
             "i": step_key, "e": step_key, "w": step_key, "s_imp": node_step_key[over_import],
             "s_exp": node_step_key[over_export], "peak": np.zeros(int(weights.demand_charge_eur_per_kw > 0)),
             "a": step_key if weights.setpoint_eur_per_kwh > 0 else step_key[:0]}
@@ -215,6 +226,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     cost[col["a"]] = -weights.setpoint_eur_per_kwh * dt
     cost[col["u"]] = -weights.unmet_eur_per_kwh
     cost[col["h"]] = -weights.unmet_at_horizon_eur_per_kwh
+    cost[col["q"]] = -weights.unmet_eur_per_kwh * (w.checkpoint_weight if len(checkpoint) else 1.0)
     offset = weights.demand_charge_eur_per_kw * w.peak_import_kw if len(col["peak"]) else 0.0
 
     m = _Triplets()
@@ -300,6 +312,13 @@ def build_model(params: SiteParams, window: Window) -> Model:
     rows = m.rows(ev_id[at_horizon], w.ev_unmet_base_kwh[at_horizon], INFINITY)
     m.add(rows, x_col[ev_last[at_horizon]], 1.0)
     m.add(rows, col["h"], 1.0)
+    if len(checkpoint):
+        rows = m.rows(w.checkpoint_key, w.checkpoint_base_kwh, INFINITY)
+        m.add(rows, x_col[checkpoint], 1.0)
+        m.add(rows, col["q"], 1.0)
+        revenue = tariff_weight[checkpoint] * w.checkpoint_weight
+        np.add.at(cost, x_col[checkpoint], revenue)
+        np.add.at(cost, x_col[ev_last[ev[checkpoint]]], -revenue)
 
     r_idx, c_idx, values = (np.concatenate(part) for part in zip(*m.parts, strict=True))
     matrix = sp.csc_matrix((values, (r_idx, c_idx)), shape=(m.num_rows, num_cols))

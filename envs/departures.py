@@ -1,0 +1,107 @@
+"""How far a site can trust announced departures: quantiles of the real departure given the announcement.
+
+Drivers announce a departure (ISO 15118 charging needs, an app) and often leave hours before or
+after it. A site that keeps its history can tell, for an EV that announced a stay of ``a`` hours
+and is still plugged in after ``e`` hours, how the real departure spreads around the
+announcement. ``DepartureModel`` holds that spread as quantiles of the error ``stay - announced
+stay`` over the sessions of the same announced stay (whole hours) still there after ``e``; a
+planner turns them into departure scenarios (``agents.mpc.ModelPredictiveControl``'s
+``departure_quantiles``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+from envs.errors import ConfigError
+from envs.site import SiteParams
+
+REFERENCE_DAYS = 112  # scenario days sampled once per site for the tables
+REFERENCE_SEED = 7919  # as envs.observability: apart from the evaluation and training seeds
+MIN_SESSIONS = 30  # an announced-stay row with fewer sessions still plugged in reads the pooled row
+MAX_ANNOUNCED_HOURS = 24  # announced stays of this many hours and more share the last row
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DepartureModel:
+    """Quantiles of the departure error given the announced stay and the time plugged in so far.
+
+    ``error_steps`` (A, E, K): at announced stay ``a`` whole hours (row ``min(a, A - 1)``), after
+    ``e`` steps plugged in (column ``min(e, E - 1)``), the ``levels`` (K,) quantiles of ``stay -
+    announced stay`` in steps among the reference sessions of that row still plugged in after
+    ``e`` steps; a row with fewer than ``MIN_SESSIONS`` of them reads the quantiles of all
+    sessions still plugged in. ``steps_left(announced_steps, elapsed_steps)`` gives, per EV,
+    the K quantiles of the steps it still stays, at least one (it is plugged in now).
+    """
+
+    dt_hours: float
+    levels: np.ndarray  # (K,) increasing in (0, 1)
+    error_steps: np.ndarray  # (A, E, K)
+    sessions: int
+
+    @classmethod
+    def from_sessions(cls, dt_hours: float, stay_steps, announced_steps, levels: Sequence[float]) -> DepartureModel:
+        stay = np.asarray(stay_steps, dtype=np.int64)
+        announced = np.asarray(announced_steps, dtype=np.int64)
+        levels = np.asarray(levels, dtype=np.float64)
+        if len(stay) == 0 or stay.shape != announced.shape:
+            raise ConfigError("departure model: needs at least one session, with a stay and an announced stay each")
+        if levels.ndim != 1 or not len(levels) or not ((levels > 0) & (levels < 1)).all() \
+                or (np.diff(levels) <= 0).any():
+            raise ConfigError(f"departure_quantiles must be increasing levels in (0, 1), got {levels.tolist()}")
+        per_hour = max(1, round(1.0 / dt_hours))
+        row = np.minimum(np.maximum(announced, 0) // per_hour, MAX_ANNOUNCED_HOURS - 1)
+        elapsed = np.arange(int(stay.max()) + 1)
+        error = stay - announced
+        pooled = _survivor_quantiles(stay, error, elapsed, levels, 1)
+        table = np.empty((MAX_ANNOUNCED_HOURS, len(elapsed), len(levels)))
+        for hour in range(MAX_ANNOUNCED_HOURS):
+            chosen = row == hour
+            table[hour] = _survivor_quantiles(stay[chosen], error[chosen], elapsed, levels, MIN_SESSIONS, pooled)
+        return cls(float(dt_hours), levels, table, len(stay))
+
+    def steps_left(self, announced_steps, elapsed_steps) -> np.ndarray:
+        """(..., K) quantiles of the steps each EV still stays, from its announced stay and the steps
+        it has been plugged in (arrays of one shape), each at least 1."""
+        announced = np.asarray(announced_steps, dtype=np.int64)
+        elapsed = np.asarray(elapsed_steps, dtype=np.int64)
+        per_hour = max(1, round(1.0 / self.dt_hours))
+        row = np.clip(announced // per_hour, 0, self.error_steps.shape[0] - 1)
+        column = np.clip(elapsed, 0, self.error_steps.shape[1] - 1)
+        left = (announced - elapsed)[..., None] + self.error_steps[row, column]
+        return np.maximum(np.rint(left).astype(np.int64), 1)
+
+
+def _survivor_quantiles(stay, error, elapsed, levels, least: int, fallback=None) -> np.ndarray:
+    """(E, K) ``levels`` quantiles of ``error`` over the sessions with ``stay > e`` for each ``e`` in
+    ``elapsed``; where fewer than ``least`` remain, ``fallback``'s row (or the last row computed,
+    or zero error)."""
+    out = np.zeros((len(elapsed), len(levels)))
+    order = np.argsort(stay, kind="stable")
+    stay, error = stay[order], error[order]
+    first = np.searchsorted(stay, elapsed, side="right")
+    for e, start in enumerate(first):
+        if len(stay) - start >= least:
+            out[e] = np.quantile(error[start:], levels)
+        elif fallback is not None:
+            out[e] = fallback[e]
+        elif e:
+            out[e] = out[e - 1]
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def departure_model_for(params: SiteParams, levels: tuple[float, ...]) -> DepartureModel:
+    """The model of ``REFERENCE_DAYS`` days drawn from the site's session model
+    (``envs.observability.session_model``) with ``REFERENCE_SEED``: the same every time."""
+    from envs.observability import session_model
+
+    episode = session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
+    valid = episode.ev_valid
+    arrival = episode.ev_arrival_step[valid]
+    return DepartureModel.from_sessions(params.dt_hours, episode.ev_departure_step[valid] - arrival,
+                                        episode.ev_announced_departure_step[valid] - arrival, levels)
