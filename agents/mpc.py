@@ -95,7 +95,8 @@ class ModelPredictiveControl:
                  departure_quantiles: Sequence[float] | None = None):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
-        self.departure_quantiles = None if departure_quantiles is None else tuple(map(float, departure_quantiles))
+        self.departure_quantiles = (None if departure_quantiles is None
+                                    else tuple(map(float, departure_quantiles)))
         self.params = params
         is_policy = not isinstance(fallback, type) and callable(getattr(fallback, "predict", None))
         self.make_fallback = None if is_policy else fallback

@@ -193,7 +193,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     step_key = w.start_step + np.arange(s_len)
     node_step_key = np.arange(n_nodes) * _STEP + step_key[:, None]
     keys = {"c": entry_key, "d": entry_key[v2g], "z": entry_key[v2g], "x": entry_key, "u": ev_id[counted],
-            "h": ev_id[at_horizon], "q": np.zeros(0, dtype=np.int64) if w.checkpoint_key is None else w.checkpoint_key,
+            "h": ev_id[at_horizon], "q": checkpoint if w.checkpoint_key is None else w.checkpoint_key,
             "i": step_key, "e": step_key, "w": step_key, "s_imp": node_step_key[over_import],
             "s_exp": node_step_key[over_export], "peak": np.zeros(int(weights.demand_charge_eur_per_kw > 0)),
             "a": step_key if weights.setpoint_eur_per_kwh > 0 else step_key[:0]}

@@ -44,15 +44,18 @@ class DepartureModel:
     sessions: int
 
     @classmethod
-    def from_sessions(cls, dt_hours: float, stay_steps, announced_steps, levels: Sequence[float]) -> DepartureModel:
+    def from_sessions(cls, dt_hours: float, stay_steps, announced_steps,
+                      levels: Sequence[float]) -> DepartureModel:
         stay = np.asarray(stay_steps, dtype=np.int64)
         announced = np.asarray(announced_steps, dtype=np.int64)
         levels = np.asarray(levels, dtype=np.float64)
         if len(stay) == 0 or stay.shape != announced.shape:
-            raise ConfigError("departure model: needs at least one session, with a stay and an announced stay each")
+            raise ConfigError("departure model: needs at least one session, with a stay and an announced "
+                              "stay each")
         if levels.ndim != 1 or not len(levels) or not ((levels > 0) & (levels < 1)).all() \
                 or (np.diff(levels) <= 0).any():
-            raise ConfigError(f"departure_quantiles must be increasing levels in (0, 1), got {levels.tolist()}")
+            raise ConfigError(f"departure_quantiles must be increasing levels in (0, 1), "
+                              f"got {levels.tolist()}")
         per_hour = max(1, round(1.0 / dt_hours))
         row = np.minimum(np.maximum(announced, 0) // per_hour, MAX_ANNOUNCED_HOURS - 1)
         elapsed = np.arange(int(stay.max()) + 1)
@@ -61,7 +64,8 @@ class DepartureModel:
         table = np.empty((MAX_ANNOUNCED_HOURS, len(elapsed), len(levels)))
         for hour in range(MAX_ANNOUNCED_HOURS):
             chosen = row == hour
-            table[hour] = _survivor_quantiles(stay[chosen], error[chosen], elapsed, levels, MIN_SESSIONS, pooled)
+            table[hour] = _survivor_quantiles(stay[chosen], error[chosen], elapsed, levels, MIN_SESSIONS,
+                                              pooled)
         return cls(float(dt_hours), levels, table, len(stay))
 
     def steps_left(self, announced_steps, elapsed_steps) -> np.ndarray:

@@ -26,7 +26,8 @@ def test_quantiles_are_those_of_the_sessions_still_plugged_in():
     # after 9 steps only the stays of 10..13 steps are left: 16 sessions, fewer than MIN_SESSIONS,
     # so the row reads the pooled sessions (here the same ones)
     assert 16 < MIN_SESSIONS
-    np.testing.assert_allclose(model.error_steps[2, 9], np.quantile(np.repeat(np.arange(10, 14), 4) - 8, LEVELS))
+    survivors = np.repeat(np.arange(10, 14), 4)
+    np.testing.assert_allclose(model.error_steps[2, 9], np.quantile(survivors - 8, LEVELS))
     # steps still to stay: announced - elapsed + error quantile, at least one
     left = model.steps_left(np.array([8, 8, 8]), np.array([0, 9, 20]))
     np.testing.assert_array_equal(left[0], np.rint(8 + np.quantile(stay - 8, LEVELS)))
@@ -35,7 +36,8 @@ def test_quantiles_are_those_of_the_sessions_still_plugged_in():
 
 
 def test_rows_are_announced_stays_in_whole_hours_and_sparse_rows_read_the_pool():
-    stay = np.r_[np.full(MIN_SESSIONS, 8), np.full(5, 2)]  # 30 exact 2 h announcements, 5 sessions of 1 h leaving early
+    # 30 exact 2 h announcements, and 5 sessions announcing 1 h that leave after 30 minutes
+    stay = np.r_[np.full(MIN_SESSIONS, 8), np.full(5, 2)]
     announced = np.r_[np.full(MIN_SESSIONS, 8), np.full(5, 4)]
     model = DepartureModel.from_sessions(0.25, stay, announced, (0.5,))
     assert model.error_steps[2, 0, 0] == 0.0
@@ -72,7 +74,8 @@ def test_exact_announcements_plan_as_the_announced_departure():
     params = load_site("caltech", horizon_steps=40, start_hour=6, scenario={"departure_error_minutes": 0.0})
     episode = generator_for(params).sample(params, np.random.default_rng(3), 2)
     plain = ModelPredictiveControl(params, horizon_steps=12, departure_margin_hours=0.0)
-    weighed = ModelPredictiveControl(params, horizon_steps=12, departure_margin_hours=0.0, departure_quantiles=LEVELS)
+    weighed = ModelPredictiveControl(params, horizon_steps=12, departure_margin_hours=0.0,
+                                     departure_quantiles=LEVELS)
     promised = {plain: [], weighed: []}
     for policy in promised:
         solve = policy._solve
@@ -101,8 +104,8 @@ def test_an_ev_that_may_leave_early_charges_before_the_cheap_hours(monkeypatch):
     # half of such drivers leave after 2 steps, half when they said
     history = DepartureModel(0.25, np.array([0.25, 0.75]), np.tile([[[-6.0, 0.0]]], (24, 9, 1)), 100)
     monkeypatch.setattr(agents.mpc, "departure_model_for", lambda params, levels: history)
-    trusting, _ = run(params, episode, ModelPredictiveControl(params, horizon_steps=8, departure_margin_hours=0.0))
-    doubting, _ = run(params, episode, ModelPredictiveControl(params, horizon_steps=8, departure_margin_hours=0.0,
+    trusting, _ = run(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0))
+    doubting, _ = run(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0,
                                                               departure_quantiles=(0.25, 0.75)))
     assert np.abs(trusting[:4]).max() == 0.0  # it waits for the cheap steps
     # an unmet kWh costs 0.5 EUR with probability 1/2, more than the 0.2 EUR the wait saves: it
