@@ -23,6 +23,7 @@ from envs.site import SiteParams
 PRIMAL_SIMPLEX = 4  # HiGHS simplex_strategy; the last window's basis, shifted, is nearly primal feasible
 RETRY_OPTIONS = ({"simplex_strategy": 1}, {"solver": "ipm"}, {"presolve": "off", "simplex_strategy": 1})
 _STATUSES = tuple(highspy.HighsBasisStatus.__members__.values())
+_SCENARIO_KEY = 1 << 20  # a checkpoint's key: EV times this plus the episode step the scenario leaves at
 
 
 class ModelPredictiveControl:
@@ -41,7 +42,7 @@ class ModelPredictiveControl:
     demand charge counts from the highest import applied so far. Where the relaxation would
     charge and discharge a port in the first step (cycling V2G pays under a tariff on charged
     energy), the first step's modes are made integer. Each solve starts from the last window's
-    basis, shifted by one step.
+    basis, shifted by one step; one that runs past ``warm_start_limit_s`` is retried from scratch.
 
     With ``departure_quantiles`` (levels such as ``(0.1, 0.3, 0.5, 0.7, 0.9)``) the plan does not
     trust the announced departure: it plans each EV up to the last of its departure scenarios,
@@ -71,6 +72,8 @@ class ModelPredictiveControl:
         retry_options: HiGHS option sets tried, in order, after a failed solve.
         departure_quantiles: levels of the departure scenarios, or None to plan on the
             announced departure alone.
+        warm_start_limit_s: a solve from the last window's basis running longer than this is
+            solved again from scratch (with ``retry_options``, counted in ``solver_retries``).
 
     >>> import numpy as np
     >>> from envs.site import load_site
@@ -92,9 +95,10 @@ class ModelPredictiveControl:
     def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
                  time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4, fallback=EarliestDeadlineFirst,
                  retry_options: Sequence[Mapping] = RETRY_OPTIONS,
-                 departure_quantiles: Sequence[float] | None = None):
+                 departure_quantiles: Sequence[float] | None = None, warm_start_limit_s: float = 5.0):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
+        self.warm_start_limit_s = float(warm_start_limit_s)
         self.departure_quantiles = (None if departure_quantiles is None
                                     else tuple(map(float, departure_quantiles)))
         self.params = params
@@ -186,14 +190,18 @@ class ModelPredictiveControl:
         checkpoints = {}
         if scenarios is not None:
             k = scenarios.shape[1]
-            counted = (departs <= params.horizon_steps).ravel()
-            ev_of = np.repeat(np.arange(len(ports)), k)[counted]
-            left = scenarios.ravel()[counted]
+            base = remaining[:, None] - full_kwh[:, None] * np.maximum(scenarios - steps, 0)
+            lowest = np.where(episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs] > 0,
+                              np.minimum((episode.ev_min_soc[b, evs] - soc) * battery, 0.0), 0.0)
+            counted = ((departs <= params.horizon_steps) & (base > lowest[:, None] + 1e-9)).ravel()
+            pairs = np.stack([np.repeat(np.arange(len(ports)), k), scenarios.ravel()], axis=1)[counted]
+            pairs, count = np.unique(pairs, axis=0, return_counts=True)  # scenarios that coincide: one row
+            ev_of, left = pairs.T
             checkpoints = dict(
                 checkpoint_entry=first[ev_of] + np.minimum(left, length[ev_of]) - 1,
                 checkpoint_base_kwh=remaining[ev_of] - full_kwh[ev_of] * np.maximum(left - steps, 0),
-                checkpoint_weight=np.full(len(ev_of), 1.0 / k),
-                checkpoint_key=(evs[ev_of] * k + np.tile(np.arange(k), len(ports))[counted]).astype(np.int64))
+                checkpoint_weight=count / k,
+                checkpoint_key=evs[ev_of].astype(np.int64) * _SCENARIO_KEY + t + left)
         window = slice(t, t + steps)
         return Window(
             exo_kw=self.node_exo_kw[b, window],
@@ -246,7 +254,8 @@ class ModelPredictiveControl:
         """The plan of ``model`` for env ``b``, retried with each of ``retry_options``; None if all fail."""
         try:
             basis = _carried_basis(model, self.last[b])
-            return solve_model(model, self.highs[b], basis=basis, **self.options)
+            return solve_model(model, self.highs[b], basis=basis, lp_time_limit_s=self.warm_start_limit_s,
+                               **self.options)
         except OptimizationError:
             self.highs[b] = new_highs()
             self.highs[b].setOptionValue("simplex_strategy", PRIMAL_SIMPLEX)

@@ -46,7 +46,8 @@ def new_highs(threads: int = 1) -> highspy.Highs:
 
 
 def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: int | None = None,
-                mip_rel_gap: float = 1e-4, time_limit_s: float = 10.0, basis: tuple | None = None) -> Plan:
+                mip_rel_gap: float = 1e-4, time_limit_s: float = 10.0, basis: tuple | None = None,
+                lp_time_limit_s: float | None = None) -> Plan:
     """Solve ``model`` for a plan the env can carry out exactly.
 
     The plan may not charge and discharge a port in the same step, discharge an EV it has not
@@ -59,8 +60,9 @@ def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: i
     the exact optimum; otherwise the best plan found, with ``bound_eur`` above it. If the MIP
     finds no plan in time, V2G is dropped (status "... (charge only)"). ``basis`` (lists of
     HiGHS column and row statuses, e.g. carried over from an overlapping window) starts the
-    simplex; HiGHS repairs it where it is not a basis. Raises OptimizationError on any other
-    HiGHS outcome.
+    simplex; HiGHS repairs it where it is not a basis. ``lp_time_limit_s`` bounds each linear
+    solve (a warm start can stall where a cold one does not) and running past it raises.
+    Raises OptimizationError on any other HiGHS outcome.
     """
     highs = highs if highs is not None else new_highs()
     start = time.perf_counter()
@@ -85,9 +87,12 @@ def solve_model(model: Model, highs: highspy.Highs | None = None, first_steps: i
     while True:
         mip = integer.any() and not fallback
         highs.setOptionValue("time_limit", max(time_limit_s - (time.perf_counter() - start), 0.01) if mip
-                             else INFINITY)
+                             else INFINITY if lp_time_limit_s is None else lp_time_limit_s)
         highs.run()
         status, info = highs.getModelStatus(), highs.getInfo()
+        if not mip and lp_time_limit_s is not None and status == highspy.HighsModelStatus.kTimeLimit:
+            raise OptimizationError(f"HiGHS ran past {lp_time_limit_s:g} s on a linear model of {a.shape[1]} "
+                                    f"columns and {a.shape[0]} rows")
         feasible = info.primal_solution_status == highspy.kSolutionStatusFeasible
         if not (status in _SOLVED or (status in _FEASIBLE_STOPS and feasible)):
             if integer.any() and not fallback:

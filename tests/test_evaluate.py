@@ -213,6 +213,24 @@ def test_mpc_retries_with_other_solver_options_before_falling_back(small_day, mo
     assert retried.loc["mpc", "reward_eur"] == pytest.approx(plain.loc["mpc", "reward_eur"], rel=1e-4)
 
 
+def test_a_warm_start_that_runs_too_long_is_solved_again_from_scratch(small_day, monkeypatch):
+    params, episode = small_day
+    plain = evaluate({"mpc": ModelPredictiveControl(params, horizon_steps=4)}, params, episodes=episode)
+    run = highspy.Highs.run
+
+    def stalled_when_limited(highs):  # a warm start stalls: HiGHS stops at its time limit
+        limit = highs.getOptionValue("time_limit")
+        if (limit[-1] if isinstance(limit, tuple) else limit) == 2.0:
+            highs.setOptionValue("time_limit", 0.0)
+        return run(highs)
+
+    monkeypatch.setattr(highspy.Highs, "run", stalled_when_limited)
+    mpc = ModelPredictiveControl(params, horizon_steps=4, warm_start_limit_s=2.0)
+    retried = evaluate({"mpc": mpc}, params, episodes=episode)
+    assert mpc.solver_retries.sum() > 0 and mpc.solver_fallbacks.sum() == 0
+    assert retried.loc["mpc", "reward_eur"] == pytest.approx(plain.loc["mpc", "reward_eur"], rel=1e-4)
+
+
 def test_mpc_fallback_is_declared_and_follows_the_site():
     params = load_site("caltech")
     assert isinstance(ModelPredictiveControl(params).fallback, EarliestDeadlineFirst)
