@@ -95,7 +95,7 @@ class ModelPredictiveControl:
     def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
                  time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4, fallback=EarliestDeadlineFirst,
                  retry_options: Sequence[Mapping] = RETRY_OPTIONS,
-                 departure_quantiles: Sequence[float] | None = None, warm_start_limit_s: float = 5.0):
+                 departure_quantiles: Sequence[float] | None = None, warm_start_limit_s: float = 1.0):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
         self.warm_start_limit_s = float(warm_start_limit_s)

@@ -9,6 +9,8 @@ Cases (each prints one JSON line; a table follows):
   mpc_full     MPC decisions on caltech with all 54 ports taken by EVs that stay past the
                24-step window: the largest model MPC builds there (54 x 24 EV steps).
   mpc_day      every MPC decision of ordinary caltech weekdays, and the seconds per day.
+  --departure-scenarios 0 9 runs both MPC cases planning on the announced departure and on nine
+  departure scenarios (MPC's departure_quantiles), one after the other.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ def offline_case(site: str, seeds: int, time_limit_s: float, **overrides) -> dic
             "integer_columns": int(max(integer))}
 
 
-def mpc_decisions(params, seed: int, horizon_steps: int, steps: int | None = None):
+def mpc_decisions(params, seed: int, horizon_steps: int, steps: int | None = None, scenarios: int = 0):
     episode = generator_for(params).sample(params, np.random.default_rng(seed), 1)
-    policy = ModelPredictiveControl(params, horizon_steps=horizon_steps)
+    levels = [(i + 0.5) / scenarios for i in range(scenarios)] if scenarios else None
+    policy = ModelPredictiveControl(params, horizon_steps=horizon_steps, departure_quantiles=levels)
     policy.begin(params, episode)
     state, plugged = reset(params, episode), []
     start = time.perf_counter()
@@ -65,11 +68,11 @@ def mpc_decisions(params, seed: int, horizon_steps: int, steps: int | None = Non
     return np.array(policy.decision_s), np.array(plugged), time.perf_counter() - start
 
 
-def mpc_full_case(seeds: int, horizon_steps: int) -> dict:
+def mpc_full_case(seeds: int, horizon_steps: int, scenarios: int = 0) -> dict:
     params = load_site("caltech", scenario=FULL_GARAGE)
     times = []
     for seed in range(seeds):
-        decision_s, plugged, _ = mpc_decisions(params, seed, horizon_steps, steps=36)
+        decision_s, plugged, _ = mpc_decisions(params, seed, horizon_steps, steps=36, scenarios=scenarios)
         times.extend(decision_s[plugged == params.num_ports][1:])  # the first decision starts cold
     ms = np.array(times) * 1e3
     return {"case": "mpc_full", "site": "caltech", "ports": params.num_ports, "horizon_steps": horizon_steps,
@@ -77,11 +80,11 @@ def mpc_full_case(seeds: int, horizon_steps: int) -> dict:
             "p90_ms": round(float(np.percentile(ms, 90)), 2), "max_ms": round(float(ms.max()), 2)}
 
 
-def mpc_day_case(seeds: int, horizon_steps: int) -> dict:
+def mpc_day_case(seeds: int, horizon_steps: int, scenarios: int = 0) -> dict:
     params = load_site("caltech", scenario={"weekday": 2})
     times, days = [], []
     for seed in range(seeds):
-        decision_s, _, day_s = mpc_decisions(params, seed, horizon_steps)
+        decision_s, _, day_s = mpc_decisions(params, seed, horizon_steps, scenarios=scenarios)
         times.extend(decision_s)
         days.append(day_s)
     ms = np.array(times) * 1e3
@@ -98,12 +101,15 @@ def main() -> None:
     parser.add_argument("--horizon-steps", type=int, default=24, help="MPC window")
     parser.add_argument("--v2g-time-limit", type=float, default=10.0, help="HiGHS seconds per V2G episode")
     parser.add_argument("--skip-v2g", action="store_true", help="skip the v2g_workplace offline case")
+    parser.add_argument("--departure-scenarios", type=int, nargs="+", default=[0],
+                        help="MPC cases per number of departure scenarios (0: the announced departure)")
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}, {args.seeds} seeds", flush=True)
-    runs = [lambda: offline_case("caltech", args.seeds, 10.0, scenario={"weekday": [0, 1, 2, 3, 4]}),
-            lambda: mpc_full_case(args.seeds, args.horizon_steps),
-            lambda: mpc_day_case(args.seeds, args.horizon_steps)]
+    runs = [lambda: offline_case("caltech", args.seeds, 10.0, scenario={"weekday": [0, 1, 2, 3, 4]})]
+    for k in args.departure_scenarios:
+        runs += [lambda k=k: {**mpc_full_case(args.seeds, args.horizon_steps, k), "scenarios": k},
+                 lambda k=k: {**mpc_day_case(args.seeds, args.horizon_steps, k), "scenarios": k}]
     if not args.skip_v2g:
         runs.append(lambda: offline_case("v2g_workplace", min(args.seeds, 3), args.v2g_time_limit,
                                          scenario={"weekday": [0, 1, 2]}))
@@ -122,7 +128,8 @@ def main() -> None:
             window, median = r["horizon_steps"], f"{r['median_ms']:.1f} ms"
             spread = f"{r['p90_ms']:.1f} / {r['max_ms']:.1f} ms"
             size = f"{r['median_day_s']:.2f} s per day" if "median_day_s" in r else "54 EVs x 24 steps"
-            notes = f"{r['decisions']} decisions; {size}"
+            notes = f"{r['decisions']} decisions; {size}" + (
+                f"; {r['scenarios']} departure scenarios" if r["scenarios"] else "")
         print(f"{r['case']:<10}{r['site']:<15}{r['ports']:>6}{window:>8}{median:>11}{spread:>18}  {notes}")
 
 
