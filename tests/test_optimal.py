@@ -342,12 +342,14 @@ def test_mpc_respects_limits_and_stays_below_the_optimum(site):
         assert (state.totals @ params.reward.coefficients() <= optimum.bound_eur + 1e-6).all()
 
 
-def test_mpc_batch_equals_single_envs():
+@pytest.mark.parametrize("levels", [None, (0.25, 0.75)])
+def test_mpc_batch_equals_single_envs(levels):
     params = load_site("caltech", horizon_steps=40, start_hour=6)
     episode = generator_for(params).sample(params, np.random.default_rng(7), 2)
-    batch, _ = actions_of(params, episode, ModelPredictiveControl(params, horizon_steps=12))
+    batch, _ = actions_of(params, episode, ModelPredictiveControl(params, horizon_steps=12,
+                                                                  departure_quantiles=levels))
     for b in range(2):
-        alone = ModelPredictiveControl(params, horizon_steps=12)
+        alone = ModelPredictiveControl(params, horizon_steps=12, departure_quantiles=levels)
         single, _ = actions_of(params, episode.take(slice(b, b + 1)), alone)
         np.testing.assert_allclose(batch[:, b], single[:, 0], atol=1e-6)
 
