@@ -44,10 +44,13 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_ft": (["experiment=clone_mpc_12h", "+agent.policy_kwargs.occupied_likelihood=true"], True),
     "clone_mpc_12h_80ep": (["experiment=clone_mpc_12h", "imitation.epochs=80"], False),
     "clone_mpc_12h_d4": (["experiment=clone_mpc_12h", "imitation.dagger_rounds=4"], False),
+    "clone_mpc_12h_d4_ft": (["experiment=clone_mpc_12h", "imitation.dagger_rounds=4",
+                             "+agent.policy_kwargs.occupied_likelihood=true"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
     "clone_mpc_12h_ft": "clone_mpc_12h",
+    "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
