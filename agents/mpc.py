@@ -190,10 +190,7 @@ class ModelPredictiveControl:
         checkpoints = {}
         if scenarios is not None:
             k = scenarios.shape[1]
-            base = remaining[:, None] - full_kwh[:, None] * np.maximum(scenarios - steps, 0)
-            lowest = np.where(episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs] > 0,
-                              np.minimum((episode.ev_min_soc[b, evs] - soc) * battery, 0.0), 0.0)
-            counted = ((departs <= params.horizon_steps) & (base > lowest[:, None] + 1e-9)).ravel()
+            counted = (departs <= params.horizon_steps).ravel()
             pairs = np.stack([np.repeat(np.arange(len(ports)), k), scenarios.ravel()], axis=1)[counted]
             pairs, count = np.unique(pairs, axis=0, return_counts=True)  # scenarios that coincide: one row
             ev_of, left = pairs.T

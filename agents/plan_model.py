@@ -13,6 +13,7 @@ from envs.dynamics import taper_energy_kwh
 from envs.site import SiteParams
 
 TOLERANCE_KW = 1e-7
+BINDING_KWH = 1e-9  # a checkpoint binds when its base exceeds the EV's lowest energy by more than this
 INFINITY = highspy.kHighsInf
 
 
@@ -30,7 +31,8 @@ class Window:
     ``checkpoint_weight[j]`` times the kWh by which the EV's energy after entry
     ``checkpoint_entry[j]`` falls short of ``checkpoint_base_kwh[j]`` at the unmet price, and the
     tariff revenue of the energy the EV takes after that entry at the same weight is taken back
-    (the EV leaves after that entry in one of the planner's departure scenarios).
+    (the EV leaves after that entry in one of the planner's departure scenarios). A checkpoint
+    whose base is not above the lowest energy the EV may reach cannot bind and is left out.
     """
 
     exo_kw: np.ndarray  # (S, N) inflexible load minus PV of each node's subtree
@@ -178,6 +180,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     charge_ub = np.where(charge_blocked, 0.0, np.maximum(charge_ub, 0.0))
     top_soc = soc + w.ev_room_kwh[ev] / battery
     floor = (np.maximum(w.ev_min_soc, 0.0) - w.ev_soc) * w.ev_battery_kwh
+    x_floor = np.where((w.ev_max_discharge_kw > 0) & (floor <= 0), floor, 0.0)
     discharge_ub = np.minimum(w.ev_max_discharge_kw[ev], params.port_max_discharge_kw[port]) * fraction
     discharge_ub[discharge_blocked | (first & (floor[ev] > 0))] = 0.0
     v2g = np.flatnonzero(discharge_ub > 0)
@@ -185,7 +188,9 @@ def build_model(params: SiteParams, window: Window) -> Model:
     counted = np.flatnonzero(w.ev_counted)
     at_horizon = (np.flatnonzero(w.ev_at_horizon) if w.ev_at_horizon is not None
                   and weights.unmet_at_horizon_eur_per_kwh > 0 else counted[:0])
-    checkpoint = np.zeros(0, dtype=np.int64) if w.checkpoint_entry is None else w.checkpoint_entry
+    binds = (np.zeros(0, dtype=np.int64) if w.checkpoint_entry is None else
+             np.flatnonzero(w.checkpoint_base_kwh > x_floor[ev[w.checkpoint_entry]] + BINDING_KWH))
+    checkpoint = binds if w.checkpoint_entry is None else w.checkpoint_entry[binds]
     last_entry = np.flatnonzero(last)
 
     ev_id = np.arange(len(w.ev_soc)) if w.ev_id is None else w.ev_id
@@ -193,7 +198,7 @@ def build_model(params: SiteParams, window: Window) -> Model:
     step_key = w.start_step + np.arange(s_len)
     node_step_key = np.arange(n_nodes) * _STEP + step_key[:, None]
     keys = {"c": entry_key, "d": entry_key[v2g], "z": entry_key[v2g], "x": entry_key, "u": ev_id[counted],
-            "h": ev_id[at_horizon], "q": checkpoint if w.checkpoint_key is None else w.checkpoint_key,
+            "h": ev_id[at_horizon], "q": binds if w.checkpoint_key is None else w.checkpoint_key[binds],
             "i": step_key, "e": step_key, "w": step_key, "s_imp": node_step_key[over_import],
             "s_exp": node_step_key[over_export], "peak": np.zeros(int(weights.demand_charge_eur_per_kw > 0)),
             "a": step_key if weights.setpoint_eur_per_kwh > 0 else step_key[:0]}
@@ -211,7 +216,6 @@ def build_model(params: SiteParams, window: Window) -> Model:
     upper[col["z"]] = 1.0
     upper[col["w"]] = 1.0
     upper[col["i"]], upper[col["e"]] = import_cap, export_cap
-    x_floor = np.where((w.ev_max_discharge_kw > 0) & (floor <= 0), floor, 0.0)
     lower[col["x"]], upper[col["x"]] = x_floor[ev], w.ev_room_kwh[ev]
     lower[col["peak"]] = w.peak_import_kw
 
@@ -226,7 +230,8 @@ def build_model(params: SiteParams, window: Window) -> Model:
     cost[col["a"]] = -weights.setpoint_eur_per_kwh * dt
     cost[col["u"]] = -weights.unmet_eur_per_kwh
     cost[col["h"]] = -weights.unmet_at_horizon_eur_per_kwh
-    cost[col["q"]] = -weights.unmet_eur_per_kwh * (w.checkpoint_weight if len(checkpoint) else 1.0)
+    checkpoint_weight = w.checkpoint_weight[binds] if len(checkpoint) else 1.0
+    cost[col["q"]] = -weights.unmet_eur_per_kwh * checkpoint_weight
     offset = weights.demand_charge_eur_per_kw * w.peak_import_kw if len(col["peak"]) else 0.0
 
     m = _Triplets()
@@ -313,10 +318,10 @@ def build_model(params: SiteParams, window: Window) -> Model:
     m.add(rows, x_col[ev_last[at_horizon]], 1.0)
     m.add(rows, col["h"], 1.0)
     if len(checkpoint):
-        rows = m.rows(w.checkpoint_key, w.checkpoint_base_kwh, INFINITY)
+        rows = m.rows(w.checkpoint_key[binds], w.checkpoint_base_kwh[binds], INFINITY)
         m.add(rows, x_col[checkpoint], 1.0)
         m.add(rows, col["q"], 1.0)
-        revenue = tariff_weight[checkpoint] * w.checkpoint_weight
+        revenue = tariff_weight[checkpoint] * checkpoint_weight
         np.add.at(cost, x_col[checkpoint], revenue)
         np.add.at(cost, x_col[ev_last[ev[checkpoint]]], -revenue)
 

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from envs.errors import ConfigError
+from envs.observability import REFERENCE_SEED, session_model
 from envs.site import SiteParams
 
 REFERENCE_DAYS = 112  # scenario days sampled once per site for the tables
-REFERENCE_SEED = 7919  # as envs.observability: apart from the evaluation and training seeds
 MIN_SESSIONS = 30  # an announced-stay row with fewer sessions still plugged in reads the pooled row
 MAX_ANNOUNCED_HOURS = 24  # announced stays of this many hours and more share the last row
 
@@ -101,9 +101,7 @@ def _survivor_quantiles(stay, error, elapsed, levels, least: int, fallback=None)
 @functools.lru_cache(maxsize=32)
 def departure_model_for(params: SiteParams, levels: tuple[float, ...]) -> DepartureModel:
     """The model of ``REFERENCE_DAYS`` days drawn from the site's session model
-    (``envs.observability.session_model``) with ``REFERENCE_SEED``: the same every time."""
-    from envs.observability import session_model
-
+    (``envs.observability.session_model``) with its ``REFERENCE_SEED``: the same every time."""
     episode = session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
     valid = episode.ev_valid
     arrival = episode.ev_arrival_step[valid]

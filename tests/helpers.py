@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from envs.core import reset, step
 from envs.episode import NO_ARRIVAL, Episode
+from envs.observation import observe
 from envs.reward import TERM_INDEX
 from envs.site import SiteParams, load_site
 
@@ -198,3 +200,14 @@ def fine_step_energy_kwh(params: SiteParams, soc: float, battery_kwh: float, car
         soc += gained / battery_kwh
         energy += gained
     return energy
+
+
+def actions_of(params: SiteParams, episode: Episode, policy):
+    """The actions (steps, B, P) of ``policy`` (begin + predict) through a rollout, and the final state."""
+    policy.begin(params, episode)
+    state, actions = reset(params, episode), []
+    while state.t < params.horizon_steps:
+        action, _ = policy.predict(observe(params, state))
+        actions.append(action)
+        state, _, _ = step(params, state, action)
+    return np.array(actions), state

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import ETA_C, ev, make_episode, port_group, tiny_site
+from helpers import ETA_C, actions_of, ev, make_episode, port_group, tiny_site
 
 import agents.mpc
 from agents.mpc import ModelPredictiveControl
@@ -60,16 +60,6 @@ def test_the_site_model_is_drawn_once_and_exact_announcements_give_no_error():
     assert np.abs(model.error_steps).max() == 0.0
 
 
-def run(params, episode, policy):
-    policy.begin(params, episode)
-    state, actions = reset(params, episode), []
-    while state.t < params.horizon_steps:
-        action, _ = policy.predict(observe(params, state))
-        actions.append(action)
-        state, _, _ = step(params, state, action)
-    return np.array(actions), state
-
-
 def test_exact_announcements_plan_as_the_announced_departure():
     params = load_site("caltech", horizon_steps=40, start_hour=6, scenario={"departure_error_minutes": 0.0})
     episode = generator_for(params).sample(params, np.random.default_rng(3), 2)
@@ -104,9 +94,9 @@ def test_an_ev_that_may_leave_early_charges_before_the_cheap_hours(monkeypatch):
     # half of such drivers leave after 2 steps, half when they said
     history = DepartureModel(0.25, np.array([0.25, 0.75]), np.tile([[[-6.0, 0.0]]], (24, 9, 1)), 100)
     monkeypatch.setattr(agents.mpc, "departure_model_for", lambda params, levels: history)
-    trusting, _ = run(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0))
-    doubting, _ = run(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0,
-                                                              departure_quantiles=(0.25, 0.75)))
+    trusting, _ = actions_of(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0))
+    doubting, _ = actions_of(params, episode, ModelPredictiveControl(params, 8, departure_margin_hours=0.0,
+                                                                    departure_quantiles=(0.25, 0.75)))
     assert np.abs(trusting[:4]).max() == 0.0  # it waits for the cheap steps
     # an unmet kWh costs 0.5 EUR with probability 1/2, more than the 0.2 EUR the wait saves: it
     # takes the whole request in the first two steps, before the early leavers go
@@ -117,7 +107,7 @@ def test_departure_scenarios_keep_every_limit_and_stay_below_the_optimum():
     params = load_site("jpl", horizon_steps=48, start_hour=6)
     episode = generator_for(params).sample(params, np.random.default_rng(4), 2)
     mpc = ModelPredictiveControl(params, horizon_steps=16, departure_quantiles=(0.1, 0.5, 0.9))
-    _, state = run(params, episode, mpc)
+    _, state = actions_of(params, episode, mpc)
     assert state.totals[:, TERM_INDEX["overload_requested_kwh"]].max() == 0.0
     assert mpc.solver_fallbacks.sum() == 0
     optimum = OfflineOptimal(params)

@@ -7,7 +7,7 @@ available kW), earns exactly the reward the LP promised, to 1e-6 relative.
 import numpy as np
 import pytest
 from helpers import DT_HOURS as DT
-from helpers import ETA_C, ETA_D, ev, fine_step_energy_kwh, make_episode, port_group, tiny_site
+from helpers import ETA_C, ETA_D, actions_of, ev, fine_step_energy_kwh, make_episode, port_group, tiny_site
 
 from agents.mpc import ModelPredictiveControl
 from agents.optimal import OfflineOptimal, OptimizationError, Window, plan_window, power_to_action
@@ -302,16 +302,6 @@ def test_mpc_matches_the_optimum_when_nothing_is_unknown():
     state = rollout(params, episode, mpc)
     reward = state.totals @ params.reward.coefficients()
     np.testing.assert_allclose(reward, optimum.objective_eur, rtol=1e-5)
-
-
-def actions_of(params, episode, policy):
-    policy.begin(params, episode)
-    state, actions = reset(params, episode), []
-    while state.t < params.horizon_steps:
-        action, _ = policy.predict(observe(params, state))
-        actions.append(action)
-        state, _, _ = step(params, state, action)
-    return np.array(actions), state
 
 
 def test_mpc_never_looks_ahead():
