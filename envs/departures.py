@@ -17,13 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from envs.errors import ConfigError
+from envs.errors import ConfigError, cut
 from envs.observability import REFERENCE_SEED, session_model
 from envs.site import SiteParams
 
 REFERENCE_DAYS = 112  # scenario days sampled once per site for the tables
 MIN_SESSIONS = 30  # an announced-stay row with fewer sessions still plugged in reads the pooled row
 MAX_ANNOUNCED_HOURS = 24  # announced stays of this many hours and more share the last row
+MAX_LEVELS = 99  # departure scenarios per EV: each is a row of every plan
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -52,10 +53,10 @@ class DepartureModel:
         if len(stay) == 0 or stay.shape != announced.shape:
             raise ConfigError("departure model: needs at least one session, with a stay and an announced "
                               "stay each")
-        if levels.ndim != 1 or not len(levels) or not ((levels > 0) & (levels < 1)).all() \
+        if levels.ndim != 1 or not 0 < len(levels) <= MAX_LEVELS or not ((levels > 0) & (levels < 1)).all() \
                 or (np.diff(levels) <= 0).any():
-            raise ConfigError(f"departure_quantiles must be increasing levels in (0, 1), "
-                              f"got {levels.tolist()}")
+            raise ConfigError(f"departure_quantiles must be 1 to {MAX_LEVELS} increasing levels in (0, 1), "
+                              f"got {cut(levels.tolist())}")
         per_hour = max(1, round(1.0 / dt_hours))
         row = np.minimum(np.maximum(announced, 0) // per_hour, MAX_ANNOUNCED_HOURS - 1)
         elapsed = np.arange(int(stay.max()) + 1)

@@ -46,7 +46,8 @@ def test_rows_are_announced_stays_in_whole_hours_and_sparse_rows_read_the_pool()
     assert model.sessions == 35
 
 
-@pytest.mark.parametrize("levels", [(), (0.5, 0.5), (0.0, 0.5), (0.5, 1.0), (0.7, 0.3)])
+@pytest.mark.parametrize("levels", [(), (0.5, 0.5), (0.0, 0.5), (0.5, 1.0), (0.7, 0.3),
+                                    tuple((i + 0.5) / 100 for i in range(100))])
 def test_bad_levels_are_refused_by_name(levels):
     with pytest.raises(ConfigError, match="departure_quantiles"):
         DepartureModel.from_sessions(0.25, [4, 5], [4, 4], levels)
