@@ -17,6 +17,7 @@ from envs.site import SiteParams
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
 POOLINGS = ("mean", "max")
 NODE_CONTEXT = 2  # per port: tightest headroom / node limit, tightest headroom / wanted kW below
+PRICE_CONTEXT = 3  # per port, with price_ranks: cheaper share, slack of cheaper steps, window cover
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -69,6 +70,14 @@ class PerPortNetwork(nn.Module):
     out a total that one head decides, instead of adding up independent errors (a demand
     charge pays for the site's peak, not the ports').
 
+    With ``price_ranks`` each port also reads where the buy price now ranks among the forecast
+    steps before its announced departure: the share of those steps that are cheaper than now,
+    how many more of them there are than the steps its remaining energy needs at full power
+    (over the forecast length, clipped to [-1, 1]), and the share of its stay the forecast
+    covers. A planner charges in the cheapest steps before a departure; a port's embedding
+    cannot work that out from the pooled site fields, since the departure is the port's and
+    the prices are the site's.
+
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
     encoding), so a port's decision can depend on which other EVs compete with it, beyond what
@@ -77,14 +86,16 @@ class PerPortNetwork(nn.Module):
     """
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
-                 activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0):
+                 activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
+                 price_ranks: bool = False):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
         if int(attention_heads) < 0:
             raise ValueError(f"attention_heads must be >= 0, got {attention_heads!r}")
         layout = declared_layout(site)
-        self.port_width = len(layout.port_fields) + NODE_CONTEXT
+        self.price_ranks = bool(price_ranks)
+        self.port_width = len(layout.port_fields) + NODE_CONTEXT + (PRICE_CONTEXT if self.price_ranks else 0)
         self.site_width = len(layout.site_columns)
         self.pooling = tuple(pooling)
         summary = len(self.pooling) * embed_dim + 1 + self.site_width
@@ -127,6 +138,9 @@ class PerPortNetwork(nn.Module):
             "occupied_columns": np.arange(cols["occupied"].start, cols["occupied"].stop),
             "max_discharge_columns": np.arange(cols["max_discharge_kw"].start, cols["max_discharge_kw"].stop),
             "node_limit_kw": site.node_import_limit_kw,
+            "price_columns": np.arange(cols["price_buy_eur_kwh"].start, cols["price_buy_eur_kwh"].stop),
+            "hours_columns": np.arange(cols["hours_to_departure"].start, cols["hours_to_departure"].stop),
+            "remaining_columns": np.arange(cols["remaining_kwh"].start, cols["remaining_kwh"].stop),
         }
         for name, value in buffers.items():
             tensor = torch.as_tensor(np.array(value), device=device)
@@ -134,6 +148,7 @@ class PerPortNetwork(nn.Module):
                                  persistent=False)
         self.occupied_field = layout.port_fields.index("occupied")
         self.path_length = ancestors.shape[1]
+        self.dt_hours = float(site.dt_hours)
         self.latent_dim_pi = site.num_ports
         self.site = site
 
@@ -149,8 +164,28 @@ class PerPortNetwork(nn.Module):
         served = (headroom_kw / wanted_kw.clamp(min=1e-3)).clamp(-1.0, 1.0)
         path = torch.stack([relative, served], dim=2).index_select(1, self.ancestors)
         ports = torch.cat([ports, path.view(b, p, self.path_length, NODE_CONTEXT).amin(dim=2)], dim=2)
+        if self.price_ranks:
+            ports = torch.cat([ports, self._price_context(obs)], dim=2)
         occupied = ports[:, :, self.occupied_field] > 0.5
         return ports, occupied, scaled.index_select(1, self.site_columns)
+
+    def _price_context(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, P, PRICE_CONTEXT): each port's view of the forecast buy prices before its departure."""
+        price = obs.index_select(1, self.price_columns)
+        leads = price.shape[1] - 1
+        steps_left = obs.index_select(1, self.hours_columns).clamp(min=0.0) / self.dt_hours
+        if leads == 0:
+            return obs.new_zeros((obs.shape[0], steps_left.shape[1], PRICE_CONTEXT))
+        in_window = steps_left.clamp(max=float(leads))
+        before = (torch.arange(leads, device=obs.device, dtype=obs.dtype) < in_window.floor().unsqueeze(2))
+        cheaper = (price[:, 1:] < price[:, :1]).to(obs.dtype).unsqueeze(1)
+        cheaper_steps = (before.to(obs.dtype) * cheaper).sum(dim=2)
+        power_kw = obs.index_select(1, self.max_charge_columns).clamp(min=1e-3)
+        needed_steps = obs.index_select(1, self.remaining_columns).clamp(min=0.0) / (power_kw * self.dt_hours)
+        share = cheaper_steps / in_window.floor().clamp(min=1.0)
+        slack = ((cheaper_steps - needed_steps) / leads).clamp(-1.0, 1.0)
+        cover = in_window / steps_left.clamp(min=1.0)
+        return torch.stack([share, slack, cover.clamp(max=1.0)], dim=2)
 
     def _summary(self, obs: torch.Tensor):
         """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
@@ -279,6 +314,8 @@ class PerPortPolicy(ActorCriticPolicy):
       ports' charging is scaled to it (``PerPortNetwork``).
     * ``attention_heads`` (0): > 0 adds self-attention among the occupied ports, with that many
       heads (``embed_dim`` must be a multiple of it).
+    * ``price_ranks`` (False): each port also reads where the price now ranks among the forecast
+      steps before its departure (``PerPortNetwork``).
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     * ``occupied_likelihood`` (False): an action's log-probability and entropy sum over the
       occupied ports only. An empty port's action changes nothing, so its noise only adds
@@ -305,7 +342,7 @@ class PerPortPolicy(ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule,
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
-                 site_power: bool = False, attention_heads: int = 0,
+                 site_power: bool = False, attention_heads: int = 0, price_ranks: bool = False,
                  log_std_init: float = 0.0, ortho_init: bool = True, use_sde: bool = False,
                  occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
@@ -323,7 +360,7 @@ class PerPortPolicy(ActorCriticPolicy):
         self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
                                "pooling": [str(p) for p in pooling], "activation": activation,
                                "head_layers": int(head_layers), "site_power": bool(site_power),
-                               "attention_heads": int(attention_heads)}
+                               "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

@@ -346,7 +346,7 @@ def test_attention_among_ports_keeps_equivariance_and_exports():
     assert policy.predict(np.zeros((2, declared_layout(jpl).size), dtype=np.float32))[0].shape == (2, 52)
 
 
-@pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True}])
+@pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True}, {"price_ranks": True}])
 def test_the_options_export_to_onnx(option, tmp_path):
     from agents.export.onnx_graph import write_onnx
     from agents.export.writer import onnx_actions
@@ -360,3 +360,43 @@ def test_the_options_export_to_onnx(option, tmp_path):
     with torch.no_grad():
         expected = actor(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(onnx_actions(path, obs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_price_ranks_read_the_prices_before_each_departure_by_hand():
+    params = load_site("caltech")  # 15-minute steps, forecast of 8 steps
+    policy = _policy(params, ortho_init=False, price_ranks=True)
+    layout = declared_layout(params).slices
+    obs = np.zeros((1, declared_layout(params).size), dtype=np.float32)
+    obs[0, layout["price_buy_eur_kwh"]] = [0.20, 0.10, 0.30, 0.15, 0.25, 0.10, 0.30, 0.30, 0.05]
+    for field, values in {"occupied": [1, 1, 1], "hours_to_departure": [1.0, 3.0, -0.5],
+                          "remaining_kwh": [3.3, 13.2, 0.0], "max_charge_kw": [6.6, 6.6, 6.6]}.items():
+        obs[0, layout[field].start:layout[field].start + 3] = values
+    with torch.no_grad():
+        context = policy.mlp_extractor._price_context(torch.as_tensor(obs))[0, :3].numpy()
+    # port 0: 4 steps before it leaves, 2 of them cheaper than now, 2 steps of charging needed;
+    # port 1: leaves after the forecast (8 of its 12 steps seen), 4 cheaper, 8 needed;
+    # port 2: overdue, nothing left to charge
+    np.testing.assert_allclose(context, [[0.5, 0.0, 1.0], [0.5, -0.5, 8 / 12], [0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_price_ranks_keep_equivariance_rebuild_from_config_and_transfer():
+    params = load_site("caltech")
+    policy = _policy(params, ortho_init=False, price_ranks=True)
+    plain = _policy(params, ortho_init=False)
+    obs = _observations(params, steps=44, num_envs=3)
+    order = np.random.default_rng(5).permutation(params.num_ports)
+    mean = _mean_actions(policy, obs)
+    np.testing.assert_allclose(_mean_actions(policy, _permute_ports(params, obs, order)), mean[:, order],
+                               rtol=1e-5, atol=1e-6)
+    config = json.loads(json.dumps(policy.config()))
+    assert config["price_ranks"] is True and plain.config()["price_ranks"] is False
+    rebuilt = PerPortPolicy(policy.observation_space, policy.action_space, lambda _: 1e-3, site=params,
+                            **config)
+    rebuilt.load_state_dict(policy.state_dict())
+    np.testing.assert_allclose(_mean_actions(rebuilt, obs), mean, rtol=1e-6, atol=1e-7)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        plain.load_state_dict(policy.state_dict())
+    jpl = load_site("jpl")
+    policy.set_site(jpl)
+    actions = _mean_actions(policy, _observations(jpl, steps=44, num_envs=2))
+    assert actions.shape == (2, 52) and np.isfinite(actions).all()

@@ -4,11 +4,16 @@ demonstrations, without an env in the loop.
     .venv/bin/python experiments/learning/cloning_fit.py --site caltech --teacher-horizon 48 \
         --teacher-margin 1.5 --variant base '{}' \
         --variant wide_b256 '{"embed_dim": 64, "hidden_dim": 128, "batch_size": 256, "learning_rate": 0.003}'
+    .venv/bin/python experiments/learning/cloning_fit.py --site caltech --teacher-horizon 48 \
+        --teacher-margin 1.5 --site-overrides +site.overrides.forecast_steps=48 \
+        --variant leads8 '{"embed_dim": 64, "hidden_dim": 128, "batch_size": 256, "learning_rate": 0.003,
+                           "forecast_leads": 8, "price_ranks": true}'
 
 MPC (``--teacher-horizon`` steps, departures planned ``--teacher-margin`` hours early) labels
 ``--days`` training days (``experiment=clone_mpc``'s imitation seed) and 64 fresh days (seed
 5555); each variant (a name and JSON: per-port network options, and ``epochs``,
-``batch_size``, ``learning_rate``, replacing those of ``experiment=clone_mpc``) is a fresh
+``batch_size``, ``learning_rate``, replacing those of ``experiment=clone_mpc``, and
+``forecast_leads``: the clone sees the site's forecasts only that many steps ahead) is a fresh
 per-port policy cloned on the training days only (no DAgger, no critic), with the rate falling
 along a cosine to that experiment's final rate. Printed per variant: the cloning seconds, the squared error
 of the mean action on plugged ports on training and fresh days (20,000 sampled steps each), and
@@ -61,6 +66,35 @@ class MeanAction:
         return np.clip(mean.numpy(), -1.0, 1.0), None
 
 
+class HiddenLeads:
+    """A predictor that sees the site's forecasts only up to ``leads`` steps ahead: the later leads
+    are set to those of step 0, so a clone fitted and scored through it cannot use them."""
+
+    def __init__(self, predictor, params, leads: int | None):
+        from envs.episode import FORECAST_BLOCK
+        from envs.observation import observation_layout
+
+        self.predictor, self.leads = predictor, leads
+        layout = observation_layout(params)
+        self.blocks = [layout[name] for name in FORECAST_BLOCK]
+
+    def hide(self, observation: np.ndarray) -> np.ndarray:
+        if self.leads is None:
+            return observation
+        seen = np.array(observation, dtype=np.float32, copy=True)
+        for block in self.blocks:
+            seen[..., block.start + self.leads + 1:block.stop] = seen[..., block.start:block.start + 1]
+        return seen
+
+    def begin(self, params, episode) -> None:
+        begin = getattr(self.predictor, "begin", None)
+        if callable(begin):
+            begin(params, episode)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        return self.predictor.predict(self.hide(np.asarray(observation)), state, episode_start, deterministic)
+
+
 def squared_error(policy, observations: np.ndarray, actions: np.ndarray, occupied: slice) -> float:
     """Mean squared error of the mean action on plugged ports, over up to 20,000 sampled steps."""
     rows = np.random.default_rng(0).choice(len(observations), min(len(observations), 20_000), replace=False)
@@ -79,6 +113,8 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=1.0, help="the scored clones' deadline guard, hours")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batches")
+    parser.add_argument("--site-overrides", nargs="*", default=[],
+                        help="Hydra overrides of the site, e.g. +site.overrides.forecast_steps=48")
     days.add_day_arguments(parser)
     args = parser.parse_args()
 
@@ -94,7 +130,7 @@ def main() -> None:
     from envs.reward import TERM_INDEX
 
     torch.set_num_threads(1)
-    site = days.ScoredSite(args.site)
+    site = days.ScoredSite(args.site, args.site_overrides)
     params = site.params
     no_reward = np.zeros(len(TERM_INDEX))
     recipe = base_recipe(args.site)
@@ -115,16 +151,19 @@ def main() -> None:
     for name, text in args.variant:
         options = json.loads(text)
         cloning = {key: options.pop(key, imitation[key]) for key in CLONING}
+        leads = options.pop("forecast_leads", None)
+        seen = HiddenLeads(None, params, leads)
         torch.manual_seed(args.seed)
         policy = PerPortPolicy(observation_space, action_space, lambda _: 1e-3, site=params,
                                **{**network, **options})
         start = time.perf_counter()
-        clone(policy, train_obs, train_actions, None, cloning["epochs"], cloning["batch_size"],
+        clone(policy, seen.hide(train_obs), train_actions, None, cloning["epochs"], cloning["batch_size"],
               cloning["learning_rate"], seed=args.seed, final_learning_rate=imitation["final_learning_rate"])
+        errors = [squared_error(policy, seen.hide(obs), actions, occupied)
+                  for obs, actions in ((train_obs, train_actions), (fresh_obs, fresh_actions))]
         print(f"{name}: cloned in {time.perf_counter() - start:.0f} s; squared error on plugged ports "
-              f"{squared_error(policy, train_obs, train_actions, occupied):.4f} (training days), "
-              f"{squared_error(policy, fresh_obs, fresh_actions, occupied):.4f} (fresh days)", flush=True)
-        policies[name] = GuardedPolicy(MeanAction(policy), args.margin)
+              f"{errors[0]:.4f} (training days), {errors[1]:.4f} (fresh days)", flush=True)
+        policies[name] = GuardedPolicy(HiddenLeads(MeanAction(policy), params, leads), args.margin)
     summary = site.summary(policies, args.test_episodes, args.test_seed)
     print(f"\n{args.site}, teacher MPC {args.teacher_horizon} steps with a {args.teacher_margin:g} h margin, "
           f"{args.days} days; clones behind a {args.margin:g} h guard, {args.test_episodes} test days "
