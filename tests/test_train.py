@@ -79,6 +79,15 @@ def test_clone_mpc_12h_is_clone_mpc_with_a_longer_window_and_a_harder_fit():
     assert tuned["agent"]["learning_rate"] == base["agent"]["learning_rate"]
 
 
+def test_clone_mpc_ranked_is_the_benchmarks_variant():
+    ranked = train_config("experiment=clone_mpc_ranked")
+    variant = train_config("experiment=clone_mpc_12h", "imitation.dagger_rounds=4",
+                           "+agent.policy_kwargs.price_ranks=true")
+    assert ranked == variant
+    assert ranked["agent"]["policy_kwargs"]["price_ranks"] is True
+    assert ranked["imitation"]["dagger_rounds"] == 4
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_every_launcher_config_composes(launcher):
     cfg = train_config(f"hydra/launcher={launcher}", hydra_config=True)
