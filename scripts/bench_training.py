@@ -6,6 +6,7 @@
     python scripts/bench_training.py --policies per_port --batch-size 4096 --epochs 5   # a cheaper update
     python scripts/bench_training.py --policies per_port per_port_occupied   # likelihood over plugged ports
     python scripts/bench_training.py --policies per_port per_port_wide --epochs 5   # the wider network
+    python scripts/bench_training.py --policies per_port_wide per_port_wide_ranked --epochs 5   # price ranks
 
 PPO uses the settings of ``configs/agent/ppo.yaml`` (n_steps 96, batch 1024, 10 epochs; the MLP
 is 2 x 256). Each policy learns in a fresh process with torch on one thread. The time splits
@@ -26,6 +27,8 @@ PER_PORT_OPTIONS = {  # policy case: options of the per-port network beyond its 
     "per_port": {},
     "per_port_occupied": {"occupied_likelihood": True},
     "per_port_wide": {"embed_dim": 64, "hidden_dim": 128, "head_layers": 2, "occupied_likelihood": True},
+    "per_port_wide_ranked": {"embed_dim": 64, "hidden_dim": 128, "head_layers": 2,
+                             "occupied_likelihood": True, "price_ranks": True},
 }
 
 
