@@ -18,6 +18,7 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
 POOLINGS = ("mean", "max")
 NODE_CONTEXT = 2  # per port: tightest headroom / node limit, tightest headroom / wanted kW below
 PRICE_CONTEXT = 3  # per port, with price_ranks: cheaper share, slack of cheaper steps, window cover
+LOAD_CONTEXT = 2  # per port, with load_ranks: share of higher site load ahead, highest load ahead over now
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -78,6 +79,11 @@ class PerPortNetwork(nn.Module):
     cannot work that out from the pooled site fields, since the departure is the port's and
     the prices are the site's.
 
+    With ``load_ranks`` each port reads the same about the site's inflexible net load (load less
+    PV) over the steps before its departure: the share of them with a higher net load than now,
+    and how far the highest of them lies above now, over the root's import limit. A demand
+    charge rewards charging in the load's valleys and discharging at its peak.
+
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
     encoding), so a port's decision can depend on which other EVs compete with it, beyond what
@@ -87,7 +93,7 @@ class PerPortNetwork(nn.Module):
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
-                 price_ranks: bool = False):
+                 price_ranks: bool = False, load_ranks: bool = False):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
@@ -95,7 +101,9 @@ class PerPortNetwork(nn.Module):
             raise ValueError(f"attention_heads must be >= 0, got {attention_heads!r}")
         layout = declared_layout(site)
         self.price_ranks = bool(price_ranks)
-        self.port_width = len(layout.port_fields) + NODE_CONTEXT + (PRICE_CONTEXT if self.price_ranks else 0)
+        self.load_ranks = bool(load_ranks)
+        self.port_width = (len(layout.port_fields) + NODE_CONTEXT + (PRICE_CONTEXT if self.price_ranks else 0)
+                           + (LOAD_CONTEXT if self.load_ranks else 0))
         self.site_width = len(layout.site_columns)
         self.pooling = tuple(pooling)
         summary = len(self.pooling) * embed_dim + 1 + self.site_width
@@ -141,6 +149,8 @@ class PerPortNetwork(nn.Module):
             "price_columns": np.arange(cols["price_buy_eur_kwh"].start, cols["price_buy_eur_kwh"].stop),
             "hours_columns": np.arange(cols["hours_to_departure"].start, cols["hours_to_departure"].stop),
             "remaining_columns": np.arange(cols["remaining_kwh"].start, cols["remaining_kwh"].stop),
+            "load_columns": np.arange(cols["site_load_kw"].start, cols["site_load_kw"].stop),
+            "pv_columns": np.arange(cols["site_pv_kw"].start, cols["site_pv_kw"].stop),
         }
         for name, value in buffers.items():
             tensor = torch.as_tensor(np.array(value), device=device)
@@ -166,6 +176,8 @@ class PerPortNetwork(nn.Module):
         ports = torch.cat([ports, path.view(b, p, self.path_length, NODE_CONTEXT).amin(dim=2)], dim=2)
         if self.price_ranks:
             ports = torch.cat([ports, self._price_context(obs)], dim=2)
+        if self.load_ranks:
+            ports = torch.cat([ports, self._load_context(obs)], dim=2)
         occupied = ports[:, :, self.occupied_field] > 0.5
         return ports, occupied, scaled.index_select(1, self.site_columns)
 
@@ -186,6 +198,26 @@ class PerPortNetwork(nn.Module):
         slack = ((cheaper_steps - needed_steps) / leads).clamp(-1.0, 1.0)
         cover = in_window / steps_left.clamp(min=1.0)
         return torch.stack([share, slack, cover.clamp(max=1.0)], dim=2)
+
+    def _window_before_departure(self, obs: torch.Tensor, leads: int) -> torch.Tensor:
+        """(B, P, leads) bool: the forecast leads 1 .. leads that come before each port's departure."""
+        steps_left = obs.index_select(1, self.hours_columns).clamp(min=0.0) / self.dt_hours
+        in_window = steps_left.clamp(max=float(leads)).floor()
+        return torch.arange(leads, device=obs.device, dtype=obs.dtype) < in_window.unsqueeze(2)
+
+    def _load_context(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, P, LOAD_CONTEXT): each port's view of the site's net load before its departure."""
+        net_kw = obs.index_select(1, self.load_columns) - obs.index_select(1, self.pv_columns)
+        leads = net_kw.shape[1] - 1
+        if leads == 0:
+            return obs.new_zeros((obs.shape[0], self.latent_dim_pi, LOAD_CONTEXT))
+        before = self._window_before_departure(obs, leads)
+        ahead = (net_kw[:, 1:] - net_kw[:, :1]).unsqueeze(1)
+        count = before.sum(dim=2).to(obs.dtype)
+        higher = ((ahead > 0) & before).sum(dim=2).to(obs.dtype) / count.clamp(min=1.0)
+        highest = torch.where(before, ahead, torch.full_like(ahead, -torch.inf)).amax(dim=2)
+        highest = torch.where(count > 0, highest, torch.zeros_like(highest)) / self.node_limit_kw[0]
+        return torch.stack([higher, highest.clamp(-1.0, 1.0)], dim=2)
 
     def _summary(self, obs: torch.Tensor):
         """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
@@ -316,6 +348,7 @@ class PerPortPolicy(ActorCriticPolicy):
       heads (``embed_dim`` must be a multiple of it).
     * ``price_ranks`` (False): each port also reads where the price now ranks among the forecast
       steps before its departure (``PerPortNetwork``).
+    * ``load_ranks`` (False): the same for the site's inflexible net load (``PerPortNetwork``).
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     * ``occupied_likelihood`` (False): an action's log-probability and entropy sum over the
       occupied ports only. An empty port's action changes nothing, so its noise only adds
@@ -343,8 +376,8 @@ class PerPortPolicy(ActorCriticPolicy):
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
                  site_power: bool = False, attention_heads: int = 0, price_ranks: bool = False,
-                 log_std_init: float = 0.0, ortho_init: bool = True, use_sde: bool = False,
-                 occupied_likelihood: bool = False, **kwargs: Any):
+                 load_ranks: bool = False, log_std_init: float = 0.0, ortho_init: bool = True,
+                 use_sde: bool = False, occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
             raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
         if activation not in ACTIVATIONS:
@@ -360,7 +393,8 @@ class PerPortPolicy(ActorCriticPolicy):
         self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
                                "pooling": [str(p) for p in pooling], "activation": activation,
                                "head_layers": int(head_layers), "site_power": bool(site_power),
-                               "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks)}
+                               "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks),
+                               "load_ranks": bool(load_ranks)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

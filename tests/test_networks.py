@@ -346,7 +346,8 @@ def test_attention_among_ports_keeps_equivariance_and_exports():
     assert policy.predict(np.zeros((2, declared_layout(jpl).size), dtype=np.float32))[0].shape == (2, 52)
 
 
-@pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True}, {"price_ranks": True}])
+@pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True},
+                                    {"price_ranks": True, "load_ranks": True}])
 def test_the_options_export_to_onnx(option, tmp_path):
     from agents.export.onnx_graph import write_onnx
     from agents.export.writer import onnx_actions
@@ -377,6 +378,25 @@ def test_price_ranks_read_the_prices_before_each_departure_by_hand():
     # port 1: leaves after the forecast (8 of its 12 steps seen), 4 cheaper, 8 needed;
     # port 2: overdue, nothing left to charge
     np.testing.assert_allclose(context, [[0.5, 0.0, 1.0], [0.5, -0.5, 8 / 12], [0.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_load_ranks_read_the_site_net_load_before_each_departure_by_hand():
+    params = load_site("caltech")  # 15-minute steps, forecast of 8 steps, a 300 kW grid connection
+    policy = _policy(params, ortho_init=False, load_ranks=True)
+    layout = declared_layout(params).slices
+    obs = np.zeros((1, declared_layout(params).size), dtype=np.float32)
+    obs[0, layout["site_load_kw"]] = [50, 70, 40, 80, 50, 50, 50, 50, 50]
+    obs[0, layout["site_pv_kw"]] = [0, 10, 0, 10, 0, 0, 0, 0, 60]
+    for field, values in {"occupied": [1, 1, 1], "hours_to_departure": [1.0, 3.0, -0.5]}.items():
+        obs[0, layout[field].start:layout[field].start + 3] = values
+    with torch.no_grad():
+        context = policy.mlp_extractor._load_context(torch.as_tensor(obs))[0, :3].numpy()
+    # net load ahead of now (50 kW): +10, -10, +20, 0, 0, 0, 0, -60 kW
+    np.testing.assert_allclose(context, [[0.5, 20 / 300], [0.25, 20 / 300], [0.0, 0.0]], atol=1e-6)
+    obs[0, layout["site_load_kw"].start] = 90.0  # now above everything ahead
+    with torch.no_grad():
+        context = policy.mlp_extractor._load_context(torch.as_tensor(obs))[0, :2].numpy()
+    np.testing.assert_allclose(context, [[0.0, -20 / 300], [0.0, -20 / 300]], atol=1e-6)  # 70 kW at most
 
 
 def test_price_ranks_keep_equivariance_rebuild_from_config_and_transfer():
