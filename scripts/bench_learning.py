@@ -47,6 +47,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_d4_ft": (["experiment=clone_mpc_12h", "imitation.dagger_rounds=4",
                              "+agent.policy_kwargs.occupied_likelihood=true"], True),
     "clone_mpc_12h_d4_rank": (["experiment=clone_mpc_ranked"], False),
+    "clone_mpc_12h_m1_tie": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                              "imitation.tie_break_eur_kwh_per_step=0.001"], False),
     "clone_mpc_12h_m1_rank": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
                                "+agent.policy_kwargs.price_ranks=true"], False),
 }

@@ -9,7 +9,9 @@ demonstrations, without an env in the loop.
         --variant leads8 '{"embed_dim": 64, "hidden_dim": 128, "batch_size": 256, "learning_rate": 0.003,
                            "forecast_leads": 8, "price_ranks": true}'
 
-MPC (``--teacher-horizon`` steps, departures planned ``--teacher-margin`` hours early) labels
+MPC (``--teacher-horizon`` steps, departures planned ``--teacher-margin`` hours early, and with
+``--tie-break`` > 0 on buy prices rising by that much per step, so that of equal plans it keeps the
+earliest charging) labels
 ``--days`` training days (``experiment=clone_mpc``'s imitation seed) and 64 fresh days (seed
 5555); each variant (a name and JSON: per-port network options, and ``epochs``,
 ``batch_size``, ``learning_rate``, replacing those of ``experiment=clone_mpc``, and
@@ -110,6 +112,8 @@ def main() -> None:
     parser.add_argument("--teacher-horizon", type=int, default=24)
     parser.add_argument("--teacher-margin", type=float, default=1.0)
     parser.add_argument("--days", type=int, default=256)
+    parser.add_argument("--tie-break", type=float, default=0.0,
+                        help="EUR/kWh per step: the teacher plans on buy prices rising by that much per step")
     parser.add_argument("--margin", type=float, default=1.0, help="the scored clones' deadline guard, hours")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batches")
@@ -139,7 +143,8 @@ def main() -> None:
     def demonstrations(count: int, seed: int):
         teacher = ModelPredictiveControl(params, horizon_steps=args.teacher_horizon,
                                          departure_margin_hours=args.teacher_margin)
-        data = collect_demonstrations(teacher, params, episodes_for(params, None, count, seed), no_reward)
+        data = collect_demonstrations(teacher, params, episodes_for(params, None, count, seed), no_reward,
+                                      tie_break_eur_kwh_per_step=args.tie_break)
         return data.observations, data.actions
 
     train_obs, train_actions = demonstrations(args.days, imitation["seed"])
