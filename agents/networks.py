@@ -181,29 +181,28 @@ class PerPortNetwork(nn.Module):
         occupied = ports[:, :, self.occupied_field] > 0.5
         return ports, occupied, scaled.index_select(1, self.site_columns)
 
+    def _departure_window(self, obs: torch.Tensor, leads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each port's steps to its departure (B, P), and which forecast leads 1 .. ``leads`` come
+        before it (B, P, leads) bool."""
+        steps_left = obs.index_select(1, self.hours_columns).clamp(min=0.0) / self.dt_hours
+        in_window = steps_left.clamp(max=float(leads)).floor()
+        return steps_left, torch.arange(leads, device=obs.device, dtype=obs.dtype) < in_window.unsqueeze(2)
+
     def _price_context(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, P, PRICE_CONTEXT): each port's view of the forecast buy prices before its departure."""
         price = obs.index_select(1, self.price_columns)
         leads = price.shape[1] - 1
-        steps_left = obs.index_select(1, self.hours_columns).clamp(min=0.0) / self.dt_hours
         if leads == 0:
-            return obs.new_zeros((obs.shape[0], steps_left.shape[1], PRICE_CONTEXT))
-        in_window = steps_left.clamp(max=float(leads))
-        before = (torch.arange(leads, device=obs.device, dtype=obs.dtype) < in_window.floor().unsqueeze(2))
-        cheaper = (price[:, 1:] < price[:, :1]).to(obs.dtype).unsqueeze(1)
-        cheaper_steps = (before.to(obs.dtype) * cheaper).sum(dim=2)
+            return obs.new_zeros((obs.shape[0], self.latent_dim_pi, PRICE_CONTEXT))
+        steps_left, before = self._departure_window(obs, leads)
+        count = before.sum(dim=2).to(obs.dtype)
+        cheaper_steps = ((price[:, 1:] < price[:, :1]).unsqueeze(1) & before).sum(dim=2).to(obs.dtype)
         power_kw = obs.index_select(1, self.max_charge_columns).clamp(min=1e-3)
         needed_steps = obs.index_select(1, self.remaining_columns).clamp(min=0.0) / (power_kw * self.dt_hours)
-        share = cheaper_steps / in_window.floor().clamp(min=1.0)
+        share = cheaper_steps / count.clamp(min=1.0)
         slack = ((cheaper_steps - needed_steps) / leads).clamp(-1.0, 1.0)
-        cover = in_window / steps_left.clamp(min=1.0)
+        cover = steps_left.clamp(max=float(leads)) / steps_left.clamp(min=1.0)
         return torch.stack([share, slack, cover.clamp(max=1.0)], dim=2)
-
-    def _window_before_departure(self, obs: torch.Tensor, leads: int) -> torch.Tensor:
-        """(B, P, leads) bool: the forecast leads 1 .. leads that come before each port's departure."""
-        steps_left = obs.index_select(1, self.hours_columns).clamp(min=0.0) / self.dt_hours
-        in_window = steps_left.clamp(max=float(leads)).floor()
-        return torch.arange(leads, device=obs.device, dtype=obs.dtype) < in_window.unsqueeze(2)
 
     def _load_context(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, P, LOAD_CONTEXT): each port's view of the site's net load before its departure."""
@@ -211,7 +210,7 @@ class PerPortNetwork(nn.Module):
         leads = net_kw.shape[1] - 1
         if leads == 0:
             return obs.new_zeros((obs.shape[0], self.latent_dim_pi, LOAD_CONTEXT))
-        before = self._window_before_departure(obs, leads)
+        _, before = self._departure_window(obs, leads)
         ahead = (net_kw[:, 1:] - net_kw[:, :1]).unsqueeze(1)
         count = before.sum(dim=2).to(obs.dtype)
         higher = ((ahead > 0) & before).sum(dim=2).to(obs.dtype) / count.clamp(min=1.0)

@@ -157,10 +157,10 @@ def main() -> None:
         options = json.loads(text)
         cloning = {key: options.pop(key, imitation[key]) for key in CLONING}
         leads = options.pop("forecast_leads", None)
-        seen = HiddenLeads(None, params, leads)
         torch.manual_seed(args.seed)
         policy = PerPortPolicy(observation_space, action_space, lambda _: 1e-3, site=params,
                                **{**network, **options})
+        seen = HiddenLeads(MeanAction(policy), params, leads)
         start = time.perf_counter()
         clone(policy, seen.hide(train_obs), train_actions, None, cloning["epochs"], cloning["batch_size"],
               cloning["learning_rate"], seed=args.seed, final_learning_rate=imitation["final_learning_rate"])
@@ -168,7 +168,7 @@ def main() -> None:
                   for obs, actions in ((train_obs, train_actions), (fresh_obs, fresh_actions))]
         print(f"{name}: cloned in {time.perf_counter() - start:.0f} s; squared error on plugged ports "
               f"{errors[0]:.4f} (training days), {errors[1]:.4f} (fresh days)", flush=True)
-        policies[name] = GuardedPolicy(HiddenLeads(MeanAction(policy), params, leads), args.margin)
+        policies[name] = GuardedPolicy(seen, args.margin)
     summary = site.summary(policies, args.test_episodes, args.test_seed)
     print(f"\n{args.site}, teacher MPC {args.teacher_horizon} steps with a {args.teacher_margin:g} h margin, "
           f"{args.days} days; clones behind a {args.margin:g} h guard, {args.test_episodes} test days "
