@@ -91,13 +91,17 @@ def tie_broken(episodes: Episode, eur_kwh_per_step: float) -> Episode:
 
 def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: np.ndarray | None = None,
           epochs: int = 10, batch_size: int = 1024, learning_rate: float = 1e-3, value_weight: float = 0.5,
-          seed: int = 0, final_learning_rate: float | None = None) -> list[float]:
+          seed: int = 0, final_learning_rate: float | None = None,
+          site_total_weight: float = 0.0) -> list[float]:
     """Fit ``policy`` (an SB3 ``ActorCriticPolicy``) to the demonstrations in place.
 
     The actor's mean action regresses onto ``actions`` (squared error, after the [-1, 1] clip the
     env applies, with the gradient passed through where the target sits at a bound, so a mean
     beyond a bound costs nothing), and a per-port policy's site power head (``site_power``)
-    onto the actions' net power; the critic onto ``value_targets`` when given. Observations
+    onto the actions' net power; the critic onto ``value_targets`` when given. With
+    ``site_total_weight`` > 0 the loss also counts each step's error summed over its ports
+    (squared, over the port count), which costs what independent errors cost and more where the
+    ports err together, as a site total (and its peak) does. Observations
     are as the policy sees them (normalized where the run normalizes). With
     ``final_learning_rate`` the rate falls from ``learning_rate`` to it along a cosine over the
     epochs. Returns the mean loss of each epoch.
@@ -120,8 +124,10 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
         for start in range(0, len(obs), int(batch_size)):
             index = order[start:start + int(batch_size)]
             mean, value = _mean_and_value(policy, obs[index])
-            loss = _bounded_squared_error(mean, target[index]) + _site_power_error(policy, obs[index],
-                                                                                   target[index])
+            error = _bounded_error(mean, target[index])
+            loss = (error * error).mean() + _site_power_error(policy, obs[index], target[index])
+            if site_total_weight > 0:
+                loss = loss + site_total_weight * _site_total_error(error)
             if values is not None:
                 loss = loss + value_weight * torch.nn.functional.mse_loss(value, values[index])
             optimizer.zero_grad()
@@ -198,7 +204,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
         losses += clone(model.policy, observations, np.concatenate([d.actions for d in data]), value_targets,
                         epochs, imitation_cfg["batch_size"], imitation_cfg["learning_rate"],
                         float(imitation_cfg.get("value_weight", 0.5)), seed + round_,
-                        imitation_cfg.get("final_learning_rate"))
+                        imitation_cfg.get("final_learning_rate"),
+                        float(imitation_cfg.get("site_total_weight", 0.0)))
     log_std = imitation_cfg.get("log_std")
     if log_std is not None and hasattr(model.policy, "log_std"):
         import torch
@@ -225,13 +232,18 @@ def _site_power_error(policy, obs, target):
     return network.site_power_error(policy.extract_features(obs), target)
 
 
-def _bounded_squared_error(mean, target):
+def _site_total_error(error):
+    """Mean over rows of (the row's summed port errors)^2 / ports: the per-port squared error
+    where errors are independent, up to ports times it where they all agree in sign."""
+    return (error.sum(dim=1) ** 2).mean() / error.shape[1]
+
+
+def _bounded_error(mean, target):
     import torch
 
     error = mean - target
     error = torch.where((target >= 1.0) & (error > 0), torch.zeros_like(error), error)
-    error = torch.where((target <= -1.0) & (error < 0), torch.zeros_like(error), error)
-    return (error * error).mean()
+    return torch.where((target <= -1.0) & (error < 0), torch.zeros_like(error), error)
 
 
 _COUNTS = {  # imitation key: (size limit of envs.limits or None, lowest value)

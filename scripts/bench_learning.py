@@ -51,6 +51,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                               "imitation.tie_break_eur_kwh_per_step=0.001"], False),
     "clone_mpc_12h_m1_rank": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
                                "+agent.policy_kwargs.price_ranks=true"], False),
+    "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
+                                  "imitation.teacher.departure_margin_hours=1.0"], False),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",

@@ -54,12 +54,40 @@ def test_cloning_fits_the_teacher_better_than_the_fresh_policy():
     assert losses[-1] < losses[0] and error() < 0.5 * before
 
 
+def test_site_total_weight_adds_the_summed_error_to_the_loss():
+    from agents.imitation import _bounded_error, _site_total_error
+
+    teacher = EarliestDeadlineFirst(PARAMS)
+    demos = collect_demonstrations(teacher, PARAMS, episodes(2), PARAMS.reward.coefficients())
+    env = SmartChargingVecEnv(2, site=PARAMS, step_info=False)
+    obs = demos.observations / 10.0
+
+    def fresh():
+        return PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16]}).policy
+
+    with torch.no_grad():
+        mean = fresh().get_distribution(torch.as_tensor(obs)).distribution.mean
+    summed = float(_site_total_error(_bounded_error(mean, torch.as_tensor(demos.actions))))
+    plain = clone(fresh(), obs, demos.actions, epochs=1, batch_size=len(obs))
+    weighted = clone(fresh(), obs, demos.actions, epochs=1, batch_size=len(obs), site_total_weight=2.0)
+    assert summed > 0 and weighted[0] - plain[0] == pytest.approx(2.0 * summed, rel=1e-5)
+
+
 def test_clipped_error_ignores_a_mean_beyond_a_bound_the_target_sits_at():
-    from agents.imitation import _bounded_squared_error
+    from agents.imitation import _bounded_error
 
     mean = torch.tensor([[1.5, -2.0, 0.5]])
-    assert float(_bounded_squared_error(mean, torch.tensor([[1.0, -1.0, 0.5]]))) == 0.0
-    assert float(_bounded_squared_error(mean, torch.tensor([[0.5, -1.0, 0.5]]))) == pytest.approx(1.0 / 3)
+    assert _bounded_error(mean, torch.tensor([[1.0, -1.0, 0.5]])).tolist() == [[0.0, 0.0, 0.0]]
+    assert _bounded_error(mean, torch.tensor([[0.5, -1.0, 0.5]])).tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_site_total_error_counts_errors_that_agree_in_sign_more():
+    from agents.imitation import _site_total_error
+
+    cancelling = torch.tensor([[0.1, 0.1, -0.2], [0.3, -0.3, 0.0]])
+    agreeing = torch.tensor([[0.1, 0.1, 0.1], [0.0, 0.0, 0.0]])
+    assert float(_site_total_error(cancelling)) == pytest.approx(0.0, abs=1e-7)
+    assert float(_site_total_error(agreeing)) == pytest.approx((0.3 ** 2 / 3) / 2)
 
 
 def test_guard_raises_only_ports_whose_deadline_needs_power_now():
