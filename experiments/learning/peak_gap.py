@@ -1,0 +1,113 @@
+"""Where a clone's reward goes against its teacher's, term by term, and what the teacher's daily peak
+is worth to it as a cap.
+
+    .venv/bin/python experiments/learning/peak_gap.py --site v2g_workplace \
+        --run experiments/learning/v2g_workplace/clone_mpc_12h_m1/seed_0 --horizon 48 --margin 1
+
+The teacher (MPC over ``--horizon`` steps, departures ``--margin`` hours early, behind the clone's
+``--guard``) and the clone drive the test days. Printed: the score table, then the mean per day of
+each reward term (EUR or kWh, and the day's highest site import, which the demand charge bills), and
+the clone with its site import capped each day at the teacher's highest import of that day (times
+``1 + slack``): the clone's charging is scaled down until the import fits, its discharge kept, and
+the deadline guard raises what must flow. The cap is an oracle: it knows the teacher's whole day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "scripts"))
+sys.path.insert(0, str(HERE))
+
+from learning_days import ScoredSite, add_day_arguments, score_rows  # noqa: E402
+from site_total_oracle import rescale  # noqa: E402
+
+TERMS = ("reward_eur", "energy_cost_eur", "charging_revenue_eur", "export_revenue_eur", "degradation_kwh",
+         "unmet_kwh", "peak_import_kw", "v2g_discharged_kwh")
+
+
+class DailyPeakCap:
+    """A policy behind a deadline guard with each env's site import held under ``caps_kw`` (B,)."""
+
+    def __init__(self, policy, caps_kw: np.ndarray, margin_hours: float):
+        self.policy, self.caps_kw, self.margin_hours = policy, np.asarray(caps_kw, dtype=float), margin_hours
+
+    def begin(self, params, episode) -> None:
+        from agents.baselines import AsLateAsPossible
+        from agents.guards import DeadlineGuard
+
+        if episode.num_envs != len(self.caps_kw):
+            raise ValueError(f"expected {len(self.caps_kw)} days, one cap each, got {episode.num_envs}")
+        if callable(getattr(self.policy, "begin", None)):
+            self.policy.begin(params, episode)
+        self.guard = DeadlineGuard(params, self.margin_hours, fit_headroom=True)
+        self.field = AsLateAsPossible(params).field
+        self.root_limit_kw = float(params.node_import_limit_kw[0])
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        obs = np.atleast_2d(observation)
+        max_charge, max_discharge = self.field(obs, "max_charge_kw"), self.field(obs, "max_discharge_kw")
+        inflexible_kw = self.root_limit_kw - self.field(obs, "node_headroom_kw")[:, 0]
+        actions = self.guard.apply(obs, self.policy.predict(obs, deterministic=True)[0])
+        charge, discharge = np.maximum(actions, 0.0) * max_charge, np.minimum(actions, 0.0) * max_discharge
+        floor = np.maximum(self.guard.apply(obs, np.zeros(max_charge.shape, np.float32)), 0.0) * max_charge
+        target = np.minimum(charge.sum(axis=1) + discharge.sum(axis=1), self.caps_kw - inflexible_kw)
+        charge, discharge = rescale(charge, discharge, floor, max_charge, max_discharge,
+                                    self.field(obs, "v2g_allowed") > 0, target)
+        zeros = np.zeros_like(charge)
+        capped = (np.divide(charge, max_charge, out=zeros.copy(), where=charge > 1e-9)
+                  + np.divide(discharge, max_discharge, out=zeros.copy(), where=discharge < -1e-9))
+        return self.guard.apply(obs, capped.astype(np.float32)), None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", default="v2g_workplace")
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--horizon", type=int, default=48, help="the teacher's window, steps")
+    parser.add_argument("--margin", type=float, default=1.0, help="the teacher's departure margin, hours")
+    parser.add_argument("--guard", type=float, default=1.0, help="the deadline guard's margin, hours")
+    parser.add_argument("--slack", nargs="*", type=float, default=[0.0, 0.05],
+                        help="caps at the teacher's daily peak times 1 + each of these")
+    add_day_arguments(parser)
+    args = parser.parse_args()
+
+    from agents import load_policy
+    from agents.evaluate import episodes_for, run_policies
+    from agents.guards import GuardedPolicy
+    from agents.mpc import ModelPredictiveControl
+
+    site = ScoredSite(args.site)
+    days = episodes_for(site.params, None, args.test_episodes, args.test_seed)
+    teacher = f"MPC {args.horizon} steps, {args.margin:g} h margin"
+    policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
+    policies[teacher] = GuardedPolicy(
+        ModelPredictiveControl(site.params, horizon_steps=args.horizon, departure_margin_hours=args.margin),
+        args.guard)
+    policies["clone"] = load_policy(args.run)
+    first = run_policies(policies, site.params, days)
+    peaks = first.per_episode.loc[teacher, "peak_import_kw"].to_numpy()
+    capped = {f"clone, capped at the teacher's daily peak + {slack:.0%}": DailyPeakCap(
+        load_policy(args.run), peaks * (1.0 + slack), args.guard) for slack in args.slack}
+    references = {name: policies[name] for name in ("uncontrolled", "offline_optimal")}
+    second = run_policies({**references, **capped}, site.params, days)
+    per_episode = first.per_episode.combine_first(second.per_episode.drop(list(references)))
+    names = [*policies, *capped]
+    summary = first.summary().combine_first(second.summary()).loc[names]
+    print(f"{args.site}, {args.test_episodes} days (seed {args.test_seed}), clone {args.run}:")
+    print(score_rows(summary, names))
+    means = per_episode.groupby(level="policy")[list(TERMS)].mean().loc[names]
+    print("\nmean per day (peak_import_kw: the day's highest site import, which the demand charge bills):")
+    print("| policy | " + " | ".join(TERMS) + " |")
+    print("|---|" + "---:|" * len(TERMS))
+    for name, row in means.iterrows():
+        print(f"| {name} | " + " | ".join(f"{row[term]:.2f}" for term in TERMS) + " |")
+
+
+if __name__ == "__main__":
+    main()
