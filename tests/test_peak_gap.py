@@ -43,4 +43,5 @@ def test_a_cap_above_every_import_changes_nothing_and_a_low_one_yields_only_to_t
         inflexible_kw = state.node_exo_kw[:, state.t, 0]
         state, _, info = step(PARAMS, state, capped.predict(obs)[0])
         assert np.all(info["site_power_kw"] <= np.maximum(caps, inflexible_kw + forced_kw) + 1e-3)
-    assert np.all(state.peak_import_kw < free["peak_import_kw"])
+    lowered = free["peak_import_kw"] - state.peak_import_kw
+    assert np.all(lowered > -1e-3) and np.sum(lowered > 10.0) >= 2  # the third day's peak is the building's
