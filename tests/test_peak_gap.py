@@ -45,3 +45,20 @@ def test_a_cap_above_every_import_changes_nothing_and_a_low_one_yields_only_to_t
         assert np.all(info["site_power_kw"] <= np.maximum(caps, inflexible_kw + forced_kw) + 1e-3)
     lowered = free["peak_import_kw"] - state.peak_import_kw
     assert np.all(lowered > -1e-3) and np.sum(lowered > 10.0) >= 2  # the third day's peak is the building's
+
+
+def test_a_ceiling_at_the_peak_so_far_is_passed_only_where_the_guard_forces_it():
+    days = episodes_for(PARAMS, None, 3, 11)
+    ceiling = _script().PeakSoFarCeiling(Uncontrolled(PARAMS), 1.0, allowance_kw=0.0)
+    ceiling.begin(PARAMS, days)
+    guard, field = DeadlineGuard(PARAMS, 1.0, fit_headroom=True), AsLateAsPossible(PARAMS).field
+    state, passed = reset(PARAMS, days), 0
+    while state.t < PARAMS.horizon_steps:
+        obs = observe(PARAMS, state)
+        forced_kw = (np.maximum(guard.apply(obs, np.zeros((3, PARAMS.num_ports), np.float32)), 0.0)
+                     * field(obs, "max_charge_kw")).sum(axis=1)
+        inflexible_kw, peak_kw = state.node_exo_kw[:, state.t, 0], state.peak_import_kw.copy()
+        state, _, info = step(PARAMS, state, ceiling.predict(obs)[0])
+        assert np.all(info["site_power_kw"] <= np.maximum(peak_kw, inflexible_kw + forced_kw) + 1e-3)
+        passed += int(np.sum(info["site_power_kw"] > peak_kw + 1e-3))
+    assert passed > 0  # the building and the guard still raise the peak from 0

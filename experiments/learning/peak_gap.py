@@ -10,6 +10,12 @@ each reward term (EUR or kWh, and the day's highest site import, which the deman
 the clone with its site import capped each day at the teacher's highest import of that day (times
 ``1 + slack``): the clone's charging is scaled down until the import fits, its discharge kept, and
 the deadline guard raises what must flow. The cap is an oracle: it knows the teacher's whole day.
+The same cap set step by step: at the peak so far or the import the teacher would draw now on the
+clone's state, whichever is higher (what a perfect site head could allow the ports), and at the peak
+so far plus each fixed ``--allowances`` kW.
+Last, for the teacher and the clone, how many steps a day import within ``--near`` kW of that day's
+highest import: a planner that fills up to its peak so far, where more import costs no demand
+charge, holds many steps at that level.
 """
 
 from __future__ import annotations
@@ -65,6 +71,52 @@ class DailyPeakCap:
         return self.guard.apply(obs, capped.astype(np.float32)), None
 
 
+class PeakSoFarCeiling(DailyPeakCap):
+    """A policy behind a deadline guard whose site import stays under a ceiling set each step: the
+    peak so far plus ``allowance_kw``, or, with a ``teacher``, the peak so far or the import the
+    teacher (behind the same guard) would draw now, whichever is higher."""
+
+    def __init__(self, policy, margin_hours: float, teacher=None, allowance_kw: float = 0.0):
+        super().__init__(policy, np.zeros(0), margin_hours)
+        self.teacher, self.allowance_kw = teacher, float(allowance_kw)
+
+    def begin(self, params, episode) -> None:
+        from envs.observation import PEAK_FIELD, observation_layout
+
+        self.caps_kw = np.zeros(episode.num_envs)
+        super().begin(params, episode)
+        if self.teacher is not None:
+            self.teacher.begin(params, episode)
+        self.peak_column = observation_layout(params)[PEAK_FIELD].start
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        obs = np.atleast_2d(observation)
+        ceiling = obs[:, self.peak_column] + self.allowance_kw
+        if self.teacher is not None:
+            actions = self.teacher.predict(obs, deterministic=True)[0]
+            ev_kw = (np.maximum(actions, 0.0) * self.field(obs, "max_charge_kw")
+                     + np.minimum(actions, 0.0) * self.field(obs, "max_discharge_kw")).sum(axis=1)
+            inflexible_kw = self.root_limit_kw - self.field(obs, "node_headroom_kw")[:, 0]
+            ceiling = np.maximum(ceiling, inflexible_kw + ev_kw)
+        self.caps_kw = ceiling
+        return super().predict(obs)
+
+
+def steps_near_peak(policy, params, days, within_kw: float) -> float:
+    """Steps per day (mean over ``days``) whose site import is within ``within_kw`` of the day's highest."""
+    from envs.core import reset, step
+    from envs.observation import observe
+
+    if callable(getattr(policy, "begin", None)):
+        policy.begin(params, days)
+    state, imports = reset(params, days), []
+    while state.t < params.horizon_steps:
+        state, _, info = step(params, state, policy.predict(observe(params, state), deterministic=True)[0])
+        imports.append(info["site_power_kw"])
+    imports = np.stack(imports, axis=1)
+    return float((imports >= imports.max(axis=1, keepdims=True) - within_kw).sum(axis=1).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="v2g_workplace")
@@ -74,6 +126,9 @@ def main() -> None:
     parser.add_argument("--guard", type=float, default=1.0, help="the deadline guard's margin, hours")
     parser.add_argument("--slack", nargs="*", type=float, default=[0.0, 0.05],
                         help="caps at the teacher's daily peak times 1 + each of these")
+    parser.add_argument("--allowances", nargs="*", type=float, default=[0.0, 5.0],
+                        help="ceilings at the peak so far plus each of these kW")
+    parser.add_argument("--near", type=float, default=1.0, help="kW below the day's peak counted as at it")
     add_day_arguments(parser)
     args = parser.parse_args()
 
@@ -85,15 +140,23 @@ def main() -> None:
     site = ScoredSite(args.site)
     days = episodes_for(site.params, None, args.test_episodes, args.test_seed)
     teacher = f"MPC {args.horizon} steps, {args.margin:g} h margin"
+
+    def planner():
+        return GuardedPolicy(ModelPredictiveControl(site.params, horizon_steps=args.horizon,
+                                                    departure_margin_hours=args.margin), args.guard)
+
     policies = {name: site.reference(name) for name in ("uncontrolled", "offline_optimal")}
-    policies[teacher] = GuardedPolicy(
-        ModelPredictiveControl(site.params, horizon_steps=args.horizon, departure_margin_hours=args.margin),
-        args.guard)
+    policies[teacher] = planner()
     policies["clone"] = load_policy(args.run)
     first = run_policies(policies, site.params, days)
     peaks = first.per_episode.loc[teacher, "peak_import_kw"].to_numpy()
     capped = {f"clone, capped at the teacher's daily peak + {slack:.0%}": DailyPeakCap(
         load_policy(args.run), peaks * (1.0 + slack), args.guard) for slack in args.slack}
+    capped["clone, ceiling at the peak so far or the teacher's import now"] = PeakSoFarCeiling(
+        load_policy(args.run), args.guard, planner())
+    for allowance in args.allowances:
+        capped[f"clone, ceiling at the peak so far + {allowance:g} kW"] = PeakSoFarCeiling(
+            load_policy(args.run), args.guard, allowance_kw=allowance)
     references = {name: policies[name] for name in ("uncontrolled", "offline_optimal")}
     second = run_policies({**references, **capped}, site.params, days)
     per_episode = first.per_episode.combine_first(second.per_episode.drop(list(references)))
@@ -107,6 +170,10 @@ def main() -> None:
     print("|---|" + "---:|" * len(TERMS))
     for name, row in means.iterrows():
         print(f"| {name} | " + " | ".join(f"{row[term]:.2f}" for term in TERMS) + " |")
+    print(f"\nsteps a day within {args.near:g} kW of the day's highest import:")
+    for name in (teacher, "clone"):
+        fresh = policies[name] if name == teacher else load_policy(args.run)
+        print(f"- {name}: {steps_near_peak(fresh, site.params, days, args.near):.1f}")
 
 
 if __name__ == "__main__":
