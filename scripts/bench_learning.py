@@ -51,6 +51,12 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                               "imitation.tie_break_eur_kwh_per_step=0.001"], False),
     "clone_mpc_12h_m1_rank": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
                                "+agent.policy_kwargs.price_ranks=true"], False),
+    "clone_mpc_12h_m1_ft": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                             "+agent.policy_kwargs.occupied_likelihood=true",
+                             "env.controllable_reward=true"], True),
+    "clone_mpc_12h_m1_ft_long": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                                  "+agent.policy_kwargs.occupied_likelihood=true",
+                                  "env.controllable_reward=true"], True),
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
 }
@@ -58,6 +64,8 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_ft": "clone_mpc",
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
+    "clone_mpc_12h_m1_ft": "clone_mpc_12h_m1",
+    "clone_mpc_12h_m1_ft_long": "clone_mpc_12h_m1",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
