@@ -57,6 +57,13 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_ft_long": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
                                   "+agent.policy_kwargs.occupied_likelihood=true",
                                   "env.controllable_reward=true"], True),
+    "clone_mpc_12h_m1_ft_peak": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                                  "+agent.policy_kwargs.occupied_likelihood=true",
+                                  "env.controllable_reward=true",
+                                  "+env.reward.demand_charge_eur_per_kw=0.6"], True),
+    "clone_mpc_12h_m1_ft_fast": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                                  "+agent.policy_kwargs.occupied_likelihood=true",
+                                  "env.controllable_reward=true", "agent.learning_rate=2.0e-4"], True),
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
 }
@@ -66,6 +73,8 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     "clone_mpc_12h_m1_ft": "clone_mpc_12h_m1",
     "clone_mpc_12h_m1_ft_long": "clone_mpc_12h_m1",
+    "clone_mpc_12h_m1_ft_peak": "clone_mpc_12h_m1",
+    "clone_mpc_12h_m1_ft_fast": "clone_mpc_12h_m1",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
