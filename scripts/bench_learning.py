@@ -71,6 +71,9 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                                        "imitation.teacher.departure_margin_hours=1.0",
                                        "+agent.policy_kwargs.occupied_likelihood=true",
                                        "env.controllable_reward=true", "agent.learning_rate=2.0e-5"], True),
+    "clone_mpc_12h_m1_ft_1e5": (["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0",
+                                 "+agent.policy_kwargs.occupied_likelihood=true",
+                                 "env.controllable_reward=true", "agent.learning_rate=1.0e-5"], True),
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
 }
@@ -84,6 +87,7 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_m1_ft_fast": "clone_mpc_12h_m1",
     "clone_mpc_12h_m1_ft_slow": "clone_mpc_12h_m1",
     "clone_mpc_12h_m1_ft_slow_long": "clone_mpc_12h_m1",
+    "clone_mpc_12h_m1_ft_1e5": "clone_mpc_12h_m1",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
