@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parents[1] / "scripts"))
 sys.path.insert(0, str(HERE))
 
 from learning_days import ScoredSite, add_day_arguments, score_rows  # noqa: E402
-from site_total_oracle import rescale  # noqa: E402
+from site_total_oracle import as_actions, port_kw, rescale  # noqa: E402
 
 TERMS = ("reward_eur", "energy_cost_eur", "charging_revenue_eur", "export_revenue_eur", "degradation_kwh",
          "unmet_kwh", "peak_import_kw", "v2g_discharged_kwh")
@@ -55,20 +55,21 @@ class DailyPeakCap:
         self.field = AsLateAsPossible(params).field
         self.root_limit_kw = float(params.node_import_limit_kw[0])
 
+    def inflexible_kw(self, obs: np.ndarray) -> np.ndarray:
+        """(B,) the site's inflexible load less PV now, from the root's headroom."""
+        return self.root_limit_kw - self.field(obs, "node_headroom_kw")[:, 0]
+
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
         obs = np.atleast_2d(observation)
         max_charge, max_discharge = self.field(obs, "max_charge_kw"), self.field(obs, "max_discharge_kw")
-        inflexible_kw = self.root_limit_kw - self.field(obs, "node_headroom_kw")[:, 0]
         actions = self.guard.apply(obs, self.policy.predict(obs, deterministic=True)[0])
-        charge, discharge = np.maximum(actions, 0.0) * max_charge, np.minimum(actions, 0.0) * max_discharge
+        charge, discharge = port_kw(actions, max_charge, max_discharge)
         floor = np.maximum(self.guard.apply(obs, np.zeros(max_charge.shape, np.float32)), 0.0) * max_charge
-        target = np.minimum(charge.sum(axis=1) + discharge.sum(axis=1), self.caps_kw - inflexible_kw)
+        room_kw = self.caps_kw - self.inflexible_kw(obs)
+        target = np.minimum(charge.sum(axis=1) + discharge.sum(axis=1), room_kw)
         charge, discharge = rescale(charge, discharge, floor, max_charge, max_discharge,
                                     self.field(obs, "v2g_allowed") > 0, target)
-        zeros = np.zeros_like(charge)
-        capped = (np.divide(charge, max_charge, out=zeros.copy(), where=charge > 1e-9)
-                  + np.divide(discharge, max_discharge, out=zeros.copy(), where=discharge < -1e-9))
-        return self.guard.apply(obs, capped.astype(np.float32)), None
+        return self.guard.apply(obs, as_actions(charge, discharge, max_charge, max_discharge)), None
 
 
 class PeakSoFarCeiling(DailyPeakCap):
@@ -93,11 +94,10 @@ class PeakSoFarCeiling(DailyPeakCap):
         obs = np.atleast_2d(observation)
         ceiling = obs[:, self.peak_column] + self.allowance_kw
         if self.teacher is not None:
-            actions = self.teacher.predict(obs, deterministic=True)[0]
-            ev_kw = (np.maximum(actions, 0.0) * self.field(obs, "max_charge_kw")
-                     + np.minimum(actions, 0.0) * self.field(obs, "max_discharge_kw")).sum(axis=1)
-            inflexible_kw = self.root_limit_kw - self.field(obs, "node_headroom_kw")[:, 0]
-            ceiling = np.maximum(ceiling, inflexible_kw + ev_kw)
+            charge, discharge = port_kw(self.teacher.predict(obs, deterministic=True)[0],
+                                        self.field(obs, "max_charge_kw"), self.field(obs, "max_discharge_kw"))
+            teacher_kw = self.inflexible_kw(obs) + charge.sum(axis=1) + discharge.sum(axis=1)
+            ceiling = np.maximum(ceiling, teacher_kw)
         self.caps_kw = ceiling
         return super().predict(obs)
 

@@ -36,6 +36,19 @@ def _share(total_kw: np.ndarray, room_kw: np.ndarray, grant_kw: np.ndarray) -> n
     return fraction[:, None] * room_kw
 
 
+def port_kw(actions, max_charge_kw, max_discharge_kw):
+    """(charge, discharge) kW per port of signed fractional ``actions``."""
+    return np.maximum(actions, 0.0) * max_charge_kw, np.minimum(actions, 0.0) * max_discharge_kw
+
+
+def as_actions(charge_kw, discharge_kw, max_charge_kw, max_discharge_kw) -> np.ndarray:
+    """The signed fractional actions (float32) of per-port ``charge_kw`` and ``discharge_kw``."""
+    zeros = np.zeros_like(charge_kw)
+    return (np.divide(charge_kw, max_charge_kw, out=zeros.copy(), where=charge_kw > 1e-9)
+            + np.divide(discharge_kw, max_discharge_kw, out=zeros.copy(), where=discharge_kw < -1e-9)
+            ).astype(np.float32)
+
+
 def rescale(charge_kw, discharge_kw, floor_kw, max_charge_kw, max_discharge_kw, may_discharge, target_kw):
     """(charge, discharge) kW per port after moving the site's net EV power to ``target_kw``."""
     gap = target_kw - charge_kw.sum(axis=1) - discharge_kw.sum(axis=1)
@@ -71,7 +84,7 @@ class SiteTotalOracle:
         max_charge, max_discharge = field(obs, "max_charge_kw"), field(obs, "max_discharge_kw")
 
         def kw(actions):
-            return np.maximum(actions, 0.0) * max_charge, np.minimum(actions, 0.0) * max_discharge
+            return port_kw(actions, max_charge, max_discharge)
 
         mpc_charge, mpc_discharge = kw(self.guard.apply(obs, self.mpc.predict(obs)[0]))
         target = (mpc_charge.sum(axis=1) + mpc_discharge.sum(axis=1)) * (
@@ -80,10 +93,7 @@ class SiteTotalOracle:
         floor = np.maximum(self.guard.apply(obs, idle), 0.0) * max_charge
         charge, discharge = rescale(*kw(self.clone.predict(obs)[0]), floor, max_charge, max_discharge,
                                     field(obs, "v2g_allowed") > 0, target)
-        zeros = np.zeros_like(charge)
-        actions = (np.divide(charge, max_charge, out=zeros.copy(), where=charge > 1e-9)
-                   + np.divide(discharge, max_discharge, out=zeros.copy(), where=discharge < -1e-9))
-        return self.guard.apply(obs, actions.astype(np.float32)), None
+        return self.guard.apply(obs, as_actions(charge, discharge, max_charge, max_discharge)), None
 
 
 def main() -> None:
