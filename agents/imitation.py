@@ -168,11 +168,11 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     from agents.evaluate import episodes_for
 
     start = time.perf_counter()
-    imitation_cfg = _checked_counts(imitation_cfg)
+    imitation_cfg = _checked_settings(imitation_cfg)
     teacher = instantiate(imitation_cfg["teacher"], _partial_=True)(params=params)
     gamma = float(getattr(model, "gamma", 0.99))
     normalizer = model.get_vec_normalize_env()
-    tie_break = float(imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0))
+    tie_break = imitation_cfg.get("tie_break_eur_kwh_per_step", 0.0)
     rounds = imitation_cfg.get("dagger_rounds") or 0
     if rounds and not getattr(teacher, "acts_from_observation", True):
         raise ConfigError(f"imitation.dagger_rounds: the teacher {type(teacher).__name__} plays back a plan "
@@ -203,9 +203,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
             epochs = imitation_cfg["dagger_epochs"]
         losses += clone(model.policy, observations, np.concatenate([d.actions for d in data]), value_targets,
                         epochs, imitation_cfg["batch_size"], imitation_cfg["learning_rate"],
-                        float(imitation_cfg.get("value_weight", 0.5)), seed + round_,
-                        imitation_cfg.get("final_learning_rate"),
-                        float(imitation_cfg.get("site_total_weight", 0.0)))
+                        imitation_cfg.get("value_weight", 0.5), seed + round_,
+                        imitation_cfg.get("final_learning_rate"), imitation_cfg.get("site_total_weight", 0.0))
     log_std = imitation_cfg.get("log_std")
     if log_std is not None and hasattr(model.policy, "log_std"):
         import torch
@@ -250,16 +249,24 @@ _COUNTS = {  # imitation key: (size limit of envs.limits or None, lowest value)
     "episodes": ("episodes", 1), "epochs": (None, 1), "batch_size": (None, 1), "dagger_rounds": (None, 0),
     "dagger_episodes": ("episodes", 1), "dagger_epochs": (None, 1),
 }
+_NUMBERS = {  # imitation key: (lowest value or None, whether the value must lie above it)
+    "learning_rate": (0.0, True), "final_learning_rate": (0.0, False), "value_weight": (0.0, False),
+    "site_total_weight": (0.0, False), "tie_break_eur_kwh_per_step": (0.0, False), "log_std": (None, False),
+}
 
 
-def _checked_counts(imitation_cfg):
-    """``imitation_cfg`` with its counts as ints; a bad one is a ConfigError naming ``imitation.<key>``."""
-    from envs.limits import check_count
+def _checked_settings(imitation_cfg):
+    """``imitation_cfg`` with its counts as ints and its other numbers as floats; a bad one is a
+    ConfigError naming ``imitation.<key>``."""
+    from envs.limits import check_count, check_number
 
     out = dict(imitation_cfg)
     for key, (limit, low) in _COUNTS.items():
         if out.get(key) is not None:
             out[key] = check_count(f"imitation.{key}", out[key], limit, low)
+    for key, (low, above) in _NUMBERS.items():
+        if out.get(key) is not None:
+            out[key] = check_number(f"imitation.{key}", out[key], low, above)
     return out
 
 

@@ -122,3 +122,28 @@ def check_count(field: str, value, name: str | None, low: int = 1) -> int:
     if name is not None:
         check_size(field, number, name)
     return number
+
+
+def check_number(field: str, value, low: float | None = None, above: bool = False) -> float:
+    """``value`` as a finite float, at least ``low`` (above it with ``above``), else ConfigError
+    naming ``field``. Accepts ints, floats and text of a number (a Hydra override), never bools.
+
+    >>> check_number("imitation.value_weight", "0.5", low=0.0)
+    0.5
+    >>> check_number("imitation.learning_rate", 0, low=0.0, above=True)
+    Traceback (most recent call last):
+    ...
+    envs.errors.ConfigError: imitation.learning_rate must be above 0, got 0
+    """
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
+        raise ConfigError(f"{field} must be a number, got {cut(value)}")
+    number = float(number)
+    if low is not None and (number <= low if above else number < low):
+        raise ConfigError(f"{field} must be {'above' if above else 'at least'} {low:g}, got {cut(value)}")
+    return number

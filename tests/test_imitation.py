@@ -212,3 +212,20 @@ def test_dagger_rounds_add_the_clone_s_states_and_refuse_a_plan_playing_teacher(
     for key, value in (("dagger_rounds", -1), ("dagger_episodes", 0), ("episodes", 2.5)):
         with pytest.raises(ConfigError, match=f"imitation.{key}"):
             train(train_config(*TINY, *dagger, f"imitation.{key}={value}"), tmp_path / f"bad_{key}")
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("site_total_weight", "-1", "at least 0"), ("value_weight", "heavy", "a number"),
+    ("tie_break_eur_kwh_per_step", "-0.001", "at least 0"), ("learning_rate", "0", "above 0"),
+    ("final_learning_rate", "-1e-4", "at least 0"), ("log_std", "nan", "a number"),
+    ("site_total_weight", "true", "a number")])
+def test_imitation_numbers_are_refused_by_name_before_any_demonstration(tmp_path, key, value, problem):
+    from agents.train import train
+    from envs.errors import ConfigError
+    from tests.test_train import TINY, train_config
+
+    cfg = train_config(*TINY, "imitation=mpc", "imitation.episodes=2", "imitation.epochs=1",
+                       "total_timesteps=0", f"imitation.{key}={value}")
+    with pytest.raises(ConfigError, match=f"imitation.{key} must be {problem}"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "policy").exists()
