@@ -11,7 +11,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from envs.observation import declared_layout, observation_bounds, observation_scale
+from envs.observation import PEAK_FIELD, declared_layout, observation_bounds, observation_scale
 from envs.site import SiteParams
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}
@@ -19,6 +19,7 @@ POOLINGS = ("mean", "max")
 NODE_CONTEXT = 2  # per port: tightest headroom / node limit, tightest headroom / wanted kW below
 PRICE_CONTEXT = 3  # per port, with price_ranks: cheaper share, slack of cheaper steps, window cover
 LOAD_CONTEXT = 2  # per port, with load_ranks: share of higher site load ahead, highest load ahead over now
+PEAK_CONTEXT = 3  # per port, with peak_room: room below the peak so far over grid limit, charge, discharge
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -84,6 +85,14 @@ class PerPortNetwork(nn.Module):
     and how far the highest of them lies above now, over the root's import limit. A demand
     charge rewards charging in the load's valleys and discharging at its peak.
 
+    With ``peak_room`` each port reads how much import is left below the site's peak so far
+    (``peak_import_kw``, which the demand charge bills) after the inflexible load and PV now: over
+    the root's import limit, over the power all plugged EVs could charge now and over the power
+    they could discharge now (each clipped to [-1, 1]). Import up to that peak costs no more
+    demand charge, so a planner fills it with all its EVs together; the ratios tell each port
+    the share of its power that would fill it exactly, which the pooled fields leave to a
+    division an MLP does poorly.
+
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
     encoding), so a port's decision can depend on which other EVs compete with it, beyond what
@@ -93,7 +102,7 @@ class PerPortNetwork(nn.Module):
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
-                 price_ranks: bool = False, load_ranks: bool = False):
+                 price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
@@ -102,8 +111,10 @@ class PerPortNetwork(nn.Module):
         layout = declared_layout(site)
         self.price_ranks = bool(price_ranks)
         self.load_ranks = bool(load_ranks)
+        self.peak_room = bool(peak_room)
         self.port_width = (len(layout.port_fields) + NODE_CONTEXT + (PRICE_CONTEXT if self.price_ranks else 0)
-                           + (LOAD_CONTEXT if self.load_ranks else 0))
+                           + (LOAD_CONTEXT if self.load_ranks else 0)
+                           + (PEAK_CONTEXT if self.peak_room else 0))
         self.site_width = len(layout.site_columns)
         self.pooling = tuple(pooling)
         summary = len(self.pooling) * embed_dim + 1 + self.site_width
@@ -151,6 +162,7 @@ class PerPortNetwork(nn.Module):
             "remaining_columns": np.arange(cols["remaining_kwh"].start, cols["remaining_kwh"].stop),
             "load_columns": np.arange(cols["site_load_kw"].start, cols["site_load_kw"].stop),
             "pv_columns": np.arange(cols["site_pv_kw"].start, cols["site_pv_kw"].stop),
+            "peak_column": np.arange(cols[PEAK_FIELD].start, cols[PEAK_FIELD].stop),
         }
         for name, value in buffers.items():
             tensor = torch.as_tensor(np.array(value), device=device)
@@ -178,6 +190,8 @@ class PerPortNetwork(nn.Module):
             ports = torch.cat([ports, self._price_context(obs)], dim=2)
         if self.load_ranks:
             ports = torch.cat([ports, self._load_context(obs)], dim=2)
+        if self.peak_room:
+            ports = torch.cat([ports, self._peak_context(obs, headroom_kw[:, 0], wanted[:, -1], p)], dim=2)
         occupied = ports[:, :, self.occupied_field] > 0.5
         return ports, occupied, scaled.index_select(1, self.site_columns)
 
@@ -217,6 +231,15 @@ class PerPortNetwork(nn.Module):
         highest = torch.where(before, ahead, torch.full_like(ahead, -torch.inf)).amax(dim=2)
         highest = torch.where(count > 0, highest, torch.zeros_like(highest)) / self.node_limit_kw[0]
         return torch.stack([higher, highest.clamp(-1.0, 1.0)], dim=2)
+
+    def _peak_context(self, obs: torch.Tensor, root_headroom_kw: torch.Tensor, charge_kw: torch.Tensor,
+                      ports: int) -> torch.Tensor:
+        """(B, P, PEAK_CONTEXT): the room below the peak so far, the same for every port of an env."""
+        room_kw = obs.index_select(1, self.peak_column)[:, 0] - (self.node_limit_kw[0] - root_headroom_kw)
+        discharge_kw = obs.index_select(1, self.max_discharge_columns).clamp(min=0.0).sum(dim=1)
+        context = torch.stack([room_kw / self.node_limit_kw[0], room_kw / charge_kw.clamp(min=1e-3),
+                               room_kw / discharge_kw.clamp(min=1e-3)], dim=1).clamp(-1.0, 1.0)
+        return context.unsqueeze(1).expand(-1, ports, -1)
 
     def _summary(self, obs: torch.Tensor):
         """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
@@ -348,6 +371,8 @@ class PerPortPolicy(ActorCriticPolicy):
     * ``price_ranks`` (False): each port also reads where the price now ranks among the forecast
       steps before its departure (``PerPortNetwork``).
     * ``load_ranks`` (False): the same for the site's inflexible net load (``PerPortNetwork``).
+    * ``peak_room`` (False): each port also reads the import left below the site's peak so far
+      (``PerPortNetwork``).
     * ``log_std_init`` (0.0), ``ortho_init`` (True): as for SB3's ``ActorCriticPolicy``.
     * ``occupied_likelihood`` (False): an action's log-probability and entropy sum over the
       occupied ports only. An empty port's action changes nothing, so its noise only adds
@@ -375,7 +400,8 @@ class PerPortPolicy(ActorCriticPolicy):
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
                  site_power: bool = False, attention_heads: int = 0, price_ranks: bool = False,
-                 load_ranks: bool = False, log_std_init: float = 0.0, ortho_init: bool = True,
+                 load_ranks: bool = False, peak_room: bool = False, log_std_init: float = 0.0,
+                 ortho_init: bool = True,
                  use_sde: bool = False, occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
             raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
@@ -393,7 +419,7 @@ class PerPortPolicy(ActorCriticPolicy):
                                "pooling": [str(p) for p in pooling], "activation": activation,
                                "head_layers": int(head_layers), "site_power": bool(site_power),
                                "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks),
-                               "load_ranks": bool(load_ranks)}
+                               "load_ranks": bool(load_ranks), "peak_room": bool(peak_room)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

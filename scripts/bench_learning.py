@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"]  # clone_mpc_12h_m1
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
+PEAK = "+agent.policy_kwargs.peak_room=true"
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
@@ -60,13 +61,16 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_ft_1e5": ([*M1_FT, "agent.learning_rate=1.0e-5"], True),
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
+    "clone_mpc_12h_m1_peak": ([*M1, PEAK], False),
+    "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     **{variant: "clone_mpc_12h_m1" for variant, (overrides, _) in VARIANTS.items()
-       if overrides[:len(M1_FT)] == M1_FT},
+       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides},
+    "clone_mpc_12h_m1_peak_ft_slow": "clone_mpc_12h_m1_peak",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 

@@ -347,7 +347,7 @@ def test_attention_among_ports_keeps_equivariance_and_exports():
 
 
 @pytest.mark.parametrize("option", [{"attention_heads": 2}, {"site_power": True},
-                                    {"price_ranks": True, "load_ranks": True}])
+                                    {"price_ranks": True, "load_ranks": True}, {"peak_room": True}])
 def test_the_options_export_to_onnx(option, tmp_path):
     from agents.export.onnx_graph import write_onnx
     from agents.export.writer import onnx_actions
@@ -397,6 +397,28 @@ def test_load_ranks_read_the_site_net_load_before_each_departure_by_hand():
     with torch.no_grad():
         context = policy.mlp_extractor._load_context(torch.as_tensor(obs))[0, :2].numpy()
     np.testing.assert_allclose(context, [[0.0, -20 / 300], [0.0, -20 / 300]], atol=1e-6)  # 70 kW at most
+
+
+def test_peak_room_reads_the_import_left_below_the_peak_so_far_by_hand():
+    params = load_site("v2g_workplace")  # a 250 kW grid connection at the root
+    policy = _policy(params, ortho_init=False, peak_room=True)
+    layout = declared_layout(params).slices
+    obs = np.zeros((2, declared_layout(params).size), dtype=np.float32)
+    obs[:, layout["node_headroom_kw"].start] = 250.0 - 60.0  # 60 kW of building load less PV now
+    obs[:, layout["peak_import_kw"]] = [[70.0], [0.0]]  # 10 kW of room; the first step, none
+    for field, values in {"occupied": [1, 1, 1], "max_charge_kw": [11.0, 11.0, 0.0],
+                          "max_discharge_kw": [11.0, 0.0, 5.0]}.items():
+        obs[:, layout[field].start:layout[field].start + 3] = values
+    with torch.no_grad():
+        context = policy.mlp_extractor._peak_context(
+            torch.as_tensor(obs), torch.as_tensor(obs[:, layout["node_headroom_kw"].start]),
+            torch.tensor([22.0, 22.0]), params.num_ports).numpy()
+        ports = policy.mlp_extractor._inputs(torch.as_tensor(obs))[0].numpy()
+    expected = [[10 / 250, 10 / 22, 10 / 16], [-60 / 250, -1.0, -1.0]]
+    np.testing.assert_allclose(context[:, 0], expected, atol=1e-6)
+    assert (context == context[:, :1]).all()  # every port of an env reads the same room
+    np.testing.assert_allclose(ports[:, :, -3:], context, atol=1e-6)  # and _inputs appends it
+    assert policy.config()["peak_room"] is True and _policy(params).config()["peak_room"] is False
 
 
 def test_price_ranks_keep_equivariance_rebuild_from_config_and_transfer():
