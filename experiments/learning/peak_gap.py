@@ -8,8 +8,10 @@ The teacher (MPC over ``--horizon`` steps, departures ``--margin`` hours early, 
 ``--guard``) and the clone drive the test days. Printed: the score table, then the mean per day of
 each reward term (EUR or kWh, and the day's highest site import, which the demand charge bills), and
 the clone with its site import capped each day at the teacher's highest import of that day (times
-``1 + slack``): the clone's charging is scaled down until the import fits, its discharge kept, and
-the deadline guard raises what must flow. The cap is an oracle: it knows the teacher's whole day.
+``1 + slack``, or times ``1 + noise`` drawn normal with each ``--cap-noise`` standard deviation, what
+a learned daily cap with that error would allow): the clone's charging is scaled down until the import
+fits, its discharge kept, and the deadline guard raises what must flow. The cap is an oracle: it
+knows the teacher's whole day.
 The same cap set step by step: at the peak so far or the import the teacher would draw now on the
 clone's state, whichever is higher (what a perfect site head could allow the ports), and at the peak
 so far plus each fixed ``--allowances`` kW.
@@ -126,6 +128,10 @@ def main() -> None:
     parser.add_argument("--guard", type=float, default=1.0, help="the deadline guard's margin, hours")
     parser.add_argument("--slack", nargs="*", type=float, default=[0.0, 0.05],
                         help="caps at the teacher's daily peak times 1 + each of these")
+    parser.add_argument("--cap-noise", nargs="*", type=float, default=[],
+                        help="caps at the teacher's daily peak times 1 + a normal error of each of these "
+                             "standard deviations (drawn with --noise-seed)")
+    parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--allowances", nargs="*", type=float, default=[0.0, 5.0],
                         help="ceilings at the peak so far plus each of these kW")
     parser.add_argument("--near", type=float, default=1.0, help="kW below the day's peak counted as at it")
@@ -150,8 +156,12 @@ def main() -> None:
     policies["clone"] = load_policy(args.run)
     first = run_policies(policies, site.params, days)
     peaks = first.per_episode.loc[teacher, "peak_import_kw"].to_numpy()
-    capped = {f"clone, capped at the teacher's daily peak + {slack:.0%}": DailyPeakCap(
+    capped = {f"clone, capped at the teacher's daily peak {slack:+.0%}": DailyPeakCap(
         load_policy(args.run), peaks * (1.0 + slack), args.guard) for slack in args.slack}
+    rng = np.random.default_rng(args.noise_seed)
+    for noise in args.cap_noise:
+        capped[f"clone, capped at the teacher's daily peak, {noise:.0%} error"] = DailyPeakCap(
+            load_policy(args.run), peaks * (1.0 + noise * rng.standard_normal(len(peaks))), args.guard)
     capped["clone, ceiling at the peak so far or the teacher's import now"] = PeakSoFarCeiling(
         load_policy(args.run), args.guard, planner())
     for allowance in args.allowances:
