@@ -15,7 +15,7 @@ from agents.checkpoints import latest_checkpoint, remove_partial, restore_checkp
 from agents.kpis import KPI_COLUMNS
 from agents.policy_io import POLICY_DIR, TrainedPolicy, save_policy
 from envs.errors import ConfigError
-from envs.limits import check_count
+from envs.limits import check_count, check_number
 from envs.observation import layout_size
 from envs.reward import RewardWeights
 from envs.site import SiteParams, deep_update, load_site
@@ -42,6 +42,8 @@ def checked_config(cfg: Mapping[str, Any]) -> dict:
     for key, (limit, low) in _COUNTS.items():
         if key in out:
             out[key] = check_count(key, out[key], limit, low)
+    if out.get("init_log_std") is not None and not out.get("init_policy"):
+        raise TrainConfigError("init_log_std sets the log std of an init_policy; this run has none")
     return out
 
 
@@ -173,7 +175,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
                         cfg.get("keep_checkpoints", 2))
 
     if checkpoint is None and cfg.get("init_policy"):
-        start_from_policy(model, cfg["init_policy"])
+        start_from_policy(model, cfg["init_policy"], cfg.get("init_log_std"))
     elif checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
@@ -261,17 +263,28 @@ def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
         progress.rename(folder / f"progress.until_{timesteps}.csv")
 
 
-def start_from_policy(model, path: str | Path) -> None:
+def start_from_policy(model, path: str | Path, log_std=None) -> None:
     """Load a saved policy's weights (and observation statistics) into ``model`` before RL: a
-    committed clone fine-tuned without cloning again. The networks must match."""
+    committed clone fine-tuned without cloning again. The networks must match. ``log_std`` (a
+    number, ``init_log_std``) then replaces the actor's log standard deviation: how far RL
+    explores around the loaded actions."""
+    import torch
+
     from agents.policy_io import load_policy
 
+    if log_std is not None:
+        log_std = check_number("init_log_std", log_std)
+        if not hasattr(model.policy, "log_std"):
+            raise TrainConfigError(f"init_log_std: the policy {type(model.policy).__name__} has no log std")
     loaded = load_policy(path)
     try:
         model.policy.load_state_dict(loaded.policy.state_dict())
     except RuntimeError as error:
         raise TrainConfigError(f"init_policy={path}: its weights do not fit this run's policy "
                                f"(agent and policy_kwargs must match): {str(error)[:300]}") from error
+    if log_std is not None:
+        with torch.no_grad():
+            model.policy.log_std.fill_(log_std)
     normalizer = model.get_vec_normalize_env()
     if normalizer is not None and normalizer.norm_obs and loaded.obs_mean is not None:
         normalizer.obs_rms.mean, normalizer.obs_rms.var = loaded.obs_mean.copy(), loaded.obs_var.copy()

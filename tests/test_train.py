@@ -328,3 +328,26 @@ def test_a_run_can_start_from_a_saved_policy_and_refuses_one_that_does_not_fit(t
     with pytest.raises(TrainConfigError, match="init_policy"):
         train(train_config(*TINY, "agent=ppo_perport", "env=physical", f"init_policy={run_dir}",
                            "total_timesteps=0"), tmp_path / "refused")
+
+
+def test_init_log_std_replaces_only_the_loaded_log_std_and_needs_an_init_policy(tiny_run, tmp_path):
+    import torch
+
+    from envs.errors import ConfigError
+
+    run_dir, _ = tiny_run
+    narrow = train_config(*TINY, f"init_policy={run_dir}", "init_log_std=-3", "total_timesteps=0",
+                          "eval_freq=0")
+    train(narrow, tmp_path / "narrow")
+    before, after = load_policy(run_dir), load_policy(tmp_path / "narrow")
+    for name, tensor in before.policy.state_dict().items():
+        if name == "log_std":
+            torch.testing.assert_close(after.policy.state_dict()[name], torch.full_like(tensor, -3.0))
+            assert not torch.allclose(tensor, torch.full_like(tensor, -3.0))
+        else:
+            torch.testing.assert_close(after.policy.state_dict()[name], tensor)
+    with pytest.raises(TrainConfigError, match="init_log_std.*has none"):
+        train(train_config(*TINY, "init_log_std=-3"), tmp_path / "alone")
+    with pytest.raises(ConfigError, match="init_log_std must be a number"):
+        train(train_config(*TINY, f"init_policy={run_dir}", "init_log_std=wide", "total_timesteps=0"),
+              tmp_path / "bad")
