@@ -59,6 +59,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_ft_slow": ([*M1_FT, "agent.learning_rate=2.0e-5"], True),
     "clone_mpc_12h_m1_ft_slow_long": ([*M1_FT, "agent.learning_rate=2.0e-5"], True),
     "clone_mpc_12h_m1_ft_1e5": ([*M1_FT, "agent.learning_rate=1.0e-5"], True),
+    "clone_mpc_12h_m1_ft_narrow": ([*M1_FT, "agent.learning_rate=2.0e-5", "init_log_std=-3.0"], True),
+    "clone_mpc_12h_m1_ft_wide": ([*M1_FT, "agent.learning_rate=2.0e-5", "init_log_std=-1.5"], True),
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
     "clone_mpc_12h_m1_peak": ([*M1, PEAK], False),
