@@ -93,6 +93,9 @@ class PerPortNetwork(nn.Module):
     the share of its power that would fill it exactly, which the pooled fields leave to a
     division an MLP does poorly.
 
+    With ``action_input`` each port also reads its own action (``forward_critic(obs, actions)``):
+    the network is then a Q function, the critic of off-policy algorithms (``agents.perport_sac``).
+
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
     encoding), so a port's decision can depend on which other EVs compete with it, beyond what
@@ -102,7 +105,8 @@ class PerPortNetwork(nn.Module):
 
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
-                 price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False):
+                 price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
+                 action_input: bool = False):
         super().__init__()
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
@@ -112,9 +116,10 @@ class PerPortNetwork(nn.Module):
         self.price_ranks = bool(price_ranks)
         self.load_ranks = bool(load_ranks)
         self.peak_room = bool(peak_room)
+        self.action_input = bool(action_input)
         self.port_width = (len(layout.port_fields) + NODE_CONTEXT + (PRICE_CONTEXT if self.price_ranks else 0)
                            + (LOAD_CONTEXT if self.load_ranks else 0)
-                           + (PEAK_CONTEXT if self.peak_room else 0))
+                           + (PEAK_CONTEXT if self.peak_room else 0) + int(self.action_input))
         self.site_width = len(layout.site_columns)
         self.pooling = tuple(pooling)
         summary = len(self.pooling) * embed_dim + 1 + self.site_width
@@ -174,7 +179,7 @@ class PerPortNetwork(nn.Module):
         self.latent_dim_pi = site.num_ports
         self.site = site
 
-    def _inputs(self, obs: torch.Tensor):
+    def _inputs(self, obs: torch.Tensor, actions: torch.Tensor | None = None):
         b, p = obs.shape[0], self.latent_dim_pi
         scaled = obs * self.inv_scale
         ports = scaled.index_select(1, self.port_columns).view(b, p, -1)
@@ -192,6 +197,10 @@ class PerPortNetwork(nn.Module):
             ports = torch.cat([ports, self._load_context(obs)], dim=2)
         if self.peak_room:
             ports = torch.cat([ports, self._peak_context(obs, headroom_kw[:, 0], wanted[:, -1], p)], dim=2)
+        if self.action_input:
+            if actions is None or actions.shape != (b, p):
+                raise ValueError(f"this network reads each port's action: pass actions of shape {(b, p)}")
+            ports = torch.cat([ports, actions.to(ports.dtype).unsqueeze(2)], dim=2)
         occupied = ports[:, :, self.occupied_field] > 0.5
         return ports, occupied, scaled.index_select(1, self.site_columns)
 
@@ -241,10 +250,10 @@ class PerPortNetwork(nn.Module):
                                room_kw / discharge_kw.clamp(min=1e-3)], dim=1).clamp(-1.0, 1.0)
         return context.unsqueeze(1).expand(-1, ports, -1)
 
-    def _summary(self, obs: torch.Tensor):
+    def _summary(self, obs: torch.Tensor, actions: torch.Tensor | None = None):
         """Embeddings of the occupied ports (M, E), their flat port index and env (M,), and the
         site summary (B, S): pooled embeddings, occupied share and site-wide fields."""
-        ports, occupied, site = self._inputs(obs)
+        ports, occupied, site = self._inputs(obs, actions)
         b, p = occupied.shape
         rows = occupied.reshape(-1).nonzero().squeeze(1)
         env = torch.div(rows, p, rounding_mode="floor")
@@ -327,15 +336,36 @@ class PerPortNetwork(nn.Module):
         """(B, P) bool: the ports with an EV plugged in."""
         return obs.index_select(1, self.occupied_columns) > 0.5
 
-    def forward_critic(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(self._summary(obs)[1])
+    def forward_critic(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1) the pooled value, or with ``action_input`` the value of taking ``actions`` (B, P)."""
+        return self.critic(self._summary(obs, actions)[1])
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ports, summary = self._summary(obs)
         return self._actor(ports, summary), self.critic(summary)
 
 
-def _site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
+def network_options(site: SiteParams, observation_space: spaces.Space, action_space: spaces.Space, *,
+                    embed_dim: int, hidden_dim: int, pooling: Sequence[str], activation: str,
+                    head_layers: int, site_power: bool, attention_heads: int, price_ranks: bool,
+                    load_ranks: bool, peak_room: bool) -> dict[str, Any]:
+    """``PerPortNetwork``'s keyword arguments as plain JSON-able values, after checking the
+    activation, the poolings and that the spaces fit ``site``; ValueError names what does not."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    if not pooling or set(pooling) - set(POOLINGS):
+        raise ValueError(f"pooling must be a non-empty subset of {POOLINGS}, got {pooling!r}")
+    expected = declared_layout(site).size
+    if observation_space.shape != (expected,) or action_space.shape != (site.num_ports,):
+        raise ValueError(f"spaces {observation_space.shape}, {action_space.shape} do not fit site "
+                         f"{site.name!r}: expected ({expected},) and ({site.num_ports},)")
+    return {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim), "pooling": [str(p) for p in pooling],
+            "activation": activation, "head_layers": int(head_layers), "site_power": bool(site_power),
+            "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks),
+            "load_ranks": bool(load_ranks), "peak_room": bool(peak_room)}
+
+
+def site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
     low, high = observation_bounds(site)
     action = spaces.Box(-1.0, 1.0, (site.num_ports,), dtype=np.float32)
     return spaces.Box(low, high, dtype=np.float32), action
@@ -405,21 +435,13 @@ class PerPortPolicy(ActorCriticPolicy):
                  use_sde: bool = False, occupied_likelihood: bool = False, **kwargs: Any):
         if use_sde:
             raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if not pooling or set(pooling) - set(POOLINGS):
-            raise ValueError(f"pooling must be a non-empty subset of {POOLINGS}, got {pooling!r}")
-        expected = declared_layout(site).size
-        if observation_space.shape != (expected,) or action_space.shape != (site.num_ports,):
-            raise ValueError(f"spaces {observation_space.shape}, {action_space.shape} do not fit site "
-                             f"{site.name!r}: expected ({expected},) and ({site.num_ports},)")
         self.site = site
         self.occupied_likelihood = bool(occupied_likelihood)
-        self.network_kwargs = {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim),
-                               "pooling": [str(p) for p in pooling], "activation": activation,
-                               "head_layers": int(head_layers), "site_power": bool(site_power),
-                               "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks),
-                               "load_ranks": bool(load_ranks), "peak_room": bool(peak_room)}
+        self.network_kwargs = network_options(
+            site, observation_space, action_space, embed_dim=embed_dim, hidden_dim=hidden_dim,
+            pooling=pooling, activation=activation, head_layers=head_layers, site_power=site_power,
+            attention_heads=attention_heads, price_ranks=price_ranks, load_ranks=load_ranks,
+            peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 
@@ -438,7 +460,7 @@ class PerPortPolicy(ActorCriticPolicy):
     def set_site(self, site: SiteParams) -> None:
         """Rebind the policy to another site's layout, scales and spaces; the weights stay."""
         self.mlp_extractor.set_site(site)
-        self.observation_space, self.action_space = _site_spaces(site)
+        self.observation_space, self.action_space = site_spaces(site)
         self.site = site
 
     def config(self) -> dict[str, Any]:
@@ -503,6 +525,22 @@ class DeterministicActor(nn.Module):
         return self.action_net(latent).clamp(-1.0, 1.0)
 
 
-def deterministic_actor(policy: ActorCriticPolicy) -> DeterministicActor:
-    """The deterministic actor of a ``PerPortPolicy`` or an SB3 ``MlpPolicy`` (same export path)."""
+class SquashedActor(nn.Module):
+    """Flat observations (B, D) -> tanh of a per-port network's action means (B, P): the
+    deterministic action of a squashed Gaussian actor (``agents.perport_sac.PerPortSACPolicy``)."""
+
+    def __init__(self, network: PerPortNetwork):
+        super().__init__()
+        self.network = network
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.network.forward_actor(obs.float()))
+
+
+def deterministic_actor(policy) -> nn.Module:
+    """The deterministic actor of a ``PerPortPolicy``, an SB3 ``MlpPolicy`` or a
+    ``PerPortSACPolicy`` (same export path)."""
+    network = getattr(getattr(policy, "actor", None), "network", None)
+    if isinstance(network, PerPortNetwork):
+        return SquashedActor(network)
     return DeterministicActor(policy)
