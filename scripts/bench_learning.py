@@ -29,6 +29,7 @@ PEAK = "+agent.policy_kwargs.peak_room=true"
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
+    "perport_sac": (["agent=sac_perport", "env=physical"], True),
     "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
     "clone_mpc": (["experiment=clone_mpc"], False),
