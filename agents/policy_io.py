@@ -31,8 +31,9 @@ class TrainedPolicy:
     ``VecNormalize``), if any; a policy trained behind the deadline guard
     (``agents.guards``) acts behind it too. A recurrent policy keeps its hidden state between calls;
     ``begin(params, episode)`` (called by ``agents.evaluate.rollout`` before each batch)
-    resets it, checks that the site's observation has the size the policy was trained on, and
-    rebinds a site-aware policy (one with ``set_site``) to the new site's layout.
+    resets it, checks that the site reads actions as in training (``action_mode``; a config
+    without one was trained on ``signed``) and that its observation has the size the policy was
+    trained on, and rebinds a site-aware policy (one with ``set_site``) to the new site's layout.
 
     ``config`` is the plain mapping saved beside the weights (see ``save_policy``).
     """
@@ -53,6 +54,12 @@ class TrainedPolicy:
 
     def begin(self, params, episode) -> None:
         self._hidden, self._episode_start = None, None
+        trained_mode = self.config.get("action_mode", "signed")
+        if params.action_mode != trained_mode:
+            raise PolicyFileError(
+                f"policy trained on site {self.config.get('site_name')!r} with action_mode {trained_mode!r} "
+                f"cannot act on site {params.name!r} with action_mode {params.action_mode!r}: its actions "
+                "would mean something else there")
         margin = self.config.get("deadline_guard_hours")
         if margin is not None:
             from agents.guards import DeadlineGuard
@@ -106,8 +113,8 @@ def save_policy(directory: str | Path, policy, config: Mapping[str, Any],
 
     ``config`` is JSON-able: ``algorithm`` (class path), ``policy`` (SB3 alias or class path),
     ``policy_kwargs`` (plain values; classes as ``{"_target_": "hydra.utils.get_class", "path": ...}``),
-    ``site`` (preset and overrides), ``site_name``, ``num_ports``, ``observation_size``.
-    Returns the folder.
+    ``site`` (preset and overrides), ``site_name``, ``num_ports``, ``observation_size`` and
+    ``action_mode`` (how the training site read actions). Returns the folder.
     """
     import torch
 

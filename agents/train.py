@@ -251,6 +251,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "site_name": params.name,
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
+        "action_mode": params.action_mode,
         "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
         "guard_fits_headroom": bool(cfg["env"].get("guard_fits_headroom", False)),
     }

@@ -330,6 +330,24 @@ def test_a_run_can_start_from_a_saved_policy_and_refuses_one_that_does_not_fit(t
                            "total_timesteps=0"), tmp_path / "refused")
 
 
+def test_a_policy_refuses_a_site_that_reads_its_actions_otherwise(tiny_run):
+    from agents.policy_io import PolicyFileError
+    from envs.site import load_site
+
+    run_dir, _ = tiny_run
+    trained = load_policy(run_dir)
+    assert trained.config["action_mode"] == "signed"
+    params = load_site("caltech", horizon_steps=24, start_hour=7)
+    trained.begin(params, None)
+    with pytest.raises(PolicyFileError, match="action_mode 'signed' cannot act on site 'caltech' with "
+                                              "action_mode 'unit'"):
+        trained.begin(params.replace(action_mode="unit"), None)
+    legacy = dict(trained.config)
+    del legacy["action_mode"]  # saved before the key existed: trained on signed actions
+    trained.config = legacy
+    trained.begin(params, None)
+
+
 def test_init_log_std_replaces_only_the_loaded_log_std_and_needs_an_init_policy(tiny_run, tmp_path):
     import torch
 
