@@ -30,6 +30,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
     "perport_sac": (["agent=sac_perport", "env=physical"], True),
+    "perport_sac_guard": (["agent=sac_perport", "env=physical", "env.deadline_guard_hours=1.0"], True),
     "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
     "clone_mpc": (["experiment=clone_mpc"], False),
