@@ -347,10 +347,10 @@ class PerPortNetwork(nn.Module):
 
 def network_options(site: SiteParams, observation_space: spaces.Space, action_space: spaces.Space, *,
                     embed_dim: int, hidden_dim: int, pooling: Sequence[str], activation: str,
-                    head_layers: int, site_power: bool, attention_heads: int, price_ranks: bool,
-                    load_ranks: bool, peak_room: bool) -> dict[str, Any]:
+                    head_layers: int, **switches: bool) -> dict[str, Any]:
     """``PerPortNetwork``'s keyword arguments as plain JSON-able values, after checking the
-    activation, the poolings and that the spaces fit ``site``; ValueError names what does not."""
+    activation, the poolings and that the spaces fit ``site``; ValueError names what does not.
+    ``switches`` are the on/off options (``price_ranks``, ...), kept as bools."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     if not pooling or set(pooling) - set(POOLINGS):
@@ -360,9 +360,8 @@ def network_options(site: SiteParams, observation_space: spaces.Space, action_sp
         raise ValueError(f"spaces {observation_space.shape}, {action_space.shape} do not fit site "
                          f"{site.name!r}: expected ({expected},) and ({site.num_ports},)")
     return {"embed_dim": int(embed_dim), "hidden_dim": int(hidden_dim), "pooling": [str(p) for p in pooling],
-            "activation": activation, "head_layers": int(head_layers), "site_power": bool(site_power),
-            "attention_heads": int(attention_heads), "price_ranks": bool(price_ranks),
-            "load_ranks": bool(load_ranks), "peak_room": bool(peak_room)}
+            "activation": activation, "head_layers": int(head_layers),
+            **{name: bool(value) for name, value in switches.items()}}
 
 
 def site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
@@ -437,11 +436,11 @@ class PerPortPolicy(ActorCriticPolicy):
             raise ValueError("PerPortPolicy does not support gSDE (use_sde=True)")
         self.site = site
         self.occupied_likelihood = bool(occupied_likelihood)
-        self.network_kwargs = network_options(
+        self.network_kwargs = {**network_options(
             site, observation_space, action_space, embed_dim=embed_dim, hidden_dim=hidden_dim,
             pooling=pooling, activation=activation, head_layers=head_layers, site_power=site_power,
-            attention_heads=attention_heads, price_ranks=price_ranks, load_ranks=load_ranks,
-            peak_room=peak_room)
+            price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room),
+            "attention_heads": int(attention_heads)}
         super().__init__(observation_space, action_space, lr_schedule, ortho_init=ortho_init,
                          log_std_init=log_std_init, **kwargs)
 

@@ -106,9 +106,8 @@ class PerPortSACPolicy(SACPolicy):
         self.site = site
         self.network_kwargs = network_options(
             site, observation_space, action_space, embed_dim=embed_dim, hidden_dim=hidden_dim,
-            pooling=pooling, activation=activation, head_layers=head_layers, site_power=False,
-            attention_heads=0, price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
-        del self.network_kwargs["site_power"], self.network_kwargs["attention_heads"]
+            pooling=pooling, activation=activation, head_layers=head_layers, price_ranks=price_ranks,
+            load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], log_std_init=log_std_init,
                          n_critics=int(n_critics), **kwargs)
 

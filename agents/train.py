@@ -37,13 +37,16 @@ _COUNTS = {  # key: (size limit of envs.limits or None, lowest value)
 
 
 def checked_config(cfg: Mapping[str, Any]) -> dict:
-    """``cfg`` with its counts (``_COUNTS``) as ints; a bad one is a ConfigError naming its key."""
+    """``cfg`` with its counts (``_COUNTS``) as ints and ``init_log_std`` as a float; a bad one is a
+    ConfigError naming its key."""
     out = dict(cfg)
     for key, (limit, low) in _COUNTS.items():
         if key in out:
             out[key] = check_count(key, out[key], limit, low)
-    if out.get("init_log_std") is not None and not out.get("init_policy"):
-        raise TrainConfigError("init_log_std sets the log std of an init_policy; this run has none")
+    if out.get("init_log_std") is not None:
+        if not out.get("init_policy"):
+            raise TrainConfigError("init_log_std sets the log std of an init_policy; this run has none")
+        out["init_log_std"] = check_number("init_log_std", out["init_log_std"])
     return out
 
 
@@ -267,14 +270,13 @@ def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
 def start_from_policy(model, path: str | Path, log_std=None) -> None:
     """Load a saved policy's weights (and observation statistics) into ``model`` before RL: a
     committed clone fine-tuned without cloning again. The networks must match. ``log_std`` (a
-    number, ``init_log_std``) then replaces the actor's log standard deviation: how far RL
-    explores around the loaded actions."""
+    float, ``init_log_std`` as ``checked_config`` reads it) then replaces the actor's log standard
+    deviation: how far RL explores around the loaded actions."""
     import torch
 
     from agents.policy_io import load_policy
 
     if log_std is not None:
-        log_std = check_number("init_log_std", log_std)
         if not hasattr(model.policy, "log_std"):
             raise TrainConfigError(f"init_log_std: the policy {type(model.policy).__name__} has no log std")
     loaded = load_policy(path)

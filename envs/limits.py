@@ -106,12 +106,7 @@ def check_count(field: str, value, name: str | None, low: int = 1) -> int:
     ...
     envs.errors.ConfigError: num_episodes must be a whole number, got 2.7
     """
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
+    number = _parsed(value)
     whole = isinstance(number, numbers.Integral) or (
         isinstance(number, numbers.Real) and math.isfinite(number) and number == int(number))
     if isinstance(number, bool) or not whole:
@@ -122,6 +117,16 @@ def check_count(field: str, value, name: str | None, low: int = 1) -> int:
     if name is not None:
         check_size(field, number, name)
     return number
+
+
+def _parsed(value):
+    """``value``, or the float a text of a number reads as (None for any other text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
 
 
 def check_number(field: str, value, low: float | None = None, above: bool = False) -> float:
@@ -135,12 +140,7 @@ def check_number(field: str, value, low: float | None = None, above: bool = Fals
     ...
     envs.errors.ConfigError: imitation.learning_rate must be above 0, got 0
     """
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
+    number = _parsed(value)
     if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
         raise ConfigError(f"{field} must be a number, got {cut(value)}")
     number = float(number)
