@@ -11,6 +11,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
+from envs.action_layer import action_bounds, action_width
 from envs.observation import PEAK_FIELD, declared_layout, observation_bounds, observation_scale
 from envs.site import SiteParams
 
@@ -95,6 +96,8 @@ class PerPortNetwork(nn.Module):
 
     With ``action_input`` each port also reads its own action (``forward_critic(obs, actions)``):
     the network is then a Q function, the critic of off-policy algorithms (``agents.perport_sac``).
+    ``value_outputs`` > 1 widens the pooled critic head, e.g. to the quantiles of a distributional
+    critic (``agents.perport_tqc``).
 
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
@@ -106,8 +109,10 @@ class PerPortNetwork(nn.Module):
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
-                 action_input: bool = False):
+                 action_input: bool = False, value_outputs: int = 1):
         super().__init__()
+        if int(value_outputs) < 1:
+            raise ValueError(f"value_outputs must be >= 1, got {value_outputs!r}")
         if int(head_layers) < 1:
             raise ValueError(f"head_layers must be >= 1, got {head_layers!r}")
         if int(attention_heads) < 0:
@@ -132,7 +137,7 @@ class PerPortNetwork(nn.Module):
         self.action_head = nn.Linear(hidden_dim, 1)
         self.site_power_head = nn.Linear(hidden_dim, 1) if site_power else None
         self.attention = PortAttention(embed_dim, int(attention_heads)) if int(attention_heads) > 0 else None
-        self.critic = _mlp([summary, hidden_dim, hidden_dim, 1], activation)
+        self.critic = _mlp([summary, hidden_dim, hidden_dim, int(value_outputs)], activation)
         self.activation = ACTIVATIONS[activation]()
         self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
         self.set_site(site)
@@ -337,7 +342,8 @@ class PerPortNetwork(nn.Module):
         return obs.index_select(1, self.occupied_columns) > 0.5
 
     def forward_critic(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1) the pooled value, or with ``action_input`` the value of taking ``actions`` (B, P)."""
+        """(B, ``value_outputs``) the pooled value, or with ``action_input`` the value of taking
+        ``actions`` (B, P)."""
         return self.critic(self._summary(obs, actions)[1])
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,8 +371,9 @@ def network_options(site: SiteParams, observation_space: spaces.Space, action_sp
 
 
 def site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
+    """The observation and action spaces of one env of ``site`` (actions in its ``action_mode``)."""
     low, high = observation_bounds(site)
-    action = spaces.Box(-1.0, 1.0, (site.num_ports,), dtype=np.float32)
+    action = spaces.Box(*action_bounds(site), (action_width(site),), dtype=np.float32)
     return spaces.Box(low, high, dtype=np.float32), action
 
 
@@ -525,21 +532,26 @@ class DeterministicActor(nn.Module):
 
 
 class SquashedActor(nn.Module):
-    """Flat observations (B, D) -> tanh of a per-port network's action means (B, P): the
-    deterministic action of a squashed Gaussian actor (``agents.perport_sac.PerPortSACPolicy``)."""
+    """Flat observations (B, D) -> tanh of a per-port network's action means (B, P), rescaled from
+    [-1, 1] to the action space [``low``, ``high``]: the deterministic action of a squashed actor
+    (``agents.perport_sac``, ``agents.perport_td3``, ``agents.perport_tqc``)."""
 
-    def __init__(self, network: PerPortNetwork):
+    def __init__(self, network: PerPortNetwork, low: float = -1.0, high: float = 1.0):
         super().__init__()
         self.network = network
+        self.low, self.high = float(low), float(high)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.network.forward_actor(obs.float()))
+        squashed = torch.tanh(self.network.forward_actor(obs.float()))
+        if (self.low, self.high) == (-1.0, 1.0):
+            return squashed
+        return self.low + 0.5 * (squashed + 1.0) * (self.high - self.low)
 
 
 def deterministic_actor(policy) -> nn.Module:
-    """The deterministic actor of a ``PerPortPolicy``, an SB3 ``MlpPolicy`` or a
-    ``PerPortSACPolicy`` (same export path)."""
+    """The deterministic actor of a ``PerPortPolicy``, an SB3 ``MlpPolicy`` or an off-policy
+    per-port policy (SAC, TD3, TQC): the same export path for all."""
     network = getattr(getattr(policy, "actor", None), "network", None)
     if isinstance(network, PerPortNetwork):
-        return SquashedActor(network)
+        return SquashedActor(network, float(policy.action_space.low.min()), float(policy.action_space.high.max()))
     return DeterministicActor(policy)

@@ -189,7 +189,9 @@ def build_policy(config: Mapping[str, Any], device: str = "cpu"):
     kwargs = resolve_classes(config.get("policy_kwargs") or {})
     size, ports = int(config["observation_size"]), int(config["num_ports"])
     observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (size,), np.float32)
-    action_space = gymnasium.spaces.Box(-1.0, 1.0, (ports,), np.float32)
+    mode = config.get("action_mode", "signed")
+    width = 2 * ports if mode == "priority" else ports
+    action_space = gymnasium.spaces.Box(0.0 if mode == "unit" else -1.0, 1.0, (width,), np.float32)
     if getattr(policy_class, "needs_site", False):
         site = config["site"]
         kwargs["site"] = load_site(site["preset"], **(site.get("overrides") or {}))

@@ -107,6 +107,8 @@ def build_model(agent_cfg: Mapping[str, Any], env, params: SiteParams, seed: int
 
     ``policy`` is an SB3 alias (``MlpPolicy``) or a ``hydra.utils.get_class`` spec of a policy
     class; a policy class with ``needs_site = True`` gets ``site=params`` in its kwargs.
+    ``action_noise_std`` (off-policy algorithms such as TD3) adds Gaussian exploration noise of
+    that std to every action entry, whatever the site's size.
     """
     from hydra.utils import instantiate
 
@@ -116,7 +118,16 @@ def build_model(agent_cfg: Mapping[str, Any], env, params: SiteParams, seed: int
     kwargs = resolve_classes(dict(agent_cfg.get("policy_kwargs") or {}))
     if getattr(policy, "needs_site", False):
         kwargs["site"] = params
-    rest = {key: value for key, value in agent_cfg.items() if key not in ("policy", "policy_kwargs")}
+    rest = {key: value for key, value in agent_cfg.items()
+            if key not in ("policy", "policy_kwargs", "action_noise_std")}
+    noise = agent_cfg.get("action_noise_std")
+    if noise is not None:
+        import numpy as np
+        from stable_baselines3.common.noise import NormalActionNoise
+
+        std = check_number("agent.action_noise_std", noise, low=0.0)
+        width = env.action_space.shape[0]
+        rest["action_noise"] = NormalActionNoise(np.zeros(width), np.full(width, std))
     algorithm = instantiate(rest, _partial_=True, _convert_="all")
     return algorithm(policy=policy, env=env, policy_kwargs=kwargs, seed=int(seed), device=device, verbose=0)
 
