@@ -553,5 +553,6 @@ def deterministic_actor(policy) -> nn.Module:
     per-port policy (SAC, TD3, TQC): the same export path for all."""
     network = getattr(getattr(policy, "actor", None), "network", None)
     if isinstance(network, PerPortNetwork):
-        return SquashedActor(network, float(policy.action_space.low.min()), float(policy.action_space.high.max()))
+        space = policy.action_space
+        return SquashedActor(network, float(space.low.min()), float(space.high.max()))
     return DeterministicActor(policy)

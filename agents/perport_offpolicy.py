@@ -236,8 +236,8 @@ class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
                                self.actor_kwargs["log_std_init"]).to(self.device)
 
     def make_critic(self, features_extractor=None) -> PerPortQuantileCritics:
-        return PerPortQuantileCritics(self.observation_space, self.action_space, self.site, self.network_kwargs,
-                                      self.critic_kwargs["n_critics"],
+        return PerPortQuantileCritics(self.observation_space, self.action_space, self.site,
+                                      self.network_kwargs, self.critic_kwargs["n_critics"],
                                       self.critic_kwargs["n_quantiles"]).to(self.device)
 
     def config(self) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from envs.site import load_site
 from tests.test_networks import _observations, _permute_ports
 from tests.test_train import train_config
 
-SMALL_OFF_POLICY = ["env=physical", "+site.overrides.horizon_steps=24", "+site.overrides.start_hour=7", "n_envs=4",
-                    "agent.learning_starts=48", "agent.batch_size=32", "agent.buffer_size=1000",
+SMALL_OFF_POLICY = ["env=physical", "+site.overrides.horizon_steps=24", "+site.overrides.start_hour=7",
+                    "n_envs=4", "agent.learning_starts=48", "agent.batch_size=32", "agent.buffer_size=1000",
                     "agent.gradient_steps=1", "total_timesteps=480", "eval_episodes=2", "eval_freq=240",
                     "checkpoint_freq=240", "progress_bar=false"]
 
@@ -106,7 +106,8 @@ def test_a_trained_run_saves_loads_exports_and_acts_on_another_site(tmp_path, ag
     trained.begin(params, None)
     actions, _ = trained.predict(obs)
     assert actions.shape == (2, params.num_ports) and np.all(np.abs(actions) <= 1.0)
-    path = write_onnx(deterministic_actor(trained.policy), obs[:1], params.num_ports, tmp_path / "policy.onnx")
+    actor = deterministic_actor(trained.policy)
+    path = write_onnx(actor, obs[:1], params.num_ports, tmp_path / "policy.onnx")
     np.testing.assert_allclose(onnx_actions(path, obs), actions, rtol=1e-5, atol=1e-5)
     jpl = load_site("jpl")
     trained.begin(jpl, None)
