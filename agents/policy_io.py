@@ -31,8 +31,9 @@ class TrainedPolicy:
     ``VecNormalize``), if any; a policy trained behind the deadline guard
     (``agents.guards``) acts behind it too. A recurrent policy keeps its hidden state between calls;
     ``begin(params, episode)`` (called by ``agents.evaluate.rollout`` before each batch)
-    resets it, checks that the site reads actions as in training (``action_mode``; a config
-    without one was trained on ``signed``) and that its observation has the size the policy was
+    resets it, checks that the site reads actions as in training (``action_mode``, where
+    ``signed`` and ``unit`` agree on one-way sites; a config without one was trained on
+    ``signed``) and that its observation has the size the policy was
     trained on, and rebinds a site-aware policy (one with ``set_site``) to the new site's layout.
 
     ``config`` is the plain mapping saved beside the weights (see ``save_policy``).
@@ -46,6 +47,7 @@ class TrainedPolicy:
         self.clip_obs, self.epsilon = float(clip_obs), float(epsilon)
         self._hidden = None
         self._episode_start: np.ndarray | None = None
+        self._off_below_zero = False
         self.guard = None
 
     @property
@@ -55,11 +57,12 @@ class TrainedPolicy:
     def begin(self, params, episode) -> None:
         self._hidden, self._episode_start = None, None
         trained_mode = self.config.get("action_mode", "signed")
-        if params.action_mode != trained_mode:
+        if not self._reads_actions_alike(params):
             raise PolicyFileError(
                 f"policy trained on site {self.config.get('site_name')!r} with action_mode {trained_mode!r} "
                 f"cannot act on site {params.name!r} with action_mode {params.action_mode!r}: its actions "
                 "would mean something else there")
+        self._off_below_zero = trained_mode == "signed" and params.action_mode == "unit"
         margin = self.config.get("deadline_guard_hours")
         if margin is not None:
             from agents.guards import DeadlineGuard
@@ -77,6 +80,20 @@ class TrainedPolicy:
                 f"policy trained on site {self.config['site_name']!r} ({self.config['num_ports']} ports, "
                 f"observation of {expected}) cannot act on site {params.name!r} ({params.num_ports} ports, "
                 f"observation of {layout_size(params)}); only site-aware policies transfer")
+
+    def _reads_actions_alike(self, params) -> bool:
+        """Whether ``params`` reads this policy's actions as its training site did. Besides the same
+        ``action_mode``: ``unit`` actions from a one-way training site are charge fractions, as
+        ``signed`` ones in [0, 1] are on any site; ``signed`` actions on a one-way ``unit`` site
+        mean the same once a negative one (off there) is read as 0."""
+        trained, acting = self.config.get("action_mode", "signed"), params.action_mode
+        if trained == acting:
+            return True
+        if {trained, acting} != {"signed", "unit"}:
+            return False
+        if trained == "unit":
+            return self.config.get("site_bidirectional") is False
+        return not params.bidirectional
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         if self.obs_mean is None:
@@ -98,7 +115,7 @@ class TrainedPolicy:
             self._episode_start = starts
         else:
             actions, _ = self.policy.predict(scaled, deterministic=deterministic)
-        actions = np.clip(np.asarray(actions, dtype=np.float32), -1.0, 1.0)
+        actions = np.clip(np.asarray(actions, dtype=np.float32), 0.0 if self._off_below_zero else -1.0, 1.0)
         if self.config.get("deadline_guard_hours") is not None:
             if self.guard is None:
                 raise PolicyFileError("this policy acts behind the deadline guard: call "
@@ -113,8 +130,9 @@ def save_policy(directory: str | Path, policy, config: Mapping[str, Any],
 
     ``config`` is JSON-able: ``algorithm`` (class path), ``policy`` (SB3 alias or class path),
     ``policy_kwargs`` (plain values; classes as ``{"_target_": "hydra.utils.get_class", "path": ...}``),
-    ``site`` (preset and overrides), ``site_name``, ``num_ports``, ``observation_size`` and
-    ``action_mode`` (how the training site read actions). Returns the folder.
+    ``site`` (preset and overrides), ``site_name``, ``num_ports``, ``observation_size``,
+    ``action_mode`` (how the training site read actions) and ``site_bidirectional`` (whether any
+    of its ports could discharge). Returns the folder.
     """
     import torch
 

@@ -266,6 +266,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "num_ports": params.num_ports,
         "observation_size": layout_size(params),
         "action_mode": params.action_mode,
+        "site_bidirectional": bool(params.bidirectional),
         "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
         "guard_fits_headroom": bool(cfg["env"].get("guard_fits_headroom", False)),
     }

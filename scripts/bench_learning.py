@@ -26,11 +26,16 @@ from omegaconf import OmegaConf
 M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"]  # clone_mpc_12h_m1
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
+UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
     "perport_sac": (["agent=sac_perport", "env=physical"], True),
     "perport_sac_guard": (["agent=sac_perport", "env=physical", "env.deadline_guard_hours=1.0"], True),
+    "perport_sac_unit": (["agent=sac_perport", "env=physical", UNIT], True),
+    "perport_td3_unit": (["agent=td3_perport", "env=physical", UNIT], True),
+    "perport_tqc_unit": (["agent=tqc_perport", "env=physical", UNIT], True),
+    "perport_a2c": (["agent=a2c_perport", "env=physical"], True),
     "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
     "clone_mpc": (["experiment=clone_mpc"], False),

@@ -336,15 +336,31 @@ def test_a_policy_refuses_a_site_that_reads_its_actions_otherwise(tiny_run):
 
     run_dir, _ = tiny_run
     trained = load_policy(run_dir)
-    assert trained.config["action_mode"] == "signed"
+    assert trained.config["action_mode"] == "signed" and trained.config["site_bidirectional"] is False
     params = load_site("caltech", horizon_steps=24, start_hour=7)
     trained.begin(params, None)
-    with pytest.raises(PolicyFileError, match="action_mode 'signed' cannot act on site 'caltech' with "
+    from envs.core import reset
+    from envs.generators import generator_for
+
+    obs = observe(params, reset(params, generator_for(params).sample(params, np.random.default_rng(5), 3)))
+    signed, _ = trained.predict(obs)
+    assert signed.min() < 0.0
+    trained.begin(params.replace(action_mode="unit"), None)  # one-way: a negative action is off either way
+    np.testing.assert_array_equal(trained.predict(obs)[0], np.maximum(signed, 0.0))
+    with pytest.raises(PolicyFileError, match="action_mode 'signed' cannot act on site 'v2g_workplace' with "
                                               "action_mode 'unit'"):
-        trained.begin(params.replace(action_mode="unit"), None)
-    legacy = dict(trained.config)
-    del legacy["action_mode"]  # saved before the key existed: trained on signed actions
-    trained.config = legacy
+        trained.begin(load_site("v2g_workplace", action_mode="unit"), None)
+    with pytest.raises(PolicyFileError, match="action_mode 'priority'"):
+        trained.begin(params.replace(action_mode="priority"), None)
+    unit = {**trained.config, "action_mode": "unit"}
+    trained.config = {**unit, "site_bidirectional": False}  # charge fractions, as signed ones in [0, 1]
+    trained.begin(params, None)
+    for bidirectional in (True, None):  # 2 a - 1 on its training site, or not known
+        trained.config = {**unit, "site_bidirectional": bidirectional}
+        with pytest.raises(PolicyFileError, match="action_mode 'unit' cannot act on site 'caltech'"):
+            trained.begin(params, None)
+    legacy = {key: value for key, value in unit.items() if key not in ("action_mode", "site_bidirectional")}
+    trained.config = legacy  # saved before the keys existed: trained on signed actions
     trained.begin(params, None)
 
 
