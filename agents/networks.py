@@ -97,7 +97,12 @@ class PerPortNetwork(nn.Module):
     With ``action_input`` each port also reads its own action (``forward_critic(obs, actions)``):
     the network is then a Q function, the critic of off-policy algorithms (``agents.perport_sac``).
     ``value_outputs`` > 1 widens the pooled critic head, e.g. to the quantiles of a distributional
-    critic (``agents.perport_tqc``).
+    critic (``agents.perport_offpolicy``).
+
+    With ``memory_dim`` > 0 the input is the flat observation followed by ``memory_dim`` columns
+    of a recurrent site state (``agents.perport_recurrent``), which join the site summary that
+    the actor's context and the critic read; ``memory_input(obs)`` is the fixed-size site view
+    such a memory reads each step (the scaled site-wide fields and the mean scaled port fields).
 
     With ``attention_heads`` > 0 each occupied port's embedding also attends to the other
     occupied ports of its env (one multi-head self-attention layer, residual, no position
@@ -109,7 +114,7 @@ class PerPortNetwork(nn.Module):
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
-                 action_input: bool = False, value_outputs: int = 1):
+                 action_input: bool = False, value_outputs: int = 1, memory_dim: int = 0):
         super().__init__()
         if int(value_outputs) < 1:
             raise ValueError(f"value_outputs must be >= 1, got {value_outputs!r}")
@@ -127,7 +132,9 @@ class PerPortNetwork(nn.Module):
                            + (PEAK_CONTEXT if self.peak_room else 0) + int(self.action_input))
         self.site_width = len(layout.site_columns)
         self.pooling = tuple(pooling)
-        summary = len(self.pooling) * embed_dim + 1 + self.site_width
+        self.memory_dim = int(memory_dim)
+        self.memory_input_dim = self.site_width + len(layout.port_fields)
+        summary = len(self.pooling) * embed_dim + 1 + self.site_width + self.memory_dim
         self.encoder = _mlp([self.port_width, hidden_dim, embed_dim], activation)
         self.site_encoder = _mlp([summary, hidden_dim], activation)
         self.port_head = nn.Linear(embed_dim, hidden_dim)
@@ -181,12 +188,13 @@ class PerPortNetwork(nn.Module):
         self.occupied_field = layout.port_fields.index("occupied")
         self.path_length = ancestors.shape[1]
         self.dt_hours = float(site.dt_hours)
+        self.observation_size = layout.size
         self.latent_dim_pi = site.num_ports
         self.site = site
 
     def _inputs(self, obs: torch.Tensor, actions: torch.Tensor | None = None):
         b, p = obs.shape[0], self.latent_dim_pi
-        scaled = obs * self.inv_scale
+        scaled = obs[:, :self.observation_size] * self.inv_scale
         ports = scaled.index_select(1, self.port_columns).view(b, p, -1)
         headroom_kw = obs.index_select(1, self.node_columns)
         wanted = torch.cumsum(obs.index_select(1, self.max_charge_columns).clamp(min=0.0), dim=1)
@@ -275,7 +283,14 @@ class PerPortNetwork(nn.Module):
         if "max" in self.pooling:
             index = env.unsqueeze(1).expand(-1, embedded.shape[1])
             pooled.append(zeros.scatter_reduce(0, index, embedded, "amax", include_self=False))
-        return (embedded, rows, env, limits_kw), torch.cat([*pooled, count / p, site], dim=1)
+        memory = [obs[:, self.observation_size:]] if self.memory_dim else []
+        return (embedded, rows, env, limits_kw), torch.cat([*pooled, count / p, site, *memory], dim=1)
+
+    def memory_input(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, ``memory_input_dim``): the scaled site-wide fields and the mean scaled port fields."""
+        scaled = obs[:, :self.observation_size] * self.inv_scale
+        ports = scaled.index_select(1, self.port_columns).view(obs.shape[0], self.latent_dim_pi, -1)
+        return torch.cat([scaled.index_select(1, self.site_columns), ports.mean(dim=1)], dim=1)
 
     def _attend(self, embedded: torch.Tensor, rows: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
         """Self-attention among each env's occupied ports (M, E); an env with no EV attends to a
