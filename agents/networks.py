@@ -385,10 +385,17 @@ def network_options(site: SiteParams, observation_space: spaces.Space, action_sp
             **{name: bool(value) for name, value in switches.items()}}
 
 
-def site_spaces(site: SiteParams) -> tuple[spaces.Box, spaces.Box]:
-    """The observation and action spaces of one env of ``site`` (actions in its ``action_mode``)."""
+def site_spaces(site: SiteParams, like: spaces.Box | None = None) -> tuple[spaces.Box, spaces.Box]:
+    """The observation and action spaces of one env of ``site``: actions in its ``action_mode``,
+    or, given the action space ``like`` of the site a policy was trained on, one action per port
+    within that space's bounds (a policy keeps what its actions mean when it moves to another
+    site; ``agents.policy_io.TrainedPolicy.begin`` checks that they mean the same there)."""
     low, high = observation_bounds(site)
-    action = spaces.Box(*action_bounds(site), (action_width(site),), dtype=np.float32)
+    if like is None:
+        action = spaces.Box(*action_bounds(site), (action_width(site),), dtype=np.float32)
+    else:
+        bounds = float(like.low.min()), float(like.high.max())
+        action = spaces.Box(*bounds, (site.num_ports,), dtype=np.float32)
     return spaces.Box(low, high, dtype=np.float32), action
 
 
@@ -481,7 +488,7 @@ class PerPortPolicy(ActorCriticPolicy):
     def set_site(self, site: SiteParams) -> None:
         """Rebind the policy to another site's layout, scales and spaces; the weights stay."""
         self.mlp_extractor.set_site(site)
-        self.observation_space, self.action_space = site_spaces(site)
+        self.observation_space, self.action_space = site_spaces(site, self.action_space)
         self.site = site
 
     def config(self) -> dict[str, Any]:

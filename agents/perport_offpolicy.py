@@ -121,7 +121,7 @@ class PerPortOffPolicyMixin:
     def set_site(self, site: SiteParams) -> None:
         """Rebind every actor and critic, targets included, to another site's layout, scales and
         spaces; the weights stay."""
-        self.observation_space, self.action_space = site_spaces(site)
+        self.observation_space, self.action_space = site_spaces(site, self.action_space)
         for name in ("actor", "actor_target", "critic", "critic_target"):
             module = getattr(self, name, None)
             if module is None:

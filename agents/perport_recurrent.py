@@ -94,7 +94,7 @@ class PerPortRecurrentPolicy(RecurrentActorCriticPolicy):
     def set_site(self, site: SiteParams) -> None:
         """Rebind the policy to another site's layout, scales and spaces; the weights stay."""
         self.mlp_extractor.set_site(site)
-        self.observation_space, self.action_space = site_spaces(site)
+        self.observation_space, self.action_space = site_spaces(site, self.action_space)
         self.site = site
 
     def config(self) -> dict[str, Any]:

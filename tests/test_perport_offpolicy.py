@@ -132,6 +132,8 @@ def test_a_squashed_policy_trained_on_unit_actions_keeps_their_range_when_loaded
             np.testing.assert_allclose(exported, actions, rtol=1e-5, atol=1e-6)
     assert squashed.min() < 0.0 < squashed.max()
     np.testing.assert_allclose(actions, (squashed + 1.0) / 2.0, rtol=1e-5, atol=1e-6)
+    trained.begin(params.replace(action_mode="signed"), None)  # one-way: the same charge fractions
+    np.testing.assert_allclose(trained.predict(obs)[0], actions, rtol=1e-6, atol=1e-7)
 
 
 def test_per_port_a2c_trains_and_loads(tmp_path):
