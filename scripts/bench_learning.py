@@ -36,6 +36,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "perport_td3_unit": (["agent=td3_perport", "env=physical", UNIT], True),
     "perport_tqc_unit": (["agent=tqc_perport", "env=physical", UNIT], True),
     "perport_a2c": (["agent=a2c_perport", "env=physical"], True),
+    "perport_a2c_5m": (["agent=a2c_perport", "env=physical"], True),  # run with --timesteps 5000000
     "perport_recurrent_ppo": (["agent=recurrent_ppo_perport", "env=physical"], True),
     "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
