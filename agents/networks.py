@@ -97,7 +97,9 @@ class PerPortNetwork(nn.Module):
     With ``action_input`` each port also reads its own action (``forward_critic(obs, actions)``):
     the network is then a Q function, the critic of off-policy algorithms (``agents.perport_sac``).
     ``value_outputs`` > 1 widens the pooled critic head, e.g. to the quantiles of a distributional
-    critic (``agents.perport_offpolicy``).
+    critic (``agents.perport_offpolicy``). With ``port_values`` the value also sums a term per
+    occupied port, from its embedding and the site context: a Q critic then hands each port's
+    action a gradient of its own instead of one diluted by pooling over every port.
 
     With ``memory_dim`` > 0 the input is the flat observation followed by ``memory_dim`` columns
     of a recurrent site state (``agents.perport_recurrent``), which join the site summary that
@@ -114,7 +116,8 @@ class PerPortNetwork(nn.Module):
     def __init__(self, site: SiteParams, embed_dim: int, hidden_dim: int, pooling: Sequence[str],
                  activation: str, head_layers: int = 1, site_power: bool = False, attention_heads: int = 0,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
-                 action_input: bool = False, value_outputs: int = 1, memory_dim: int = 0):
+                 action_input: bool = False, value_outputs: int = 1, memory_dim: int = 0,
+                 port_values: bool = False):
         super().__init__()
         if int(value_outputs) < 1:
             raise ValueError(f"value_outputs must be >= 1, got {value_outputs!r}")
@@ -145,6 +148,8 @@ class PerPortNetwork(nn.Module):
         self.site_power_head = nn.Linear(hidden_dim, 1) if site_power else None
         self.attention = PortAttention(embed_dim, int(attention_heads)) if int(attention_heads) > 0 else None
         self.critic = _mlp([summary, hidden_dim, hidden_dim, int(value_outputs)], activation)
+        self.port_value_head = (_mlp([embed_dim + hidden_dim, hidden_dim, int(value_outputs)], activation)
+                                if port_values else None)
         self.activation = ACTIVATIONS[activation]()
         self.latent_dim_pi, self.latent_dim_vf = site.num_ports, 1
         self.set_site(site)
@@ -359,7 +364,14 @@ class PerPortNetwork(nn.Module):
     def forward_critic(self, obs: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, ``value_outputs``) the pooled value, or with ``action_input`` the value of taking
         ``actions`` (B, P)."""
-        return self.critic(self._summary(obs, actions)[1])
+        ports, summary = self._summary(obs, actions)
+        value = self.critic(summary)
+        if self.port_value_head is None:
+            return value
+        embedded, _, env, _ = ports
+        context = self.activation(self.site_encoder(summary)).index_select(0, env)
+        per_port = self.port_value_head(torch.cat([embedded, context], dim=1))
+        return value.index_add(0, env, per_port)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ports, summary = self._summary(obs)

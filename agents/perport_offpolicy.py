@@ -69,16 +69,19 @@ class PerPortTD3Actor(BasePolicy):
 class PerPortQCritics(BaseModel):
     """``n_critics`` Q functions of ``(obs, actions)``, each a ``PerPortNetwork`` whose ports also
     read their own action (``action_input``) and whose pooled head gives ``value_outputs`` values
-    per env, so Q is invariant when ports and their actions are permuted together and its
-    weights fit any site. ``forward`` returns a tuple of (B, 1) values (SAC, TD3)."""
+    per env (plus a sum of per-port terms with ``port_values``), so Q is invariant when ports and
+    their actions are permuted together and its weights fit any site. ``forward`` returns a
+    tuple of (B, 1) values (SAC, TD3)."""
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, site: SiteParams,
-                 network_kwargs: dict[str, Any], n_critics: int, value_outputs: int = 1):
+                 network_kwargs: dict[str, Any], n_critics: int, value_outputs: int = 1,
+                 port_values: bool = False):
         super().__init__(observation_space, action_space)
         self.share_features_extractor = False
         self.q_networks: list[PerPortNetwork] = []
         for index in range(n_critics):
-            network = PerPortNetwork(site, **network_kwargs, action_input=True, value_outputs=value_outputs)
+            network = PerPortNetwork(site, **network_kwargs, action_input=True, value_outputs=value_outputs,
+                                     port_values=port_values)
             self.add_module(f"qf{index}", network)
             self.q_networks.append(network)
 
@@ -94,8 +97,9 @@ class PerPortQuantileCritics(PerPortQCritics):
     ``forward`` returns the quantiles stacked (B, n_critics, n_quantiles)."""
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Box, site: SiteParams,
-                 network_kwargs: dict[str, Any], n_critics: int, n_quantiles: int):
-        super().__init__(observation_space, action_space, site, network_kwargs, n_critics, n_quantiles)
+                 network_kwargs: dict[str, Any], n_critics: int, n_quantiles: int, port_values: bool = False):
+        super().__init__(observation_space, action_space, site, network_kwargs, n_critics, n_quantiles,
+                         port_values)
         self.n_critics, self.n_quantiles = n_critics, n_quantiles
         self.quantiles_total = n_critics * n_quantiles
 
@@ -112,11 +116,15 @@ class PerPortOffPolicyMixin:
     site: SiteParams
 
     def _per_port_options(self, site: SiteParams, observation_space, action_space, n_critics: int,
-                          **options: Any) -> dict[str, Any]:
+                          port_values: bool, **options: Any) -> dict[str, Any]:
         if int(n_critics) < 1:
             raise ValueError(f"n_critics must be >= 1, got {n_critics!r}")
         self.site = site
+        self.port_values = bool(port_values)
         return network_options(site, observation_space, action_space, **options)
+
+    def _critic_config(self) -> dict[str, Any]:
+        return {"n_critics": int(self.critic_kwargs["n_critics"]), "port_values": self.port_values}
 
     def set_site(self, site: SiteParams) -> None:
         """Rebind every actor and critic, targets included, to another site's layout, scales and
@@ -164,6 +172,7 @@ class PerPortTD3Policy(PerPortOffPolicyMixin, TD3Policy):
       ``head_layers`` (1), ``price_ranks``, ``load_ranks``, ``peak_room`` (False): as for
       ``PerPortPolicy``; the critics use the same widths and options.
     * ``n_critics`` (2): Q networks for the clipped double-Q target.
+    * ``port_values`` (False): each Q also sums a term per occupied port (``PerPortNetwork``).
 
     ``config()`` returns these arguments but the site, JSON-able. Other keyword arguments go to
     ``TD3Policy``.
@@ -173,11 +182,11 @@ class PerPortTD3Policy(PerPortOffPolicyMixin, TD3Policy):
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
-                 n_critics: int = 2, **kwargs: Any):
+                 n_critics: int = 2, port_values: bool = False, **kwargs: Any):
         self.network_kwargs = self._per_port_options(
-            site, observation_space, action_space, n_critics, embed_dim=embed_dim, hidden_dim=hidden_dim,
-            pooling=pooling, activation=activation, head_layers=head_layers, price_ranks=price_ranks,
-            load_ranks=load_ranks, peak_room=peak_room)
+            site, observation_space, action_space, n_critics, port_values, embed_dim=embed_dim,
+            hidden_dim=hidden_dim, pooling=pooling, activation=activation, head_layers=head_layers,
+            price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], n_critics=int(n_critics),
                          **kwargs)
 
@@ -187,11 +196,11 @@ class PerPortTD3Policy(PerPortOffPolicyMixin, TD3Policy):
 
     def make_critic(self, features_extractor=None) -> PerPortQCritics:
         return PerPortQCritics(self.observation_space, self.action_space, self.site, self.network_kwargs,
-                               self.critic_kwargs["n_critics"]).to(self.device)
+                               self.critic_kwargs["n_critics"], port_values=self.port_values).to(self.device)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments other than the site, as plain JSON-able values."""
-        return {**self.network_kwargs, "n_critics": int(self.critic_kwargs["n_critics"])}
+        return {**self.network_kwargs, **self._critic_config()}
 
 
 class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
@@ -210,6 +219,7 @@ class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
     * ``site`` and the network options: as ``PerPortTD3Policy``.
     * ``log_std_init`` (-3.0): the shared log std before squashing.
     * ``n_critics`` (2), ``n_quantiles`` (25): critics and quantiles per critic.
+    * ``port_values`` (False): as for ``PerPortTD3Policy``.
 
     ``config()`` returns these arguments but the site, JSON-able. Other keyword arguments go to
     ``TQCPolicy``; gSDE is not supported.
@@ -220,14 +230,14 @@ class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
                  log_std_init: float = -3.0, n_critics: int = 2, n_quantiles: int = 25,
-                 use_sde: bool = False, **kwargs: Any):
+                 port_values: bool = False, use_sde: bool = False, **kwargs: Any):
         refuse_sde(use_sde, "PerPortTQCPolicy")
         if int(n_quantiles) < 1:
             raise ValueError(f"n_quantiles must be >= 1, got {n_quantiles!r}")
         self.network_kwargs = self._per_port_options(
-            site, observation_space, action_space, n_critics, embed_dim=embed_dim, hidden_dim=hidden_dim,
-            pooling=pooling, activation=activation, head_layers=head_layers, price_ranks=price_ranks,
-            load_ranks=load_ranks, peak_room=peak_room)
+            site, observation_space, action_space, n_critics, port_values, embed_dim=embed_dim,
+            hidden_dim=hidden_dim, pooling=pooling, activation=activation, head_layers=head_layers,
+            price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], log_std_init=log_std_init,
                          n_critics=int(n_critics), n_quantiles=int(n_quantiles), **kwargs)
 
@@ -238,10 +248,9 @@ class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
     def make_critic(self, features_extractor=None) -> PerPortQuantileCritics:
         return PerPortQuantileCritics(self.observation_space, self.action_space, self.site,
                                       self.network_kwargs, self.critic_kwargs["n_critics"],
-                                      self.critic_kwargs["n_quantiles"]).to(self.device)
+                                      self.critic_kwargs["n_quantiles"], self.port_values).to(self.device)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments other than the site, as plain JSON-able values."""
         return {**self.network_kwargs, "log_std_init": float(self.actor_kwargs["log_std_init"]),
-                "n_critics": int(self.critic_kwargs["n_critics"]),
-                "n_quantiles": int(self.critic_kwargs["n_quantiles"])}
+                **self._critic_config(), "n_quantiles": int(self.critic_kwargs["n_quantiles"])}

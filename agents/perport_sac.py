@@ -35,6 +35,7 @@ class PerPortSACPolicy(PerPortOffPolicyMixin, SACPolicy):
       ``PerPortPolicy``; the critics use the same widths and options.
     * ``log_std_init`` (-3.0): the shared log std before squashing.
     * ``n_critics`` (2): Q networks for the clipped double-Q target.
+    * ``port_values`` (False): each Q also sums a term per occupied port (``PerPortNetwork``).
 
     ``config()`` returns these arguments but the site, JSON-able. Other keyword arguments go to
     ``SACPolicy``; gSDE is not supported.
@@ -44,12 +45,13 @@ class PerPortSACPolicy(PerPortOffPolicyMixin, SACPolicy):
                  site: SiteParams, embed_dim: int = 32, hidden_dim: int = 64,
                  pooling: Sequence[str] = POOLINGS, activation: str = "tanh", head_layers: int = 1,
                  price_ranks: bool = False, load_ranks: bool = False, peak_room: bool = False,
-                 log_std_init: float = -3.0, n_critics: int = 2, use_sde: bool = False, **kwargs: Any):
+                 log_std_init: float = -3.0, n_critics: int = 2, port_values: bool = False,
+                 use_sde: bool = False, **kwargs: Any):
         refuse_sde(use_sde, "PerPortSACPolicy")
         self.network_kwargs = self._per_port_options(
-            site, observation_space, action_space, n_critics, embed_dim=embed_dim, hidden_dim=hidden_dim,
-            pooling=pooling, activation=activation, head_layers=head_layers, price_ranks=price_ranks,
-            load_ranks=load_ranks, peak_room=peak_room)
+            site, observation_space, action_space, n_critics, port_values, embed_dim=embed_dim,
+            hidden_dim=hidden_dim, pooling=pooling, activation=activation, head_layers=head_layers,
+            price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], log_std_init=log_std_init,
                          n_critics=int(n_critics), **kwargs)
 
@@ -59,9 +61,9 @@ class PerPortSACPolicy(PerPortOffPolicyMixin, SACPolicy):
 
     def make_critic(self, features_extractor=None) -> PerPortQCritics:
         return PerPortQCritics(self.observation_space, self.action_space, self.site, self.network_kwargs,
-                               self.critic_kwargs["n_critics"]).to(self.device)
+                               self.critic_kwargs["n_critics"], port_values=self.port_values).to(self.device)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments other than the site, as plain JSON-able values."""
         return {**self.network_kwargs, "log_std_init": float(self.actor_kwargs["log_std_init"]),
-                "n_critics": int(self.critic_kwargs["n_critics"])}
+                **self._critic_config()}

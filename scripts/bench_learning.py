@@ -27,6 +27,7 @@ M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
 UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
+PORT_VALUES = "+agent.policy_kwargs.port_values=true"  # Q critics also sum a term per occupied port
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
@@ -35,6 +36,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "perport_sac_unit": (["agent=sac_perport", "env=physical", UNIT], True),
     "perport_td3_unit": (["agent=td3_perport", "env=physical", UNIT], True),
     "perport_tqc_unit": (["agent=tqc_perport", "env=physical", UNIT], True),
+    "perport_sac_unit_pv": (["agent=sac_perport", "env=physical", UNIT, PORT_VALUES], True),
+    "perport_td3_unit_pv": (["agent=td3_perport", "env=physical", UNIT, PORT_VALUES], True),
     "perport_a2c": (["agent=a2c_perport", "env=physical"], True),
     "perport_a2c_5m": (["agent=a2c_perport", "env=physical"], True),  # run with --timesteps 5000000
     "perport_recurrent_ppo": (["agent=recurrent_ppo_perport", "env=physical"], True),

@@ -32,10 +32,13 @@ def _policy(algorithm, policy_class, site, **kwargs):
                      policy_kwargs={"site": env.params, **kwargs}).policy
 
 
-@pytest.mark.parametrize("algorithm, policy_class", [(TD3, PerPortTD3Policy), (TQC, PerPortTQCPolicy)])
-def test_actors_follow_a_port_permutation_and_critics_ignore_it(algorithm, policy_class):
+@pytest.mark.parametrize("algorithm, policy_class, port_values", [
+    (TD3, PerPortTD3Policy, False), (TQC, PerPortTQCPolicy, False), (TD3, PerPortTD3Policy, True),
+    (TQC, PerPortTQCPolicy, True)])
+def test_actors_follow_a_port_permutation_and_critics_ignore_it(algorithm, policy_class, port_values):
     params = load_site("caltech")
-    policy = _policy(algorithm, policy_class, params, **({"n_quantiles": 5} if algorithm is TQC else {}))
+    policy = _policy(algorithm, policy_class, params, port_values=port_values,
+                     **({"n_quantiles": 5} if algorithm is TQC else {}))
     obs = _observations(params, steps=44, num_envs=3)
     rng = np.random.default_rng(5)
     order = rng.permutation(params.num_ports)
@@ -61,6 +64,25 @@ def test_actors_follow_a_port_permutation_and_critics_ignore_it(algorithm, polic
         exported = deterministic_actor(policy)(torch.as_tensor(obs)).numpy()
     np.testing.assert_allclose(policy.predict(obs, deterministic=True)[0], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(exported, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_port_values_add_one_term_per_occupied_port():
+    params = load_site("caltech")
+    policy = _policy(TD3, PerPortTD3Policy, params, port_values=True)
+    obs = _observations(params, steps=44, num_envs=3)
+    actions = torch.zeros((3, params.num_ports))
+    network = policy.critic.q_networks[0]
+    with torch.no_grad():
+        for layer in (network.critic[-1], network.port_value_head[-1]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        network.port_value_head[-1].bias.fill_(0.5)
+        value = network.forward_critic(torch.as_tensor(obs), actions).numpy()
+    occupied = obs[:, declared_layout(params).slices["occupied"]].sum(axis=1)
+    assert occupied.min() > 0 and len(set(occupied)) > 1
+    np.testing.assert_allclose(value[:, 0], 0.5 * occupied, rtol=1e-6)
+    assert policy.config()["port_values"] is True and network.port_value_head is not None
+    assert policy.actor.network.port_value_head is None  # the actor has no value
 
 
 def test_options_are_checked_by_name():
