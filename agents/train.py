@@ -21,6 +21,7 @@ from envs.reward import RewardWeights
 from envs.site import SiteParams, deep_update, load_site
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_POLICY_DIR = "best_policy"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.json"
 
@@ -37,12 +38,14 @@ _COUNTS = {  # key: (size limit of envs.limits or None, lowest value)
 
 
 def checked_config(cfg: Mapping[str, Any]) -> dict:
-    """``cfg`` with its counts (``_COUNTS``) as ints and ``init_log_std`` as a float; a bad one is a
-    ConfigError naming its key."""
+    """``cfg`` with its counts (``_COUNTS``) as ints, ``init_log_std`` as a float and ``keep_best``
+    a bool; a bad one is a ConfigError naming its key."""
     out = dict(cfg)
     for key, (limit, low) in _COUNTS.items():
         if key in out:
             out[key] = check_count(key, out[key], limit, low)
+    if not isinstance(out.get("keep_best", False), bool):
+        raise TrainConfigError(f"keep_best must be true or false, got {str(out['keep_best'])[:50]!r}")
     if out.get("init_log_std") is not None:
         if not out.get("init_policy"):
             raise TrainConfigError("init_log_std sets the log std of an init_policy; this run has none")
@@ -137,7 +140,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
 
     With ``resume`` true, the run continues from the newest checkpoint of ``run_dir`` with the
     config saved in it (same step counter, target and TensorBoard folder); otherwise
-    ``run_dir`` must hold no checkpoint yet.
+    ``run_dir`` must hold no checkpoint yet. With ``keep_best`` the policy of the best validation
+    score so far is also kept in ``best_policy/`` (``metrics.json``: ``best_score``,
+    ``best_timesteps``), across resumes.
     """
     import torch
     from stable_baselines3.common.logger import configure
@@ -170,7 +175,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     from agents.validation import Validation
 
     validation = Validation(params, cfg["eval_episodes"], cfg["eval_seed"])
-    latest: dict[str, Any] = {"score": state.get("score")}
+    latest: dict[str, Any] = {"score": state.get("score"), "best_score": state.get("best_score"),
+                              "best_timesteps": state.get("best_timesteps")}
 
     def evaluate(current) -> tuple:
         start = time.perf_counter()
@@ -182,10 +188,15 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         current.logger.record("eval/training_s", clock.elapsed())
         current.logger.dump(current.num_timesteps)
         latest["score"] = score
+        if cfg.get("keep_best") and (latest["best_score"] is None or score > latest["best_score"]):
+            save_best_policy(current, cfg, params, run_dir / BEST_POLICY_DIR)
+            latest["best_score"], latest["best_timesteps"] = score, int(current.num_timesteps)
         return table, score
 
     def checkpoint_now(current) -> None:
-        save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"]},
+        save_checkpoint(checkpoints, current, cfg, {"wall_s": clock.elapsed(), "score": latest["score"],
+                                                    "best_score": latest["best_score"],
+                                                    "best_timesteps": latest["best_timesteps"]},
                         cfg.get("keep_checkpoints", 2))
 
     if checkpoint is None and cfg.get("init_policy"):
@@ -230,6 +241,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         "seed": cfg["seed"],
         "policy": policy_dir.name,
     }
+    if cfg.get("keep_best"):
+        metrics.update(best_policy=BEST_POLICY_DIR, best_score=latest["best_score"],
+                       best_timesteps=latest["best_timesteps"])
     if resumed_from is not None:
         metrics["resumed_from_timestep"] = int(resumed_from)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -252,6 +266,19 @@ def save_trained_policy(model, cfg: Mapping[str, Any], params: SiteParams, direc
     obs_rms = normalizer.obs_rms if normalizer is not None and normalizer.norm_obs else None
     return save_policy(directory, model.policy, policy_config(cfg, params), obs_rms,
                        float(cfg["env"].get("clip_obs", 10.0)))
+
+
+def save_best_policy(model, cfg: Mapping[str, Any], params: SiteParams, directory: Path) -> Path:
+    """Replace ``directory`` with the model's policy folder, written beside it first so that a
+    run killed meanwhile leaves the previous best whole."""
+    import shutil
+
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_trained_policy(model, cfg, params, partial)
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return directory
 
 
 def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:

@@ -23,6 +23,8 @@ from hydra import compose, initialize_config_dir
 from learning_days import ROOT, ScoredSite, add_day_arguments
 from omegaconf import OmegaConf
 
+from agents.train import BEST_POLICY_DIR
+
 M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"]  # clone_mpc_12h_m1
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
@@ -39,7 +41,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "perport_sac_unit_pv": (["agent=sac_perport", "env=physical", UNIT, PORT_VALUES], True),
     "perport_td3_unit_pv": (["agent=td3_perport", "env=physical", UNIT, PORT_VALUES], True),
     "perport_a2c": (["agent=a2c_perport", "env=physical"], True),
-    "perport_a2c_5m": (["agent=a2c_perport", "env=physical"], True),  # run with --timesteps 5000000
+    "perport_a2c_5m": (["agent=a2c_perport", "env=physical", "keep_best=true"], True),  # --timesteps 5000000
     "perport_recurrent_ppo": (["agent=recurrent_ppo_perport", "env=physical"], True),
     "bc": (["experiment=caltech_perport_bc", "total_timesteps=0"], False),
     "bc_ppo": (["experiment=caltech_perport_bc"], True),
@@ -193,7 +195,8 @@ def main() -> None:
                     print(f"{site} {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
                 if args.score_only and not (run_dir / "metrics.json").exists():
                     continue  # a variant not run for this seed
-                runs[name] = run_dir
+                best = run_dir / BEST_POLICY_DIR  # a keep_best run is scored by its best validated policy
+                runs[name] = best if best.is_dir() else run_dir
                 metrics[name] = json.loads((run_dir / "metrics.json").read_text())
         summary = score_runs(site, runs, args.test_episodes, args.test_seed,
                              site_overrides=args.site_overrides, variants=args.variants)

@@ -208,6 +208,26 @@ def test_resume_needs_a_checkpoint_and_a_used_run_directory_needs_resume(tmp_pat
         train(train_config(*TINY), tmp_path)
 
 
+def test_keep_best_keeps_the_policy_of_the_best_validation_score_across_a_resume(tmp_path):
+    from agents.validation import Validation
+
+    overrides = [*TINY, "eval_freq=96", "checkpoint_freq=96", "keep_best=true"]
+    first = train(train_config(*overrides), tmp_path)
+    with open(tmp_path / "tensorboard" / "progress.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("eval/score")]
+    scores = {int(row["eval/timesteps"]): float(row["eval/score"]) for row in rows}
+    assert len(scores) >= 4 and first["best_score"] == pytest.approx(max(scores.values()))
+    assert scores[first["best_timesteps"]] == pytest.approx(first["best_score"])
+    params = site_params(train_config(*overrides))
+    _, replayed = Validation(params, 2, 900_001).score(load_policy(tmp_path / "best_policy"))
+    assert replayed == pytest.approx(first["best_score"], abs=1e-9)
+    second = train(train_config(*overrides, "resume=true"), tmp_path)  # re-scores the same final policy
+    assert (second["best_score"], second["best_timesteps"]) == (first["best_score"], first["best_timesteps"])
+    assert not (tmp_path / "best_policy.partial").exists()
+    with pytest.raises(TrainConfigError, match="keep_best must be true or false, got 'yes'"):
+        train(train_config(*TINY, "keep_best=yes"), tmp_path / "refused")
+
+
 def test_trained_policy_normalizes_with_frozen_statistics(tmp_path):
     cfg = train_config(*TINY)
     params = site_params(cfg)
