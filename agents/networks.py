@@ -486,16 +486,7 @@ class PerPortPolicy(ActorCriticPolicy):
                          log_std_init=log_std_init, **kwargs)
 
     def _build(self, lr_schedule) -> None:
-        self.mlp_extractor = PerPortNetwork(self.site, **self.network_kwargs)
-        self.action_net = nn.Identity()
-        self.value_net = nn.Identity()
-        self.log_std = nn.Parameter(torch.full((1,), float(self.log_std_init)))
-        if self.ortho_init:
-            network = self.mlp_extractor
-            network.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))
-            self.init_weights(network.action_head, gain=0.01)
-            self.init_weights(network.critic[-1], gain=1.0)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        install_network(self, PerPortNetwork(self.site, **self.network_kwargs), lr_schedule)
 
     def set_site(self, site: SiteParams) -> None:
         """Rebind the policy to another site's layout, scales and spaces; the weights stay."""
@@ -539,6 +530,22 @@ class PerPortPolicy(ActorCriticPolicy):
             data.pop(name, None)
         data.update(self.config(), site=self.site)
         return data
+
+
+def install_network(policy: ActorCriticPolicy, network: PerPortNetwork, lr_schedule) -> None:
+    """Make ``network`` the whole actor-critic of an SB3 ``ActorCriticPolicy`` being built: its
+    action means and value pass through unchanged, one log std is shared by every port, SB3's
+    orthogonal initialisation where ``ortho_init`` asks for it, and a fresh optimizer."""
+    policy.mlp_extractor = network
+    policy.action_net = nn.Identity()
+    policy.value_net = nn.Identity()
+    policy.log_std = nn.Parameter(torch.full((1,), float(policy.log_std_init)))
+    if policy.ortho_init:
+        network.apply(lambda m: policy.init_weights(m, gain=np.sqrt(2)))
+        policy.init_weights(network.action_head, gain=0.01)
+        policy.init_weights(network.critic[-1], gain=1.0)
+    policy.optimizer = policy.optimizer_class(policy.parameters(), lr=lr_schedule(1),
+                                              **policy.optimizer_kwargs)
 
 
 class DeterministicActor(nn.Module):

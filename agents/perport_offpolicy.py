@@ -148,6 +148,14 @@ class PerPortOffPolicyMixin:
         return data
 
 
+class SquashedActorMixin:
+    """The squashed Gaussian per-port actor of SAC and TQC (``PerPortSACActor``)."""
+
+    def make_actor(self, features_extractor=None) -> PerPortSACActor:
+        return PerPortSACActor(self.observation_space, self.action_space, self.site, self.network_kwargs,
+                               self.actor_kwargs["log_std_init"]).to(self.device)
+
+
 def refuse_sde(use_sde: bool, name: str) -> None:
     if use_sde:
         raise ValueError(f"{name} does not support gSDE (use_sde=True)")
@@ -203,7 +211,7 @@ class PerPortTD3Policy(PerPortOffPolicyMixin, TD3Policy):
         return {**self.network_kwargs, **self._critic_config()}
 
 
-class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
+class PerPortTQCPolicy(SquashedActorMixin, PerPortOffPolicyMixin, TQCPolicy):
     """sb3-contrib TQC policy whose squashed Gaussian actor and quantile critics are per-port networks.
 
     ## Description
@@ -240,10 +248,6 @@ class PerPortTQCPolicy(PerPortOffPolicyMixin, TQCPolicy):
             price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], log_std_init=log_std_init,
                          n_critics=int(n_critics), n_quantiles=int(n_quantiles), **kwargs)
-
-    def make_actor(self, features_extractor=None) -> PerPortSACActor:
-        return PerPortSACActor(self.observation_space, self.action_space, self.site, self.network_kwargs,
-                               self.actor_kwargs["log_std_init"]).to(self.device)
 
     def make_critic(self, features_extractor=None) -> PerPortQuantileCritics:
         return PerPortQuantileCritics(self.observation_space, self.action_space, self.site,

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from torch import nn
 
-from agents.networks import POOLINGS, PerPortNetwork, network_options, site_spaces
+from agents.networks import POOLINGS, PerPortNetwork, install_network, network_options, site_spaces
 from envs.site import SiteParams
 
 
@@ -73,16 +72,8 @@ class PerPortRecurrentPolicy(RecurrentActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _build(self, lr_schedule) -> None:
-        self.mlp_extractor = PerPortNetwork(self.site, **self.network_kwargs, memory_dim=self.lstm_output_dim)
-        self.action_net = nn.Identity()
-        self.value_net = nn.Identity()
-        self.log_std = nn.Parameter(torch.full((1,), float(self.log_std_init)))
-        if self.ortho_init:
-            network = self.mlp_extractor
-            network.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))
-            self.init_weights(network.action_head, gain=0.01)
-            self.init_weights(network.critic[-1], gain=1.0)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        network = PerPortNetwork(self.site, **self.network_kwargs, memory_dim=self.lstm_output_dim)
+        install_network(self, network, lr_schedule)
 
     def _process_sequence(self, features: torch.Tensor, lstm_states, episode_starts: torch.Tensor,
                           lstm: nn.LSTM):

@@ -9,13 +9,19 @@ from gymnasium import spaces
 from stable_baselines3.sac.policies import SACPolicy
 
 from agents.networks import POOLINGS
-from agents.perport_offpolicy import PerPortOffPolicyMixin, PerPortQCritics, PerPortSACActor, refuse_sde
+from agents.perport_offpolicy import (
+    PerPortOffPolicyMixin,
+    PerPortQCritics,
+    PerPortSACActor,
+    SquashedActorMixin,
+    refuse_sde,
+)
 from envs.site import SiteParams
 
 __all__ = ["PerPortQCritics", "PerPortSACActor", "PerPortSACPolicy"]
 
 
-class PerPortSACPolicy(PerPortOffPolicyMixin, SACPolicy):
+class PerPortSACPolicy(SquashedActorMixin, PerPortOffPolicyMixin, SACPolicy):
     """SB3 SAC policy whose actor and twin critics are per-port networks shared by every port.
 
     ## Description
@@ -54,10 +60,6 @@ class PerPortSACPolicy(PerPortOffPolicyMixin, SACPolicy):
             price_ranks=price_ranks, load_ranks=load_ranks, peak_room=peak_room)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], log_std_init=log_std_init,
                          n_critics=int(n_critics), **kwargs)
-
-    def make_actor(self, features_extractor=None) -> PerPortSACActor:
-        return PerPortSACActor(self.observation_space, self.action_space, self.site, self.network_kwargs,
-                               self.actor_kwargs["log_std_init"]).to(self.device)
 
     def make_critic(self, features_extractor=None) -> PerPortQCritics:
         return PerPortQCritics(self.observation_space, self.action_space, self.site, self.network_kwargs,

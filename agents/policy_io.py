@@ -194,6 +194,7 @@ def build_policy(config: Mapping[str, Any], device: str = "cpu"):
     import gymnasium
     import torch
 
+    from envs.action_layer import mode_bounds, mode_width
     from envs.site import load_site
 
     algorithm = _allowed_class(config["algorithm"], "algorithm")
@@ -208,8 +209,7 @@ def build_policy(config: Mapping[str, Any], device: str = "cpu"):
     size, ports = int(config["observation_size"]), int(config["num_ports"])
     observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (size,), np.float32)
     mode = config.get("action_mode", "signed")
-    width = 2 * ports if mode == "priority" else ports
-    action_space = gymnasium.spaces.Box(0.0 if mode == "unit" else -1.0, 1.0, (width,), np.float32)
+    action_space = gymnasium.spaces.Box(*mode_bounds(mode), (mode_width(mode, ports),), np.float32)
     if getattr(policy_class, "needs_site", False):
         site = config["site"]
         kwargs["site"] = load_site(site["preset"], **(site.get("overrides") or {}))

@@ -24,17 +24,27 @@ from envs.projection import node_flows
 from envs.site import ACTION_MODES, SiteParams
 
 __all__ = ["ACTION_MODES", "action_bounds", "action_width", "fill_in_order", "fill_by_priority",
-           "signed_fraction"]
+           "mode_bounds", "mode_width", "signed_fraction"]
 
 
 def action_width(params: SiteParams) -> int:
     """Entries of one env's action: 2 per port in ``priority`` mode, else 1."""
-    return 2 * params.num_ports if params.action_mode == "priority" else params.num_ports
+    return mode_width(params.action_mode, params.num_ports)
 
 
 def action_bounds(params: SiteParams) -> tuple[float, float]:
     """(low, high) of every action entry in the site's mode."""
-    return (0.0, 1.0) if params.action_mode == "unit" else (-1.0, 1.0)
+    return mode_bounds(params.action_mode)
+
+
+def mode_width(mode: str, num_ports: int) -> int:
+    """Entries of one env's action in ``mode`` for ``num_ports`` ports."""
+    return 2 * num_ports if mode == "priority" else num_ports
+
+
+def mode_bounds(mode: str) -> tuple[float, float]:
+    """(low, high) of every action entry in ``mode``."""
+    return (0.0, 1.0) if mode == "unit" else (-1.0, 1.0)
 
 
 def signed_fraction(params: SiteParams, action: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

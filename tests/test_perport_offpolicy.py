@@ -17,6 +17,7 @@ from envs.observation import declared_layout
 from envs.sb3 import SmartChargingVecEnv
 from envs.site import load_site
 from tests.test_networks import _observations, _permute_ports
+from tests.test_perport_sac import check_run_loads_exports_and_acts_on_jpl
 from tests.test_train import train_config
 
 SMALL_OFF_POLICY = ["env=physical", "+site.overrides.horizon_steps=24", "+site.overrides.start_hour=7",
@@ -112,9 +113,6 @@ def test_td3_explores_with_noise_as_wide_as_the_site():
 
 @pytest.mark.parametrize("agent", ["td3_perport", "tqc_perport"])
 def test_a_trained_run_saves_loads_exports_and_acts_on_another_site(tmp_path, agent):
-    from agents.export.onnx_graph import write_onnx
-    from agents.export.writer import onnx_actions
-
     overrides = [f"agent={agent}", *SMALL_OFF_POLICY]
     if agent == "tqc_perport":
         overrides.append("agent.policy_kwargs.n_quantiles=5")
@@ -122,19 +120,7 @@ def test_a_trained_run_saves_loads_exports_and_acts_on_another_site(tmp_path, ag
     assert metrics["timesteps"] >= 480
     config = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
     assert "site" not in config["policy_kwargs"] and config["policy_kwargs"]["embed_dim"] == 32
-    trained = load_policy(tmp_path / "run")
-    params = load_site("caltech", horizon_steps=24, start_hour=7)
-    obs = _observations(params, steps=8, num_envs=2)
-    trained.begin(params, None)
-    actions, _ = trained.predict(obs)
-    assert actions.shape == (2, params.num_ports) and np.all(np.abs(actions) <= 1.0)
-    actor = deterministic_actor(trained.policy)
-    path = write_onnx(actor, obs[:1], params.num_ports, tmp_path / "policy.onnx")
-    np.testing.assert_allclose(onnx_actions(path, obs), actions, rtol=1e-5, atol=1e-5)
-    jpl = load_site("jpl")
-    trained.begin(jpl, None)
-    on_jpl, _ = trained.predict(np.zeros((3, declared_layout(jpl).size), dtype=np.float32))
-    assert on_jpl.shape == (3, jpl.num_ports)
+    check_run_loads_exports_and_acts_on_jpl(tmp_path)
 
 
 @pytest.mark.parametrize("agent", ["sac_perport", "sac"])

@@ -74,15 +74,21 @@ def test_options_are_checked_and_the_deterministic_action_is_the_squashed_mean()
 
 
 def test_a_trained_run_saves_loads_and_acts_on_another_site(tmp_path):
-    from agents.export.onnx_graph import write_onnx
-    from agents.export.writer import onnx_actions
-
     metrics = train(train_config(*SMALL_SAC), tmp_path / "run")
     assert metrics["timesteps"] >= 480
     config = json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())
     assert config["policy_kwargs"]["log_std_init"] == -3.0 and "site" not in config["policy_kwargs"]
     header = (tmp_path / "run" / "tensorboard").rglob("progress.csv").__next__().read_text().splitlines()[0]
     assert "train/critic_loss" in header and "train/ent_coef" in header
+    check_run_loads_exports_and_acts_on_jpl(tmp_path)
+
+
+def check_run_loads_exports_and_acts_on_jpl(tmp_path):
+    """The trained run under ``tmp_path / "run"`` acts on its site, exports to ONNX with the same
+    actions, and acts on jpl."""
+    from agents.export.onnx_graph import write_onnx
+    from agents.export.writer import onnx_actions
+
     trained = load_policy(tmp_path / "run")
     params = load_site("caltech", horizon_steps=24, start_hour=7)
     obs = _observations(params, steps=8, num_envs=2)
