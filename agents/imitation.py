@@ -142,7 +142,7 @@ def clone(policy, observations: np.ndarray, actions: np.ndarray, value_targets: 
 
 
 def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np.ndarray, seed: int,
-             controllable_reward: bool = False, reward_scale: float = 1.0, guard=None) -> dict:
+             controllable_reward: bool = False, reward_scale: float = 1.0, guard=None, view=None) -> dict:
     """Clone the configured teacher into ``model.policy`` before RL; returns what to log.
 
     ``params`` is the site with the training reward: the teacher plans for it; the critic's
@@ -154,6 +154,9 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     ``learning_rate``, ``value_weight``, and ``log_std`` (the actor's log standard deviation
     after cloning, so RL explores near the cloned actions; null keeps it). Where the run
     normalizes, the demonstrations first update the observation and return statistics.
+
+    With ``view`` (an ``agents.departure_view.DepartureView`` as in the training env) the clone
+    learns from, and acts on, the viewed observations; the teacher plans on the site's own.
 
     DAgger: ``dagger_rounds`` (0) times, the clone (behind ``guard``, an
     ``agents.guards.DeadlineGuard`` as in the training env) drives ``dagger_episodes`` new
@@ -184,10 +187,14 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
     for round_ in range(rounds + 1):
         count = int(imitation_cfg["episodes"] if round_ == 0 else imitation_cfg.get("dagger_episodes", 64))
         episodes = episodes_for(params, None, count, int(imitation_cfg["seed"]) + 7919 * round_)
-        actor = None if round_ == 0 else _ClonedActor(model.policy, normalizer, guard)
+        actor = None if round_ == 0 else _ClonedActor(model.policy, normalizer, guard, view)
         began = time.perf_counter()
-        data.append(collect_demonstrations(teacher, params, episodes, training_coefficients, gamma, tie_break,
-                                           controllable_reward, reward_scale, actor))
+        demonstrations = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma, tie_break,
+                                                controllable_reward, reward_scale, actor)
+        if view is not None:
+            demonstrations = dataclasses.replace(demonstrations,
+                                                 observations=view.apply(demonstrations.observations))
+        data.append(demonstrations)
         collect_s += time.perf_counter() - began
         observations = np.concatenate([d.observations for d in data])
         value_targets = np.concatenate([d.returns for d in data])
@@ -271,12 +278,15 @@ def _checked_settings(imitation_cfg):
 
 
 class _ClonedActor:
-    """The policy being cloned, acting deterministically behind the run's deadline guard."""
+    """The policy being cloned, acting deterministically on the run's departure view and behind its
+    deadline guard."""
 
-    def __init__(self, policy, normalizer=None, guard=None):
-        self.policy, self.normalizer, self.guard = policy, normalizer, guard
+    def __init__(self, policy, normalizer=None, guard=None, view=None):
+        self.policy, self.normalizer, self.guard, self.view = policy, normalizer, guard, view
 
     def predict(self, obs, deterministic=True):
+        if self.view is not None:
+            obs = self.view.apply(obs)
         scaled = obs
         if self.normalizer is not None and self.normalizer.norm_obs:
             scaled = self.normalizer.normalize_obs(obs)

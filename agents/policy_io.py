@@ -29,7 +29,9 @@ class TrainedPolicy:
     [-1, 1], so ``agents.evaluate`` and every tool that runs baselines runs it too. The
     observation is scaled with the frozen statistics saved with the policy (SB3's
     ``VecNormalize``), if any; a policy trained behind the deadline guard
-    (``agents.guards``) acts behind it too. A recurrent policy keeps its hidden state between calls;
+    (``agents.guards``) acts behind it too, and one trained on a ``departure_level`` reads each
+    site's departures through that ``agents.departure_view.DepartureView`` (built in ``begin``
+    from the acting site's own sessions). A recurrent policy keeps its hidden state between calls;
     ``begin(params, episode)`` (called by ``agents.evaluate.rollout`` before each batch)
     resets it, checks that the site reads actions as in training (``action_mode``, where
     ``signed`` and ``unit`` agree on one-way sites; a config without one was trained on
@@ -49,6 +51,7 @@ class TrainedPolicy:
         self._episode_start: np.ndarray | None = None
         self._off_below_zero = False
         self.guard = None
+        self.view = None
 
     @property
     def recurrent(self) -> bool:
@@ -68,6 +71,10 @@ class TrainedPolicy:
             from agents.guards import DeadlineGuard
 
             self.guard = DeadlineGuard(params, float(margin), bool(self.config.get("guard_fits_headroom")))
+        if self.config.get("departure_level") is not None:
+            from agents.departure_view import DepartureView
+
+            self.view = DepartureView(params, self.config["departure_level"])
         set_site = getattr(self.policy, "set_site", None)
         if callable(set_site):
             set_site(params)
@@ -104,6 +111,11 @@ class TrainedPolicy:
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
         obs = np.asarray(observation, dtype=np.float32)
         batch = np.atleast_2d(obs)
+        if self.config.get("departure_level") is not None:
+            if self.view is None:
+                raise PolicyFileError("this policy reads a quantile of the real departure: call "
+                                      "begin(params, episode) with the site before predict")
+            batch = self.view.apply(batch)
         scaled = self.normalize(batch)
         if self.recurrent:
             if self._episode_start is None or len(self._episode_start) != len(batch):

@@ -77,8 +77,8 @@ def training_params(params: SiteParams, env_cfg: Mapping[str, Any]) -> SiteParam
 
 def build_env(cfg: Mapping[str, Any], params: SiteParams):
     """The training ``SmartChargingVecEnv`` of ``n_envs`` envs, with the training reward
-    (``TrainingRewardVecEnv``), behind the deadline guard and ``VecNormalize`` where ``env`` asks
-    for them."""
+    (``TrainingRewardVecEnv``), read through the departure view and behind the deadline guard and
+    ``VecNormalize`` where ``env`` asks for them."""
     from envs.sb3 import SmartChargingVecEnv
 
     env_cfg = cfg["env"]
@@ -90,6 +90,11 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
 
         venv = TrainingRewardVecEnv(venv, bool(env_cfg.get("controllable_reward")),
                                     1.0 if scale is None else float(scale))
+    level = env_cfg.get("departure_level")
+    if level is not None:
+        from agents.viewed_env import DepartureViewVecEnv
+
+        venv = DepartureViewVecEnv(venv, params, level)
     margin = env_cfg.get("deadline_guard_hours")
     if margin is not None:
         from agents.guarded_env import GuardedVecEnv
@@ -211,9 +216,14 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
             from agents.guards import DeadlineGuard
 
             guard = DeadlineGuard(params, float(margin), bool(cfg["env"].get("guard_fits_headroom")))
+        view = None
+        if cfg["env"].get("departure_level") is not None:
+            from agents.departure_view import DepartureView
+
+            view = DepartureView(params, cfg["env"]["departure_level"], "env.departure_level")
         for key, value in pretrain(model, cfg["imitation"], rewarded, rewarded.reward.coefficients(),
                                    cfg["seed"], bool(cfg["env"].get("controllable_reward")),
-                                   1.0 if scale is None else float(scale), guard).items():
+                                   1.0 if scale is None else float(scale), guard, view).items():
             model.logger.record(key, value)
     steps = model.num_timesteps
     eval_freq, checkpoint_freq = cfg.get("eval_freq", 0), cfg.get("checkpoint_freq", 0)
@@ -296,6 +306,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "site_bidirectional": bool(params.bidirectional),
         "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
         "guard_fits_headroom": bool(cfg["env"].get("guard_fits_headroom", False)),
+        "departure_level": cfg["env"].get("departure_level"),
     }
 
 

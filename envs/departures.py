@@ -81,6 +81,54 @@ class DepartureModel:
         return np.maximum(np.rint(left).astype(np.int64), 1)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RemainingStay:
+    """A quantile of the steps an EV still stays, read from the steps left to its announced departure.
+
+    ``steps[r + span]`` is, at ``r`` steps left to the announced departure (negative once overdue;
+    clipped to [-span, span]), the ``level`` quantile of the real steps left over every step that
+    a reference session spent plugged in with ``r`` announced steps left. It pools the time
+    plugged in so far, so it needs the observation alone (no state): a site whose drivers keep
+    their announcements maps ``r`` to ``r``, one whose drivers often leave early maps long
+    announcements to much shorter stays. An ``r`` seen fewer than ``MIN_SESSIONS`` times reads
+    the nearest ones seen (linear in between). ``hours(announced_hours)`` maps hours left to the
+    announced departure to hours left to that quantile, at least one step.
+    """
+
+    dt_hours: float
+    level: float
+    span: int
+    steps: np.ndarray  # (2 * span + 1,)
+
+    @classmethod
+    def from_sessions(cls, dt_hours: float, stay_steps, announced_steps, level: float,
+                      span: int) -> RemainingStay:
+        stay = np.asarray(stay_steps, dtype=np.int64)
+        announced = np.asarray(announced_steps, dtype=np.int64)
+        if len(stay) == 0 or stay.shape != announced.shape or (stay < 1).any():
+            raise ConfigError("remaining stay: needs at least one session, each with a stay of at least one "
+                              "step and an announced stay")
+        if not 0.0 < float(level) < 1.0:
+            raise ConfigError(f"departure_level must lie in (0, 1), got {cut(level)}")
+        elapsed = np.arange(int(stay.sum())) - np.repeat(np.cumsum(stay) - stay, stay)
+        left = np.repeat(stay, stay) - elapsed
+        announced_left = np.clip(np.repeat(announced, stay) - elapsed, -span, span)
+        order = np.argsort(announced_left, kind="stable")
+        announced_left, left = announced_left[order], left[order]
+        keys, first, counts = np.unique(announced_left, return_index=True, return_counts=True)
+        seen = counts >= MIN_SESSIONS
+        if not seen.any():
+            seen = counts == counts.max()
+        quantiles = np.array([np.quantile(left[f:f + n], level) for f, n in zip(first[seen], counts[seen])])
+        grid = np.arange(-span, span + 1)
+        return cls(float(dt_hours), float(level), int(span), np.interp(grid, keys[seen], quantiles))
+
+    def hours(self, announced_hours) -> np.ndarray:
+        announced = np.rint(np.asarray(announced_hours, dtype=np.float64) / self.dt_hours)
+        index = np.clip(announced, -self.span, self.span).astype(np.int64) + self.span
+        return np.maximum(self.steps[index], 1.0) * self.dt_hours
+
+
 def _survivor_quantiles(stay, error, elapsed, levels, least: int, fallback=None) -> np.ndarray:
     """(E, K) ``levels`` quantiles of ``error`` over the sessions with ``stay > e`` for each ``e`` in
     ``elapsed``; where fewer than ``least`` remain, ``fallback``'s row (or the last row computed,
@@ -100,10 +148,26 @@ def _survivor_quantiles(stay, error, elapsed, levels, least: int, fallback=None)
 
 
 @functools.lru_cache(maxsize=32)
+def remaining_stay_for(params: SiteParams, level: float) -> RemainingStay:
+    """``RemainingStay`` at ``level`` over the ``REFERENCE_DAYS`` days of ``departure_model_for``
+    (the same every time), over announcements up to one episode long."""
+    episode = _reference_days(params)
+    valid = episode.ev_valid
+    arrival = episode.ev_arrival_step[valid]
+    return RemainingStay.from_sessions(params.dt_hours, episode.ev_departure_step[valid] - arrival,
+                                       episode.ev_announced_departure_step[valid] - arrival, level,
+                                       params.horizon_steps)
+
+
+def _reference_days(params: SiteParams):
+    return session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
+
+
+@functools.lru_cache(maxsize=32)
 def departure_model_for(params: SiteParams, levels: tuple[float, ...]) -> DepartureModel:
     """The model of ``REFERENCE_DAYS`` days drawn from the site's session model
     (``envs.observability.session_model``) with its ``REFERENCE_SEED``: the same every time."""
-    episode = session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
+    episode = _reference_days(params)
     valid = episode.ev_valid
     arrival = episode.ev_arrival_step[valid]
     return DepartureModel.from_sessions(params.dt_hours, episode.ev_departure_step[valid] - arrival,

@@ -29,6 +29,8 @@ RUNS = {
     "per_port": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=1.0"],
     "per_port_fit": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=2.0",
                      "env.guard_fits_headroom=true"],
+    "per_port_view": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=1.0",
+                      "env.departure_level=0.2"],
     "mlp": QUICK,  # SB3's MlpPolicy behind VecNormalize (env=default)
 }
 SEED_SITE = {"horizon_steps": 24, "start_hour": 7}  # TINY's site overrides

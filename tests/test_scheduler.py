@@ -80,7 +80,7 @@ def test_the_live_observation_is_the_env_observation(name):
         state, _, _ = step(params, state, rng.uniform(-1, 1, (2, params.num_ports)))
 
 
-@pytest.mark.parametrize("kind", ["per_port", "per_port_fit"])
+@pytest.mark.parametrize("kind", ["per_port", "per_port_fit", "per_port_view"])
 def test_an_episode_through_the_runtime_equals_the_trained_policy_in_the_env(kind):
     """Same physical KPIs; the runtime's setpoints are already projected onto the node limits, so
     the env finds nothing to cut (``overload_requested_kwh`` 0) where the raw policy asked for
@@ -91,6 +91,7 @@ def test_an_episode_through_the_runtime_equals_the_trained_policy_in_the_env(kin
     runtime = ThroughScheduler(Scheduler(exported(kind), params))
     fits = kind == "per_port_fit"
     assert runtime.scheduler.guard is not None and runtime.scheduler.guard.fit_headroom == fits
+    assert (runtime.scheduler.view is not None) == (kind == "per_port_view")
     table = evaluate({"trained": policy, "runtime": runtime}, params, num_episodes=2, seed=3)
     assert table.loc["trained", "energy_delivered_kwh"] > 10.0 and runtime.fell_back == 0
     cut = table.loc["trained", "overload_requested_kwh"]

@@ -107,7 +107,8 @@ def export_policy(run: str | Path, out: str | Path, site: SiteParams | str | Pat
                          "tolerance": tolerance},
     }
     manifest = build_manifest(params, policy, _fallback_entry(fallback or DEFAULT_FALLBACK, params),
-                              config.get("deadline_guard_hours"), bool(config.get("guard_fits_headroom")))
+                              config.get("deadline_guard_hours"), bool(config.get("guard_fits_headroom")),
+                              config.get("departure_level"))
     return write_manifest(out, manifest)
 
 
@@ -158,9 +159,10 @@ def export_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guard_hours,
-                   guard_fits_headroom: bool) -> dict[str, Any]:
+                   guard_fits_headroom: bool, departure_level=None) -> dict[str, Any]:
     """The manifest; ``guard_hours`` (None: no guard) and ``guard_fits_headroom`` are the
-    ``agents.guards.DeadlineGuard`` the policy acts behind."""
+    ``agents.guards.DeadlineGuard`` the policy acts behind, ``departure_level`` (None: the
+    announced departure) the ``agents.departure_view.DepartureView`` it and the guard read."""
     guarded = guard_hours is not None
     return {
         "format_version": FORMAT_VERSION,
@@ -168,6 +170,7 @@ def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guar
         "fallback": fallback,
         "deadline_guard_hours": float(guard_hours) if guarded else None,
         "guard_fits_headroom": bool(guard_fits_headroom) and guarded,
+        "departure_level": None if departure_level is None else float(departure_level),
         "action": {"mode": ACTION_MODE, "meaning": ACTION_MEANING, "shape": ["batch", params.num_ports],
                    "low": -1.0, "high": 1.0, "port_order": "site.topology.port_names"},
         "observation": observation_manifest(params),

@@ -65,6 +65,9 @@ class Scheduler:
     deployment ``site`` is the one the artifact was exported for (its ``site_hash``), and
     refuses with an ``ArtifactError`` naming what differs. ``decide(state)`` builds the
     observation from a ``SiteState`` with the env's own code (``envs.observation.observe_live``),
+    reads it through the manifest's ``departure_level`` where it names one
+    (``agents.departure_view.DepartureView``, from this site's own sessions; the policy and the
+    guard read the view, the fallback and the decision's record the observation as built),
     runs the policy with onnxruntime (or the rule-based baseline of a manifest-only artifact),
     clips the actions to [-1, 1], applies the deadline guard where the manifest names one
     (``agents.guards.DeadlineGuard``, its margin and ``guard_fits_headroom``), turns fractions
@@ -114,15 +117,21 @@ class Scheduler:
 
             fits = bool(self.manifest.get("guard_fits_headroom"))
             self.guard = DeadlineGuard(params, float(margin), fits)
+        self.view = None
+        if self.manifest.get("departure_level") is not None:
+            from agents.departure_view import DepartureView
+
+            self.view = DepartureView(params, self.manifest["departure_level"], "manifest departure_level")
 
     def decide(self, state: SiteState) -> Decision:
         """Per-port setpoints for ``state``; ``SiteStateError`` names a missing or malformed field."""
         params = self.params
         inputs, session_ids = observation_inputs(params, state, self.required)
         live = observe_live(params, **inputs, estimator=self.estimator)
+        obs = live.obs if self.view is None else self.view.apply(live.obs)
         fell_back, reason = False, None
         if self.session is not None:
-            action = self.session.run(None, {INPUT_NAME: live.obs})[0]
+            action = self.session.run(None, {INPUT_NAME: obs})[0]
             if action.shape != (1, params.num_ports):
                 raise ArtifactError(f"{self.artifact}: policy.onnx returned shape {action.shape}, expected "
                                     f"(1, {params.num_ports})")
@@ -137,7 +146,7 @@ class Scheduler:
             action = self.fallback.predict(live.obs)[0]
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         if self.guard is not None:
-            action = self.guard.apply(live.obs, action)
+            action = self.guard.apply(obs, action)
         charge_kw, discharge_kw = split_power(action.astype(np.float64))
         charge_kw *= live.max_charge_kw
         discharge_kw *= live.max_discharge_kw if self.full_view is None else \
