@@ -189,8 +189,8 @@ def pretrain(model, imitation_cfg, params: SiteParams, training_coefficients: np
         episodes = episodes_for(params, None, count, int(imitation_cfg["seed"]) + 7919 * round_)
         actor = None if round_ == 0 else _ClonedActor(model.policy, normalizer, guard, view)
         began = time.perf_counter()
-        demonstrations = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma, tie_break,
-                                                controllable_reward, reward_scale, actor)
+        demonstrations = collect_demonstrations(teacher, params, episodes, training_coefficients, gamma,
+                                                tie_break, controllable_reward, reward_scale, actor)
         if view is not None:
             demonstrations = dataclasses.replace(demonstrations,
                                                  observations=view.apply(demonstrations.observations))

@@ -119,7 +119,8 @@ class RemainingStay:
         seen = counts >= MIN_SESSIONS
         if not seen.any():
             seen = counts == counts.max()
-        quantiles = np.array([np.quantile(left[f:f + n], level) for f, n in zip(first[seen], counts[seen])])
+        quantiles = np.array([np.quantile(left[f:f + n], level)
+                              for f, n in zip(first[seen], counts[seen], strict=True)])
         grid = np.arange(-span, span + 1)
         return cls(float(dt_hours), float(level), int(span), np.interp(grid, keys[seen], quantiles))
 
