@@ -66,6 +66,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_d4_rank": (["experiment=clone_mpc_ranked"], False),
     "clone_mpc_12h_d4_rank_dq": (["experiment=clone_mpc_ranked", "env.departure_level=0.2",
                                   "env.deadline_guard_hours=0.5"], False),
+    "clone_mpc_12h_d4_rank_dq10": (["experiment=clone_mpc_ranked", "env.departure_level=0.1",
+                                    "env.deadline_guard_hours=0.5"], False),
     "clone_mpc_12h_m1_tie": ([*M1, "imitation.tie_break_eur_kwh_per_step=0.001"], False),
     "clone_mpc_12h_m1_rank": ([*M1, "+agent.policy_kwargs.price_ranks=true"], False),
     "clone_mpc_12h_m1_ft": ([*M1_FT], True),

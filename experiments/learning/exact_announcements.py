@@ -4,6 +4,8 @@ and on the same days with every driver leaving exactly when announced.
     .venv/bin/python experiments/learning/exact_announcements.py --site jpl
     .venv/bin/python experiments/learning/exact_announcements.py --site caltech --policies price_aware \
         --test-episodes 14 --test-seed 900001
+    .venv/bin/python experiments/learning/exact_announcements.py --site jpl --policies price_aware \
+        --runs experiments/learning/caltech/clone_mpc_12h_d4_rank/seed_0 --test-episodes 14 --test-seed 900001
 
 The sessions, prices and loads of each day are the same in both tables (the scenario draws the error of the
 announcement from its own random numbers, which the exact version still draws); only the announced departures
@@ -42,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", default="jpl")
     parser.add_argument("--policies", nargs="*", default=["price_aware", "model_predictive_control"])
+    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained runs or policy folders")
     add_day_arguments(parser)
     args = parser.parse_args()
 
@@ -49,11 +52,14 @@ def main() -> None:
     names = ["uncontrolled", *args.policies, "offline_optimal"]
     kind = "test days" if args.test_seed == TEST_SEED else "days"
     exact = ScoredSite(args.site, exact_overrides(site))
+    from agents import load_policy
+
     for label, scored in (("as it is", site), ("exact announcements", exact)):
-        summary = scored.summary({name: scored.reference(name) for name in names}, args.test_episodes,
-                                 args.test_seed)
+        policies = {name: scored.reference(name) for name in names}
+        policies.update({"/".join(run.parts[-2:]): load_policy(run) for run in args.runs})
+        summary = scored.summary(policies, args.test_episodes, args.test_seed)
         print(f"{args.site}, {label}, {args.test_episodes} {kind} (seed {args.test_seed}):")
-        print(score_rows(summary, names), flush=True)
+        print(score_rows(summary, policies), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""What reading a quantile of the real departure does to trained policies: each run scored as it is and with
+``departure_level`` set when it acts (``agents.departure_view.DepartureView``, from the acting site's sessions).
+
+    .venv/bin/python experiments/learning/departure_view.py --site jpl --levels 0.1 0.2 0.3 \
+        --runs experiments/learning/caltech/clone_mpc_12h_d4_rank/seed_{0,1,2} --test-episodes 14 --test-seed 900001
+
+A policy trained on the announced departures reads the view at acting time only here; one trained on a
+view (``env.departure_level``) reads it wherever it acts, and ``--levels`` then replaces its level. Scores are
+ratios of sums against uncontrolled charging and the offline optimum, as in ``scripts/bench_learning.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from learning_days import TEST_SEED, ScoredSite, add_day_arguments, score_rows  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", default="jpl")
+    parser.add_argument("--levels", nargs="*", type=float, default=[0.2])
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--policies", nargs="*", default=["price_aware"])
+    add_day_arguments(parser)
+    args = parser.parse_args()
+
+    from agents import load_policy
+
+    site = ScoredSite(args.site)
+    names = ["uncontrolled", *args.policies, "offline_optimal"]
+    policies = {name: site.reference(name) for name in names}
+    for run in args.runs:
+        label = "/".join(run.parts[-2:])
+        policies[label] = load_policy(run)
+        for level in args.levels:
+            policy = load_policy(run)
+            policy.config["departure_level"] = level
+            policies[f"{label} reading the {level:g} quantile"] = policy
+    summary = site.summary(policies, args.test_episodes, args.test_seed)
+    kind = "test days" if args.test_seed == TEST_SEED else "days"
+    print(f"{args.site}, {args.test_episodes} {kind} (seed {args.test_seed}):")
+    print(score_rows(summary, policies))
+
+
+if __name__ == "__main__":
+    main()
