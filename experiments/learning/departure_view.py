@@ -1,8 +1,11 @@
-"""What reading a quantile of the real departure does to trained policies: each run scored as it is and with
-``departure_level`` set when it acts (``agents.departure_view.DepartureView``, from the acting site's sessions).
+"""What reading a quantile of the real departure does to trained policies, scored as they are and with it.
+
+Each run is scored as it is and with ``departure_level`` set when it acts
+(``agents.departure_view.DepartureView``, from the acting site's sessions):
 
     .venv/bin/python experiments/learning/departure_view.py --site jpl --levels 0.1 0.2 0.3 \
-        --runs experiments/learning/caltech/clone_mpc_12h_d4_rank/seed_{0,1,2} --test-episodes 14 --test-seed 900001
+        --runs experiments/learning/caltech/clone_mpc_12h_d4_rank/seed_{0,1,2} \
+        --test-episodes 14 --test-seed 900001
 
 A policy trained on the announced departures reads the view at acting time only here; one trained on a
 view (``env.departure_level``) reads it wherever it acts, and ``--levels`` then replaces its level. Scores are
