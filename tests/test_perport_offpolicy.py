@@ -102,13 +102,16 @@ def test_options_are_checked_by_name():
         build_model(cfg["agent"], build_env(cfg, site_params(cfg)), site_params(cfg), seed=0)
 
 
-def test_td3_explores_with_noise_as_wide_as_the_site():
+def test_td3_explores_with_noise_as_wide_as_the_site_the_flat_td3_too():
     cfg = train_config("agent=td3_perport", "env=physical", "+site.overrides.horizon_steps=4", "n_envs=2",
                        "agent.action_noise_std=0.25")
     params = site_params(cfg)
     model = build_model(cfg["agent"], build_env(cfg, params), params, seed=0)
     noise = model.action_noise()
     assert noise.shape == (params.num_ports,) and 0.1 < noise.std() < 0.4
+    flat = train_config("agent=td3", "+site.overrides.horizon_steps=4", "n_envs=2")
+    model = build_model(flat["agent"], build_env(flat, site_params(flat)), site_params(flat), seed=0)
+    assert model.action_noise is not None and model.action_noise().shape == (params.num_ports,)
 
 
 @pytest.mark.parametrize("agent", ["td3_perport", "tqc_perport"])
