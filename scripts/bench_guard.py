@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from learning_days import TEST_SEED, ScoredSite, add_day_arguments, score_rows
+from learning_days import ScoredSite, add_day_arguments, runs_with_config
 
 
 def main() -> None:
@@ -38,7 +38,6 @@ def main() -> None:
     add_day_arguments(parser)
     args = parser.parse_args()
 
-    from agents import load_policy
     from agents.guards import GuardedPolicy
     from agents.mpc import ModelPredictiveControl
 
@@ -60,17 +59,9 @@ def main() -> None:
         for margin in args.margins:
             planner = ModelPredictiveControl(site.params, **options)
             policies[f"{label}, behind {margin:g} h"] = GuardedPolicy(planner, margin)
-    for path in args.trained:
-        label = "/".join(path.parts[-2:])
-        policies[label] = load_policy(path)
-        for margin in args.margins:
-            policy = load_policy(path)
-            policy.config["deadline_guard_hours"] = margin
-            policies[f"{label} at {margin:g} h"] = policy
-    summary = site.summary(policies, args.test_episodes, args.test_seed)
-    kind = "test days" if args.test_seed == TEST_SEED else "days"
-    print(f"{args.site}, {args.test_episodes} {kind} (seed {args.test_seed}):")
-    print(score_rows(summary, policies))
+    policies.update(runs_with_config(args.trained, "deadline_guard_hours", args.margins,
+                                     lambda margin: f"at {margin:g} h"))
+    site.print_scores(args.site, policies, args.test_episodes, args.test_seed)
 
 
 def _horizon_and_margin(text: str) -> tuple[int, float, int]:

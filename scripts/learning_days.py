@@ -41,6 +41,32 @@ class ScoredSite:
 
         return run_policies(policies, self.params, episodes_for(self.params, None, episodes, seed)).summary()
 
+    def print_scores(self, name: str, policies: dict, episodes: int = TEST_EPISODES,
+                     seed: int = TEST_SEED) -> None:
+        """Score ``policies`` on the days and print a header naming the site ``name`` and the table."""
+        summary = self.summary(policies, episodes, seed)
+        kind = "test days" if seed == TEST_SEED else "days"
+        print(f"{name}, {episodes} {kind} (seed {seed}):")
+        print(score_rows(summary, policies), flush=True)
+
+
+def runs_with_config(runs: Iterable[Path], key: str, values: Iterable, describe) -> dict:
+    """Each trained run (or policy folder) loaded as it is, labelled by its last two path parts,
+    and once per value of ``values`` with its saved config's ``key`` replaced, labelled
+    ``"<label> <describe(value)>"``."""
+    from agents import load_policy
+
+    values = list(values)
+    policies = {}
+    for run in runs:
+        label = "/".join(Path(run).parts[-2:])
+        policies[label] = load_policy(run)
+        for value in values:
+            policy = load_policy(run)
+            policy.config[key] = value
+            policies[f"{label} {describe(value)}"] = policy
+    return policies
+
 
 def add_day_arguments(parser) -> None:
     """``--test-episodes`` and ``--test-seed`` on ``parser``, defaulting to the held-out test days."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from learning_days import TEST_SEED, ScoredSite, add_day_arguments, score_rows  # noqa: E402
+from learning_days import ScoredSite, add_day_arguments, runs_with_config  # noqa: E402
 
 
 def main() -> None:
@@ -32,22 +32,12 @@ def main() -> None:
     add_day_arguments(parser)
     args = parser.parse_args()
 
-    from agents import load_policy
-
     site = ScoredSite(args.site)
     names = ["uncontrolled", *args.policies, "offline_optimal"]
     policies = {name: site.reference(name) for name in names}
-    for run in args.runs:
-        label = "/".join(run.parts[-2:])
-        policies[label] = load_policy(run)
-        for level in args.levels:
-            policy = load_policy(run)
-            policy.config["departure_level"] = level
-            policies[f"{label} reading the {level:g} quantile"] = policy
-    summary = site.summary(policies, args.test_episodes, args.test_seed)
-    kind = "test days" if args.test_seed == TEST_SEED else "days"
-    print(f"{args.site}, {args.test_episodes} {kind} (seed {args.test_seed}):")
-    print(score_rows(summary, policies))
+    policies.update(runs_with_config(args.runs, "departure_level", args.levels,
+                                     lambda level: f"reading the {level:g} quantile"))
+    site.print_scores(args.site, policies, args.test_episodes, args.test_seed)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from learning_days import TEST_SEED, ScoredSite, add_day_arguments, score_rows  # noqa: E402
+from learning_days import ScoredSite, add_day_arguments  # noqa: E402
 
 ERROR_TABLES = ("departure_error_quantiles_hours", "departure_error_quantiles_hours_weekend")
 
@@ -50,16 +50,13 @@ def main() -> None:
 
     site = ScoredSite(args.site)
     names = ["uncontrolled", *args.policies, "offline_optimal"]
-    kind = "test days" if args.test_seed == TEST_SEED else "days"
     exact = ScoredSite(args.site, exact_overrides(site))
     from agents import load_policy
 
     for label, scored in (("as it is", site), ("exact announcements", exact)):
         policies = {name: scored.reference(name) for name in names}
         policies.update({"/".join(run.parts[-2:]): load_policy(run) for run in args.runs})
-        summary = scored.summary(policies, args.test_episodes, args.test_seed)
-        print(f"{args.site}, {label}, {args.test_episodes} {kind} (seed {args.test_seed}):")
-        print(score_rows(summary, policies), flush=True)
+        scored.print_scores(f"{args.site}, {label}", policies, args.test_episodes, args.test_seed)
 
 
 if __name__ == "__main__":
