@@ -205,7 +205,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
                         cfg.get("keep_checkpoints", 2))
 
     if checkpoint is None and cfg.get("init_policy"):
-        start_from_policy(model, cfg["init_policy"], cfg.get("init_log_std"))
+        start_from_policy(model, cfg["init_policy"], cfg.get("init_log_std"), cfg["env"].get("departure_level"))
     elif checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
@@ -317,11 +317,12 @@ def _keep_earlier_csv(folder: Path, timesteps: int) -> None:
         progress.rename(folder / f"progress.until_{timesteps}.csv")
 
 
-def start_from_policy(model, path: str | Path, log_std=None) -> None:
+def start_from_policy(model, path: str | Path, log_std=None, departure_level=None) -> None:
     """Load a saved policy's weights (and observation statistics) into ``model`` before RL: a
-    committed clone fine-tuned without cloning again. The networks must match. ``log_std`` (a
-    float, ``init_log_std`` as ``checked_config`` reads it) then replaces the actor's log standard
-    deviation: how far RL explores around the loaded actions."""
+    committed clone fine-tuned without cloning again. The networks must match, and so must what
+    they read of the departures (``departure_level``, the run's ``env.departure_level``).
+    ``log_std`` (a float, ``init_log_std`` as ``checked_config`` reads it) then replaces the
+    actor's log standard deviation: how far RL explores around the loaded actions."""
     import torch
 
     from agents.policy_io import load_policy
@@ -330,6 +331,10 @@ def start_from_policy(model, path: str | Path, log_std=None) -> None:
         if not hasattr(model.policy, "log_std"):
             raise TrainConfigError(f"init_log_std: the policy {type(model.policy).__name__} has no log std")
     loaded = load_policy(path)
+    if loaded.config.get("departure_level") != departure_level:
+        raise TrainConfigError(f"init_policy={path} reads departures at departure_level "
+                               f"{loaded.config.get('departure_level')}, this run at env.departure_level "
+                               f"{departure_level}: set them alike")
     try:
         model.policy.load_state_dict(loaded.policy.state_dict())
     except RuntimeError as error:

@@ -122,3 +122,17 @@ def test_cloning_learns_from_the_viewed_observations(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "policy" / "policy.json").read_text())["departure_level"] == 0.2
     with pytest.raises(ConfigError, match="env.departure_level"):
         train(train_config(*overrides[:-2], "env.departure_level=1.5"), tmp_path / "bad")
+
+
+def test_fine_tuning_reads_departures_as_the_loaded_policy_did(tmp_path):
+    from agents.train import TrainConfigError, train
+    from tests.test_export import RUNS
+    from tests.test_train import train_config
+
+    run = trained_run("per_port_view")
+    overrides = [*RUNS["per_port_view"], f"init_policy={run}"]
+    metrics = train(train_config(*overrides), tmp_path / "tuned")
+    assert metrics["timesteps"] >= 96
+    assert load_policy(tmp_path / "tuned").config["departure_level"] == 0.2
+    with pytest.raises(TrainConfigError, match="departure_level"):
+        train(train_config(*overrides, "env.departure_level=null"), tmp_path / "refused")
