@@ -205,7 +205,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
                         cfg.get("keep_checkpoints", 2))
 
     if checkpoint is None and cfg.get("init_policy"):
-        start_from_policy(model, cfg["init_policy"], cfg.get("init_log_std"), cfg["env"].get("departure_level"))
+        start_from_policy(model, cfg["init_policy"], cfg.get("init_log_std"),
+                          cfg["env"].get("departure_level"))
     elif checkpoint is None and cfg.get("imitation"):
         from agents.imitation import pretrain
 
