@@ -97,22 +97,31 @@ class GuardedPolicy:
     ``begin(params, episode)`` passes the site on (to the inner policy's own ``begin`` too) and
     builds the guard for it; ``predict(obs)`` returns the guard's ``apply`` of the inner
     policy's actions. It measures what a margin costs a planner (MPC behind the guard is the
-    ceiling of a clone of MPC behind it: ``scripts/bench_guard.py``).
+    ceiling of a clone of MPC behind it: ``scripts/bench_guard.py``). With ``departure_level``
+    the guard reads the observation through that ``agents.departure_view.DepartureView``, as a
+    clone trained on the view does (the inner policy still reads it as it is).
     """
 
-    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True):
+    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True, departure_level=None):
         self.policy = policy
         self.margin_hours, self.fit_headroom = float(margin_hours), bool(fit_headroom)
+        self.departure_level = departure_level
         self.guard: DeadlineGuard | None = None
+        self.view = None
 
     def begin(self, params: SiteParams, episode) -> None:
         begin = getattr(self.policy, "begin", None)
         if callable(begin):
             begin(params, episode)
         self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom)
+        if self.departure_level is not None:
+            from agents.departure_view import DepartureView
+
+            self.view = DepartureView(params, self.departure_level)
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
         if self.guard is None:
             raise ConfigError("call begin(params, episode) with the site before predict")
         actions, _ = self.policy.predict(observation, deterministic=deterministic)
-        return self.guard.apply(observation, actions), None
+        guarded = observation if self.view is None else self.view.apply(observation)
+        return self.guard.apply(guarded, actions), None

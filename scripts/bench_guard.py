@@ -4,6 +4,8 @@
     python scripts/bench_guard.py --site caltech --trained experiments/learning/caltech/clone_mpc/seed_0
     python scripts/bench_guard.py --margins 1 --mpc 24:1 48:1 48:1.5 --test-episodes 14 --test-seed 900001
     python scripts/bench_guard.py --site jpl --margins --unguarded --mpc 24:1 24:0:9 --test-seed 900001
+    python scripts/bench_guard.py --policies --margins 0 0.5 1 --mpc 48:1.5 --departure-level 0.2 \
+        --test-episodes 14 --test-seed 900001
 
 A policy behind the guard (``agents.guards.GuardedPolicy``, requests fitted into node headroom as
 the training runs fit them) is the ceiling of a clone of that policy trained behind the same
@@ -12,8 +14,10 @@ adds MPC variants as ``HORIZON_STEPS:DEPARTURE_MARGIN_HOURS`` or, planning on de
 levels ``(i + 0.5) / SCENARIOS``, ``HORIZON_STEPS:DEPARTURE_MARGIN_HOURS:SCENARIOS`` (scored behind each
 margin, and as they are with ``--unguarded``); a
 ``--trained`` run or policy folder is scored with its own guard and, with ``deadline_guard_hours``
-replaced, at each margin. Scores are ratios of sums over the test days (seed 1000 by default)
-against uncontrolled charging and the offline optimum, as in ``scripts/bench_learning.py``.
+replaced, at each margin. With ``--departure-level`` the guard in front of ``--policies`` and ``--mpc``
+reads departures through that view, as in a run trained with ``env.departure_level``. Scores are ratios
+of sums over the test days (seed 1000 by default) against uncontrolled charging and the offline
+optimum, as in ``scripts/bench_learning.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def main() -> None:
     parser.add_argument("--unguarded", action="store_true",
                         help="also score the --mpc variants without a guard")
     parser.add_argument("--trained", nargs="*", type=Path, default=[])
+    parser.add_argument("--departure-level", type=float, default=None,
+                        help="the guard in front of --policies and --mpc reads departures at this quantile "
+                             "of the site's real departures (agents.departure_view)")
     add_day_arguments(parser)
     args = parser.parse_args()
 
@@ -46,7 +53,8 @@ def main() -> None:
     for name in args.policies:
         policies[name] = site.reference(name)
         for margin in args.margins:
-            policies[f"{name} behind {margin:g} h"] = GuardedPolicy(site.reference(name), margin)
+            policies[f"{name} behind {margin:g} h"] = GuardedPolicy(site.reference(name), margin,
+                                                                    departure_level=args.departure_level)
     for horizon, planned_margin, scenarios in args.mpc:
         levels = None if not scenarios else [(i + 0.5) / scenarios for i in range(scenarios)]
         label = f"MPC {horizon} steps, {planned_margin:g} h margin" + (
@@ -58,7 +66,8 @@ def main() -> None:
             policies[label] = ModelPredictiveControl(site.params, **options)
         for margin in args.margins:
             planner = ModelPredictiveControl(site.params, **options)
-            policies[f"{label}, behind {margin:g} h"] = GuardedPolicy(planner, margin)
+            policies[f"{label}, behind {margin:g} h"] = GuardedPolicy(planner, margin,
+                                                                     departure_level=args.departure_level)
     policies.update(runs_with_config(args.trained, "deadline_guard_hours", args.margins,
                                      lambda margin: f"at {margin:g} h"))
     site.print_scores(args.site, policies, args.test_episodes, args.test_seed)

@@ -136,3 +136,22 @@ def test_fine_tuning_reads_departures_as_the_loaded_policy_did(tmp_path):
     assert load_policy(tmp_path / "tuned").config["departure_level"] == 0.2
     with pytest.raises(TrainConfigError, match="departure_level"):
         train(train_config(*overrides, "env.departure_level=null"), tmp_path / "refused")
+
+
+def test_a_guarded_planner_s_guard_reads_the_view():
+    from agents.baselines import Uncontrolled
+    from agents.guards import DeadlineGuard, GuardedPolicy
+
+    params = load_site("jpl")
+    obs = random_observations(params, 128, np.random.default_rng(6))
+    inner = Uncontrolled(params)
+    viewed = GuardedPolicy(inner, 1.0, departure_level=0.2)
+    plain = GuardedPolicy(inner, 1.0)
+    for policy in (viewed, plain):
+        policy.begin(params, None)
+    raw_actions = np.zeros((128, params.num_ports), dtype=np.float32)
+    inner.predict = lambda observation, deterministic=True: (raw_actions, None)
+    guard = DeadlineGuard(params, 1.0, True)
+    expected = guard.apply(DepartureView(params, 0.2).apply(obs), raw_actions)
+    np.testing.assert_array_equal(viewed.predict(obs)[0], expected)
+    assert not np.array_equal(plain.predict(obs)[0], expected)
