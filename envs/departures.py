@@ -150,26 +150,24 @@ def _survivor_quantiles(stay, error, elapsed, levels, least: int, fallback=None)
 
 @functools.lru_cache(maxsize=32)
 def remaining_stay_for(params: SiteParams, level: float) -> RemainingStay:
-    """``RemainingStay`` at ``level`` over the ``REFERENCE_DAYS`` days of ``departure_model_for``
-    (the same every time), over announcements up to one episode long."""
-    episode = _reference_days(params)
-    valid = episode.ev_valid
-    arrival = episode.ev_arrival_step[valid]
-    return RemainingStay.from_sessions(params.dt_hours, episode.ev_departure_step[valid] - arrival,
-                                       episode.ev_announced_departure_step[valid] - arrival, level,
-                                       params.horizon_steps)
-
-
-def _reference_days(params: SiteParams):
-    return session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
+    """``RemainingStay`` at ``level`` over the reference sessions of ``departure_model_for`` (the
+    same every time), over announcements up to one episode long."""
+    stay, announced = _reference_stays(params)
+    return RemainingStay.from_sessions(params.dt_hours, stay, announced, level, params.horizon_steps)
 
 
 @functools.lru_cache(maxsize=32)
 def departure_model_for(params: SiteParams, levels: tuple[float, ...]) -> DepartureModel:
     """The model of ``REFERENCE_DAYS`` days drawn from the site's session model
     (``envs.observability.session_model``) with its ``REFERENCE_SEED``: the same every time."""
-    episode = _reference_days(params)
+    return DepartureModel.from_sessions(params.dt_hours, *_reference_stays(params), levels)
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_stays(params: SiteParams) -> tuple[np.ndarray, np.ndarray]:
+    """(stay, announced stay) in steps of every session of the site's ``REFERENCE_DAYS`` reference days,
+    drawn once per site."""
+    episode = session_model(params).sample(params, np.random.default_rng(REFERENCE_SEED), REFERENCE_DAYS)
     valid = episode.ev_valid
     arrival = episode.ev_arrival_step[valid]
-    return DepartureModel.from_sessions(params.dt_hours, episode.ev_departure_step[valid] - arrival,
-                                        episode.ev_announced_departure_step[valid] - arrival, levels)
+    return episode.ev_departure_step[valid] - arrival, episode.ev_announced_departure_step[valid] - arrival
