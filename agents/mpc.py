@@ -51,6 +51,13 @@ class ModelPredictiveControl:
     each scenario by its share of the levels (``agents.plan_model.Window``'s checkpoints). The
     margin then moves every scenario. The announcement must be known (not ``ocpp``).
 
+    With ``future_arrivals`` the planner is a privileged teacher: its window also holds the EVs
+    the episode will plug in during it (their port, arrival, announced departure less the margin,
+    SoC and request, from the episode's plug schedule), as the offline optimum knows them. No
+    site can know this when it acts; it measures what arrival knowledge is worth and gives
+    imitation a teacher that plans for the day's later EVs. It plans on announced departures
+    (not with ``departure_quantiles``).
+
     When HiGHS ends without a usable plan (status ``Unknown``, say), the window is solved again
     from scratch with each of ``retry_options`` in turn (HiGHS options: dual simplex, interior
     point, no presolve); when every try fails, that env's decision is the ``fallback`` policy's.
@@ -74,6 +81,7 @@ class ModelPredictiveControl:
             announced departure alone.
         warm_start_limit_s: a solve from the last window's basis running longer than this is
             solved again from scratch (with ``retry_options``, counted in ``solver_retries``).
+        future_arrivals: also plan the EVs the episode plugs in during the window (privileged).
 
     >>> import numpy as np
     >>> from envs.site import load_site
@@ -95,9 +103,14 @@ class ModelPredictiveControl:
     def __init__(self, params: SiteParams, horizon_steps: int = 24, departure_margin_hours: float = 1.0,
                  time_limit_s: float = 1.0, mip_rel_gap: float = 1e-4, fallback=EarliestDeadlineFirst,
                  retry_options: Sequence[Mapping] = RETRY_OPTIONS,
-                 departure_quantiles: Sequence[float] | None = None, warm_start_limit_s: float = 1.0):
+                 departure_quantiles: Sequence[float] | None = None, warm_start_limit_s: float = 1.0,
+                 future_arrivals: bool = False):
         if horizon_steps < 1:
             raise ValueError(f"horizon_steps must be >= 1, got {horizon_steps}")
+        if future_arrivals and departure_quantiles is not None:
+            raise ConfigError("future_arrivals plans on announced departures; "
+                              "leave departure_quantiles unset")
+        self.future_arrivals = bool(future_arrivals)
         self.warm_start_limit_s = float(warm_start_limit_s)
         self.departure_quantiles = (None if departure_quantiles is None
                                     else tuple(map(float, departure_quantiles)))
@@ -183,10 +196,19 @@ class ModelPredictiveControl:
         else:
             steps_left = np.maximum(announced - margin - t, 1)
         length = np.minimum(steps_left, steps)
+        discharge_kw = episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs]
+        min_soc, offset = episode.ev_min_soc[b, evs], np.zeros(len(ports), dtype=np.int64)
+        if self.future_arrivals:
+            now = (ports, evs, offset, soc, remaining, battery, car_kw, announced, steps_left, discharge_kw,
+                   min_soc)
+            (ports, evs, offset, soc, remaining, battery, car_kw, announced, steps_left, discharge_kw,
+             min_soc) = (np.concatenate(pair) for pair in zip(now, self._arrivals(b, steps, margin),
+                                                               strict=True))
+            length = np.minimum(steps_left, steps - offset)
         first = np.cumsum(length) - length
         entry_ev = np.repeat(np.arange(len(ports)), length)
         full_kwh = self.charge_kwh_per_kw[ports] * np.minimum(car_kw, params.port_max_charge_kw[ports])
-        later_kwh = full_kwh * np.maximum(steps_left - steps, 0)
+        later_kwh = full_kwh * np.maximum(steps_left - (steps - offset), 0)
         checkpoints = {}
         if scenarios is not None:
             k = scenarios.shape[1]
@@ -208,14 +230,14 @@ class ModelPredictiveControl:
             carbon_kg_kwh=episode.carbon_kg_kwh[b, window],
             setpoint_kw=episode.setpoint_kw[b, window],
             peak_import_kw=float(self.peak_import_kw[b]),
-            entry_step=np.arange(len(entry_ev)) - np.repeat(first, length),
+            entry_step=np.repeat(offset, length) + np.arange(len(entry_ev)) - np.repeat(first, length),
             entry_port=ports[entry_ev],
             entry_ev=entry_ev,
             ev_soc=soc,
             ev_battery_kwh=battery,
             ev_max_charge_kw=car_kw,
-            ev_max_discharge_kw=episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs],
-            ev_min_soc=episode.ev_min_soc[b, evs],
+            ev_max_discharge_kw=discharge_kw,
+            ev_min_soc=min_soc,
             ev_room_kwh=np.maximum(np.minimum(remaining, (1.0 - soc) * battery), 0.0),
             ev_unmet_base_kwh=remaining - later_kwh,
             ev_counted=(announced <= params.horizon_steps) & (scenarios is None),
@@ -223,6 +245,23 @@ class ModelPredictiveControl:
             start_step=t,
             **checkpoints,
         )
+
+    def _arrivals(self, b: int, steps: int, margin: int) -> tuple:
+        """The EVs env ``b``'s plug schedule plugs in after this step and within ``steps`` (each one's
+        first plug interval): ports, EVs, step offsets, SoC, request, battery, car kW, announced
+        departure, steps left from the offset, discharge kW and min SoC, as ``window`` orders them."""
+        s, episode, t = self.schedule, self.episode, self.t
+        events = np.arange(s.plug_offsets[t + 1], s.plug_offsets[t + steps])
+        events = events[s.plug_env[events] == b]
+        evs, first = np.unique(s.plug_ev[events], return_index=True)
+        events = events[first]
+        offset = np.searchsorted(s.plug_offsets, events, side="right") - 1 - t
+        announced = episode.ev_announced_departure_step[b, evs]
+        return (s.plug_port[events], evs, offset, episode.ev_soc_arrival[b, evs],
+                episode.ev_requested_kwh[b, evs], episode.ev_battery_kwh[b, evs],
+                episode.ev_max_charge_kw[b, evs], announced, np.maximum(announced - margin - t - offset, 1),
+                episode.ev_max_discharge_kw[b, evs] * episode.ev_v2g_consent[b, evs],
+                episode.ev_min_soc[b, evs])
 
     def _decide(self, b: int, obs: np.ndarray) -> np.ndarray:
         if self.solver_fallbacks[b]:  # a fallback step made an import no plan knows: read the peak so far

@@ -28,6 +28,7 @@ from agents.train import BEST_POLICY_DIR
 M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"]  # clone_mpc_12h_m1
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
+ARRIVALS = "+imitation.teacher.future_arrivals=true"  # a teacher that knows the EVs arriving in its window
 UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
 PORT_VALUES = "+agent.policy_kwargs.port_values=true"  # Q critics also sum a term per occupied port
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
@@ -82,6 +83,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_d4_rank": (["experiment=clone_mpc_ranked",
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
     "clone_mpc_12h_m1_peak": ([*M1, PEAK], False),
+    "clone_mpc_12h_m1_arrivals": ([*M1, ARRIVALS], False),
     "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
@@ -136,7 +138,7 @@ def teachers(variants, site: str, params, reference) -> dict:
     from agents.mpc import ModelPredictiveControl
 
     def plan(mpc):
-        return mpc.horizon_steps, mpc.departure_margin_hours
+        return mpc.horizon_steps, mpc.departure_margin_hours, mpc.future_arrivals
 
     out = {}
     for variant in variants:
@@ -146,7 +148,9 @@ def teachers(variants, site: str, params, reference) -> dict:
             continue
         teacher = instantiate(cfg.imitation.teacher, _partial_=True)(params=params)
         if isinstance(teacher, ModelPredictiveControl) and plan(teacher) != plan(reference):
-            out[f"MPC {teacher.horizon_steps} steps, {teacher.departure_margin_hours:g} h margin"] = teacher
+            knows = ", knowing the arrivals" if teacher.future_arrivals else ""
+            name = f"MPC {teacher.horizon_steps} steps, {teacher.departure_margin_hours:g} h margin{knows}"
+            out[name] = teacher
     return out
 
 

@@ -350,3 +350,50 @@ def test_policies_need_begin():
     for policy in (OfflineOptimal(params), ModelPredictiveControl(params)):
         with pytest.raises(RuntimeError, match="begin"):
             policy.predict(obs)
+
+
+def _later_arrival_day():
+    params = tiny_site(ports=[port_group("grid", count=2)],
+                       reward={"demand_charge_eur_per_kw": 0.5, "unmet_eur_per_kwh": 5.0})
+    evs = [ev(departure=8, requested_kwh=3.0), ev(arrival=4, departure=6, requested_kwh=3.0)]
+    return params, make_episode(params, evs, tariff=0.0, price_buy=series(params, 0.3, t0=0.1, t1=0.1))
+
+
+def test_mpc_knowing_the_arrivals_matches_the_optimum_where_the_plain_one_cannot():
+    params, episode = _later_arrival_day()
+    optimum = OfflineOptimal(params)
+    optimum.begin(params, episode)
+    rewards = {}
+    for future_arrivals in (False, True):
+        mpc = ModelPredictiveControl(params, horizon_steps=params.horizon_steps, departure_margin_hours=0.0,
+                                     future_arrivals=future_arrivals)
+        rewards[future_arrivals] = rollout(params, episode, mpc).totals @ params.reward.coefficients()
+    np.testing.assert_allclose(rewards[True], optimum.objective_eur, rtol=1e-5)
+    assert (rewards[False] < optimum.objective_eur - 0.01).all()
+
+
+def test_the_arrivals_window_holds_the_evs_plugging_in_during_it_on_their_ports():
+    params, episode = _later_arrival_day()
+    state = reset(params, episode)
+    for horizon, arrivals in ((6, 1), (4, 0)):
+        mpc = ModelPredictiveControl(params, horizon_steps=horizon, departure_margin_hours=0.0,
+                                     future_arrivals=True)
+        mpc.begin(params, episode)
+        mpc._apply_plug_events(0)
+        window = mpc.window(0, observe(params, state)[0])
+        assert len(window.ev_id) == 1 + arrivals
+        if arrivals:
+            later = window.entry_ev == 1
+            np.testing.assert_array_equal(window.entry_step[later], [4, 5])
+            assert window.ev_room_kwh[1] == pytest.approx(3.0)
+            assert set(window.entry_port[later]) == {episode_port(state, ev_index=1)}
+
+
+def episode_port(state, ev_index):
+    schedule = state.schedule
+    return int(schedule.plug_port[schedule.plug_ev == ev_index][0])
+
+
+def test_future_arrivals_plan_on_announced_departures():
+    with pytest.raises(ValueError, match="future_arrivals"):
+        ModelPredictiveControl(tiny_site(), future_arrivals=True, departure_quantiles=(0.5,))
