@@ -16,9 +16,10 @@ class GuardedVecEnv(VecEnvWrapper):
     stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
     """
 
-    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False):
+    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False,
+                 peak_fill_quantile: float | None = None):
         super().__init__(venv)
-        self.guard = DeadlineGuard(params, margin_hours, fit_headroom)
+        self.guard = DeadlineGuard(params, margin_hours, fit_headroom, peak_fill_quantile)
         self._obs: np.ndarray | None = None
 
     def reset(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.baselines import AsLateAsPossible
+from agents.peak_fill import PeakFill
 from envs.action_layer import fill_in_order, fill_orders
 from envs.errors import ConfigError
 from envs.projection import node_flows
@@ -30,9 +31,16 @@ class DeadlineGuard:
     headroom, least laxity first (``RuleBasedPolicy.fill_in_order``, as the rule baselines
     do), so the policy never asks for power the env would cut and charge as
     ``overload_requested_kwh``; discharge requests are left as they are.
+
+    With ``peak_fill_quantile`` the raised actions then pass through an ``agents.peak_fill.PeakFill``
+    at that price quantile (charging ports raised toward the peak so far while power is cheap),
+    before the headroom fit. ``from_config(params, mapping)`` builds the
+    guard a run, a saved policy or a manifest names (``deadline_guard_hours``,
+    ``guard_fits_headroom``, ``peak_fill_quantile``), or None where it names none.
     """
 
-    def __init__(self, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False):
+    def __init__(self, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False,
+                 peak_fill_quantile: float | None = None):
         if params.action_mode == "priority" or (params.action_mode == "unit" and params.bidirectional):
             raise ConfigError(f"site {params.name!r}: the deadline guard raises signed actions; with "
                               f"action_mode {params.action_mode!r} they mean something else")
@@ -40,6 +48,18 @@ class DeadlineGuard:
         self.margin_hours = float(margin_hours)
         self.fit_headroom = bool(fit_headroom)
         self._alap = AsLateAsPossible(params, margin_hours=margin_hours)
+        self.peak_fill = None if peak_fill_quantile is None else PeakFill(params, peak_fill_quantile)
+
+    @classmethod
+    def from_config(cls, params: SiteParams, config, where: str = "env") -> DeadlineGuard | None:
+        margin, fill = config.get("deadline_guard_hours"), config.get("peak_fill_quantile")
+        if margin is None:
+            if fill is not None:
+                raise ConfigError(f"{where}.peak_fill_quantile acts inside the deadline guard: set "
+                                  f"{where}.deadline_guard_hours too")
+            return None
+        return cls(params, float(margin), bool(config.get("guard_fits_headroom")),
+                   None if fill is None else float(fill))
 
     def apply(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         rules = self._alap
@@ -55,6 +75,8 @@ class DeadlineGuard:
             floor = floor[0]
         actions = np.asarray(actions, dtype=np.float32)
         actions = np.where(floor > 0.0, np.maximum(actions, floor), actions)
+        if self.peak_fill is not None:
+            actions = self.peak_fill.apply(batch, actions.reshape(max_charge.shape)).reshape(actions.shape)
         if not self.fit_headroom:
             return actions
         request = np.maximum(actions.reshape(max_charge.shape), 0.0) * max_charge
@@ -99,12 +121,15 @@ class GuardedPolicy:
     policy's actions. It measures what a margin costs a planner (MPC behind the guard is the
     ceiling of a clone of MPC behind it: ``scripts/bench_guard.py``). With ``departure_level``
     the guard reads the observation through that ``agents.departure_view.DepartureView``, as a
-    clone trained on the view does (the inner policy still reads it as it is).
+    clone trained on the view does (the inner policy still reads it as it is). With
+    ``peak_fill_quantile`` the guard fills toward the peak so far (``agents.peak_fill.PeakFill``).
     """
 
-    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True, departure_level=None):
+    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True, departure_level=None,
+                 peak_fill_quantile: float | None = None):
         self.policy = policy
         self.margin_hours, self.fit_headroom = float(margin_hours), bool(fit_headroom)
+        self.peak_fill_quantile = peak_fill_quantile
         self.departure_level = departure_level
         self.guard: DeadlineGuard | None = None
         self.view = None
@@ -113,7 +138,7 @@ class GuardedPolicy:
         begin = getattr(self.policy, "begin", None)
         if callable(begin):
             begin(params, episode)
-        self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom)
+        self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom, self.peak_fill_quantile)
         if self.departure_level is not None:
             from agents.departure_view import DepartureView
 

@@ -66,11 +66,9 @@ class TrainedPolicy:
                 f"cannot act on site {params.name!r} with action_mode {params.action_mode!r}: its actions "
                 "would mean something else there")
         self._off_below_zero = trained_mode == "signed" and params.action_mode == "unit"
-        margin = self.config.get("deadline_guard_hours")
-        if margin is not None:
-            from agents.guards import DeadlineGuard
+        from agents.guards import DeadlineGuard
 
-            self.guard = DeadlineGuard(params, float(margin), bool(self.config.get("guard_fits_headroom")))
+        self.guard = DeadlineGuard.from_config(params, self.config, "policy")
         if self.config.get("departure_level") is not None:
             from agents.departure_view import DepartureView
 

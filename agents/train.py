@@ -95,11 +95,14 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
         from agents.viewed_env import DepartureViewVecEnv
 
         venv = DepartureViewVecEnv(venv, params, level)
-    margin = env_cfg.get("deadline_guard_hours")
-    if margin is not None:
+    from agents.guards import DeadlineGuard
+
+    guard = DeadlineGuard.from_config(params, env_cfg)
+    if guard is not None:
         from agents.guarded_env import GuardedVecEnv
 
-        venv = GuardedVecEnv(venv, params, float(margin), bool(env_cfg.get("guard_fits_headroom")))
+        venv = GuardedVecEnv(venv, params, guard.margin_hours, guard.fit_headroom,
+                             env_cfg.get("peak_fill_quantile"))
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
         from stable_baselines3.common.vec_env import VecNormalize
 
@@ -211,12 +214,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
         from agents.imitation import pretrain
 
         rewarded = training_params(params, cfg["env"])
-        scale, margin = cfg["env"].get("reward_scale"), cfg["env"].get("deadline_guard_hours")
-        guard = None
-        if margin is not None:
-            from agents.guards import DeadlineGuard
+        from agents.guards import DeadlineGuard
 
-            guard = DeadlineGuard(params, float(margin), bool(cfg["env"].get("guard_fits_headroom")))
+        scale, guard = cfg["env"].get("reward_scale"), DeadlineGuard.from_config(params, cfg["env"])
         view = None
         if cfg["env"].get("departure_level") is not None:
             from agents.departure_view import DepartureView
@@ -307,6 +307,7 @@ def policy_config(cfg: Mapping[str, Any], params: SiteParams) -> dict:
         "site_bidirectional": bool(params.bidirectional),
         "deadline_guard_hours": cfg["env"].get("deadline_guard_hours"),
         "guard_fits_headroom": bool(cfg["env"].get("guard_fits_headroom", False)),
+        "peak_fill_quantile": cfg["env"].get("peak_fill_quantile"),
         "departure_level": cfg["env"].get("departure_level"),
     }
 

@@ -29,6 +29,7 @@ M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
 ARRIVALS = "+imitation.teacher.future_arrivals=true"  # a teacher that knows the EVs arriving in its window
+FILL = "env.peak_fill_quantile=0.5"  # the guard fills up to the peak so far at or below the median price
 UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
 PORT_VALUES = "+agent.policy_kwargs.port_values=true"  # Q critics also sum a term per occupied port
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
@@ -84,6 +85,9 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
                                   "imitation.teacher.departure_margin_hours=1.0"], False),
     "clone_mpc_12h_m1_peak": ([*M1, PEAK], False),
     "clone_mpc_12h_m1_arrivals": ([*M1, ARRIVALS], False),
+    "clone_mpc_12h_m1_fill": ([*M1, FILL], False),
+    "clone_mpc_12h_m1_fill_ft_slow": ([*M1_FT, FILL, "agent.learning_rate=2.0e-5"], True),
+    "clone_mpc_12h_m1_arrivals_ft_slow": ([*M1_FT, ARRIVALS, "agent.learning_rate=2.0e-5"], True),
     "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
@@ -91,8 +95,9 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     **{variant: "clone_mpc_12h_m1" for variant, (overrides, _) in VARIANTS.items()
-       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides},
+       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides and ARRIVALS not in overrides},
     "clone_mpc_12h_m1_peak_ft_slow": "clone_mpc_12h_m1_peak",
+    "clone_mpc_12h_m1_arrivals_ft_slow": "clone_mpc_12h_m1_arrivals",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 

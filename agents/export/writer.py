@@ -108,7 +108,7 @@ def export_policy(run: str | Path, out: str | Path, site: SiteParams | str | Pat
     }
     manifest = build_manifest(params, policy, _fallback_entry(fallback or DEFAULT_FALLBACK, params),
                               config.get("deadline_guard_hours"), bool(config.get("guard_fits_headroom")),
-                              config.get("departure_level"))
+                              config.get("departure_level"), config.get("peak_fill_quantile"))
     return write_manifest(out, manifest)
 
 
@@ -159,10 +159,12 @@ def export_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guard_hours,
-                   guard_fits_headroom: bool, departure_level=None) -> dict[str, Any]:
-    """The manifest; ``guard_hours`` (None: no guard) and ``guard_fits_headroom`` are the
-    ``agents.guards.DeadlineGuard`` the policy acts behind, ``departure_level`` (None: the
-    announced departure) the ``agents.departure_view.DepartureView`` it and the guard read."""
+                   guard_fits_headroom: bool, departure_level=None,
+                   peak_fill_quantile=None) -> dict[str, Any]:
+    """The manifest; ``guard_hours`` (None: no guard), ``guard_fits_headroom`` and
+    ``peak_fill_quantile`` (None: no fill) are the ``agents.guards.DeadlineGuard`` the policy acts
+    behind, ``departure_level`` (None: the announced departure) the
+    ``agents.departure_view.DepartureView`` it and the guard read."""
     guarded = guard_hours is not None
     return {
         "format_version": FORMAT_VERSION,
@@ -170,6 +172,8 @@ def build_manifest(params: SiteParams, policy: dict | None, fallback: dict, guar
         "fallback": fallback,
         "deadline_guard_hours": float(guard_hours) if guarded else None,
         "guard_fits_headroom": bool(guard_fits_headroom) and guarded,
+        "peak_fill_quantile": (float(peak_fill_quantile) if guarded and peak_fill_quantile is not None
+                               else None),
         "departure_level": None if departure_level is None else float(departure_level),
         "action": {"mode": ACTION_MODE, "meaning": ACTION_MEANING, "shape": ["batch", params.num_ports],
                    "low": -1.0, "high": 1.0, "port_order": "site.topology.port_names"},

@@ -110,13 +110,9 @@ class Scheduler:
         if params.observability != "full" and params.bidirectional:
             self.full_view = dataclasses.replace(params, observability="full")
             self.soc_estimated = observation_layout(params)["soc_estimated"]
-        margin = self.manifest.get("deadline_guard_hours")
-        self.guard = None
-        if margin is not None:
-            from agents.guards import DeadlineGuard
+        from agents.guards import DeadlineGuard
 
-            fits = bool(self.manifest.get("guard_fits_headroom"))
-            self.guard = DeadlineGuard(params, float(margin), fits)
+        self.guard = DeadlineGuard.from_config(params, self.manifest, "manifest")
         self.view = None
         if self.manifest.get("departure_level") is not None:
             from agents.departure_view import DepartureView
