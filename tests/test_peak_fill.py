@@ -57,7 +57,8 @@ def test_the_fill_leaves_actions_alone_when_import_is_dear_or_not_below_the_peak
 
 def test_a_site_without_a_demand_charge_is_left_alone():
     caltech = load_site("caltech")
-    obs = observe(caltech, reset(caltech, generator_for(caltech).sample(caltech, np.random.default_rng(0), 1)))
+    day = generator_for(caltech).sample(caltech, np.random.default_rng(0), 1)
+    obs = observe(caltech, reset(caltech, day))
     asked = np.full((1, caltech.num_ports), 0.3, dtype=np.float32)
     np.testing.assert_array_equal(PeakFill(caltech, 0.5).apply(obs, asked), asked)
 
