@@ -40,20 +40,29 @@ class PeakFill:
         if not self.active:
             return actions
         batch = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+        layout = self.layout
+        prices = np.sort(batch[:, layout["price_buy_eur_kwh"]], axis=1)
+        at = self.price_quantile * (prices.shape[1] - 1)
+        low = int(at)
+        high = min(low + 1, prices.shape[1] - 1)
+        threshold = prices[:, low] + (at - low) * (prices[:, high] - prices[:, low])
+        cheap = batch[:, layout["price_buy_eur_kwh"].start] <= threshold
+        if not cheap.any():
+            return actions
         fractions = actions.reshape(len(batch), self.params.num_ports).astype(np.float64)
-        max_charge = batch[:, self.layout["max_charge_kw"]]
+        max_charge = batch[:, layout["max_charge_kw"]]
         charge = np.maximum(fractions, 0.0) * max_charge
-        discharge = np.minimum(fractions, 0.0) * batch[:, self.layout["max_discharge_kw"]]
-        root_headroom = batch[:, self.layout["node_headroom_kw"]][:, 0]
+        discharge = np.minimum(fractions, 0.0) * batch[:, layout["max_discharge_kw"]]
+        root_headroom = batch[:, layout["node_headroom_kw"].start]
         ev_kw = charge.sum(axis=1) + discharge.sum(axis=1)
         site_import = self.params.node_import_limit_kw[0] - root_headroom + ev_kw
-        prices = batch[:, self.layout["price_buy_eur_kwh"]]
-        cheap = prices[:, 0] <= np.quantile(prices, self.price_quantile, axis=1)
-        below_peak = batch[:, self.layout[PEAK_FIELD]][:, 0] - site_import
-        grant = np.where(cheap, np.clip(np.minimum(below_peak, root_headroom - ev_kw), 0.0, None), 0.0)
+        below_peak = batch[:, layout[PEAK_FIELD].start] - site_import
+        grant = np.where(cheap, np.minimum(below_peak, root_headroom - ev_kw), 0.0)
+        if not (grant > 0.0).any():
+            return actions
         room = np.where(charge > 0.0, np.maximum(max_charge - charge, 0.0), 0.0)
         total = room.sum(axis=1)
-        share = np.divide(np.minimum(grant, total), total, out=np.zeros_like(total), where=total > 0)
+        share = np.divide(np.clip(grant, 0.0, total), total, out=np.zeros_like(total), where=total > 0)
         filled = np.divide(charge + share[:, None] * room, max_charge, out=np.zeros_like(charge),
                            where=max_charge > 0)
         out = np.where(charge > 0.0, np.minimum(filled, 1.0), fractions).astype(np.float32)

@@ -55,6 +55,18 @@ def test_the_fill_leaves_actions_alone_when_import_is_dear_or_not_below_the_peak
     np.testing.assert_array_equal(PeakFill(PARAMS, 0.5).apply(obs, ASKED), ASKED)
 
 
+@pytest.mark.parametrize("quantile", [0.0, 0.3, 0.5, 0.9, 1.0])
+def test_the_price_is_cheap_at_or_below_the_quantile_numpy_computes(quantile):
+    rng = np.random.default_rng(int(quantile * 10))
+    width = LAYOUT["price_buy_eur_kwh"].stop - LAYOUT["price_buy_eur_kwh"].start
+    for _ in range(50):
+        prices = np.round(rng.uniform(0.05, 0.4, width), 2)
+        filled = PeakFill(PARAMS, quantile).apply(observation(prices=tuple(prices)), ASKED)
+        seen = prices.astype(np.float32).astype(np.float64)  # as the observation holds them
+        cheap = seen[0] <= np.quantile(seen, quantile)
+        assert (filled[0] > ASKED[0]) == cheap
+
+
 def test_a_site_without_a_demand_charge_is_left_alone():
     caltech = load_site("caltech")
     day = generator_for(caltech).sample(caltech, np.random.default_rng(0), 1)
