@@ -32,6 +32,9 @@ RUNS = {
     "per_port_view": [*QUICK, "agent=ppo_perport", "env=physical", "env.deadline_guard_hours=1.0",
                       "env.departure_level=0.2"],
     "mlp": QUICK,  # SB3's MlpPolicy behind VecNormalize (env=default)
+    "per_port_fill": [*QUICK, "site=v2g_workplace", "agent=ppo_perport", "env=physical",
+                      "env.deadline_guard_hours=1.0", "env.guard_fits_headroom=true",
+                      "env.peak_fill_quantile=0.5"],
 }
 SEED_SITE = {"horizon_steps": 24, "start_hour": 7}  # TINY's site overrides
 

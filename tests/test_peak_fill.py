@@ -144,3 +144,25 @@ def test_a_run_trains_and_saves_its_policy_behind_the_fill(tmp_path):
     assert policy.guard.peak_fill.price_quantile == 0.5
     with pytest.raises(ConfigError, match="env.deadline_guard_hours"):
         train(train_config(*overrides[:-2], "env.peak_fill_quantile=0.5"), tmp_path / "bad")
+
+
+def test_an_episode_through_the_scheduler_fills_as_the_trained_policy_does():
+    from test_export import SEED_SITE, exported, trained_run
+    from test_scheduler import ThroughScheduler
+
+    from agents import load_policy
+    from agents.evaluate import evaluate
+    from agents.scheduler import Scheduler
+
+    params = load_site("v2g_workplace", **SEED_SITE)
+    filling = load_policy(trained_run("per_port_fill"))
+    plain = load_policy(trained_run("per_port_fill"))
+    plain.config["peak_fill_quantile"] = None
+    runtime = ThroughScheduler(Scheduler(exported("per_port_fill"), params))
+    assert runtime.scheduler.guard.peak_fill.price_quantile == 0.5
+    table = evaluate({"trained": filling, "runtime": runtime, "plain": plain}, params, num_episodes=2, seed=3)
+    assert runtime.fell_back == 0
+    physical = table.drop(columns=["wall_s", "score", "reward_eur"]).to_numpy(float)
+    np.testing.assert_allclose(physical[1], physical[0], rtol=1e-6, atol=1e-6)
+    assert table.loc["trained", "reward_eur"] == pytest.approx(table.loc["runtime", "reward_eur"], rel=1e-6)
+    assert table.loc["trained", "energy_delivered_kwh"] > table.loc["plain", "energy_delivered_kwh"] + 0.1
