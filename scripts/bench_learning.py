@@ -87,6 +87,7 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_arrivals": ([*M1, ARRIVALS], False),
     "clone_mpc_12h_m1_fill": ([*M1, FILL], False),
     "clone_mpc_12h_m1_fill_ft_slow": ([*M1_FT, FILL, "agent.learning_rate=2.0e-5"], True),
+    "clone_mpc_12h_m1_arrivals_fill_ft_slow": ([*M1_FT, ARRIVALS, FILL, "agent.learning_rate=2.0e-5"], True),
     "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
@@ -94,8 +95,9 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     **{variant: "clone_mpc_12h_m1" for variant, (overrides, _) in VARIANTS.items()
-       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides},
+       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides and ARRIVALS not in overrides},
     "clone_mpc_12h_m1_peak_ft_slow": "clone_mpc_12h_m1_peak",
+    "clone_mpc_12h_m1_arrivals_fill_ft_slow": "clone_mpc_12h_m1_arrivals",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 

@@ -68,6 +68,27 @@ def runs_with_config(runs: Iterable[Path], key: str, values: Iterable, describe)
     return policies
 
 
+def score_acting_config(description: str, key: str, flag: str, site: str, values: Sequence[float],
+                        rules: Sequence[str], describe) -> None:
+    """The command line of a script that scores trained runs (``--runs``) as they are and with their
+    saved config's ``key`` set to each of ``flag``'s values when they act (``runs_with_config``),
+    beside uncontrolled charging, ``--policies`` (reference names, default ``rules``) and the
+    offline optimum on ``--site``'s days; prints the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--site", default=site)
+    parser.add_argument(flag, dest="values", nargs="*", type=float, default=list(values))
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--policies", nargs="*", default=list(rules))
+    add_day_arguments(parser)
+    args = parser.parse_args()
+    scored = ScoredSite(args.site)
+    policies = {name: scored.reference(name) for name in ("uncontrolled", *args.policies, "offline_optimal")}
+    policies.update(runs_with_config(args.runs, key, args.values, describe))
+    scored.print_scores(args.site, policies, args.test_episodes, args.test_seed)
+
+
 def add_day_arguments(parser) -> None:
     """``--test-episodes`` and ``--test-seed`` on ``parser``, defaulting to the held-out test days."""
     parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES)

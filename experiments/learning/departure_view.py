@@ -14,30 +14,17 @@ ratios of sums against uncontrolled charging and the offline optimum, as in ``sc
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from learning_days import ScoredSite, add_day_arguments, runs_with_config  # noqa: E402
+from learning_days import score_acting_config  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site", default="jpl")
-    parser.add_argument("--levels", nargs="*", type=float, default=[0.2])
-    parser.add_argument("--runs", nargs="+", type=Path, required=True)
-    parser.add_argument("--policies", nargs="*", default=["price_aware"])
-    add_day_arguments(parser)
-    args = parser.parse_args()
-
-    site = ScoredSite(args.site)
-    names = ["uncontrolled", *args.policies, "offline_optimal"]
-    policies = {name: site.reference(name) for name in names}
-    policies.update(runs_with_config(args.runs, "departure_level", args.levels,
-                                     lambda level: f"reading the {level:g} quantile"))
-    site.print_scores(args.site, policies, args.test_episodes, args.test_seed)
+    score_acting_config(__doc__.splitlines()[0], "departure_level", "--levels", "jpl", [0.2],
+                        ["price_aware"], lambda level: f"reading the {level:g} quantile")
 
 
 if __name__ == "__main__":

@@ -15,30 +15,18 @@ the offline optimum, as in ``scripts/bench_learning.py``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from learning_days import ScoredSite, add_day_arguments, runs_with_config  # noqa: E402
+from learning_days import score_acting_config  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site", default="v2g_workplace")
-    parser.add_argument("--quantiles", nargs="*", type=float, default=[0.5])
-    parser.add_argument("--runs", nargs="+", type=Path, required=True)
-    parser.add_argument("--policies", nargs="*", default=["price_aware", "model_predictive_control"])
-    add_day_arguments(parser)
-    args = parser.parse_args()
-
-    site = ScoredSite(args.site)
-    names = ["uncontrolled", *args.policies, "offline_optimal"]
-    policies = {name: site.reference(name) for name in names}
-    policies.update(runs_with_config(args.runs, "peak_fill_quantile", args.quantiles,
-                                     lambda quantile: f"filling at the {quantile:g} price quantile"))
-    site.print_scores(args.site, policies, args.test_episodes, args.test_seed)
+    score_acting_config(__doc__.splitlines()[0], "peak_fill_quantile", "--quantiles", "v2g_workplace", [0.5],
+                        ["price_aware", "model_predictive_control"],
+                        lambda quantile: f"filling at the {quantile:g} price quantile")
 
 
 if __name__ == "__main__":
