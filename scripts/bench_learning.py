@@ -88,6 +88,8 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_fill": ([*M1, FILL], False),
     "clone_mpc_12h_m1_fill_ft_slow": ([*M1_FT, FILL, "agent.learning_rate=2.0e-5"], True),
     "clone_mpc_12h_m1_arrivals_fill_ft_slow": ([*M1_FT, ARRIVALS, FILL, "agent.learning_rate=2.0e-5"], True),
+    "clone_mpc_12h_m1_fill_ft_slow_peak": ([*M1_FT, FILL, "agent.learning_rate=2.0e-5",
+                                            "+env.reward.demand_charge_eur_per_kw=0.3"], True),
     "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
