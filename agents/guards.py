@@ -34,7 +34,7 @@ class DeadlineGuard:
 
     With ``peak_fill_quantile`` the raised actions then pass through an ``agents.peak_fill.PeakFill``
     at that price quantile (charging ports raised toward the peak so far while power is cheap),
-    before the headroom fit. ``from_config(params, mapping)`` builds the
+    before the headroom fit, which it needs (``fit_headroom``). ``from_config(params, mapping)`` builds the
     guard a run, a saved policy or a manifest names (``deadline_guard_hours``,
     ``guard_fits_headroom``, ``peak_fill_quantile``), or None where it names none.
     """
@@ -48,6 +48,9 @@ class DeadlineGuard:
         self.margin_hours = float(margin_hours)
         self.fit_headroom = bool(fit_headroom)
         self._alap = AsLateAsPossible(params, margin_hours=margin_hours)
+        if peak_fill_quantile is not None and not fit_headroom:
+            raise ConfigError("peak_fill_quantile needs guard_fits_headroom: true (the guard fits the "
+                              "power the fill adds into every node's headroom)")
         self.peak_fill = None if peak_fill_quantile is None else PeakFill(params, peak_fill_quantile)
 
     @classmethod

@@ -88,6 +88,8 @@ def test_bad_settings_are_refused_by_name():
         PeakFill(PARAMS, 1.5)
     with pytest.raises(ConfigError, match="env.deadline_guard_hours"):
         DeadlineGuard.from_config(PARAMS, {"peak_fill_quantile": 0.5})
+    with pytest.raises(ConfigError, match="guard_fits_headroom"):
+        DeadlineGuard.from_config(PARAMS, {"deadline_guard_hours": 1.0, "peak_fill_quantile": 0.5})
     assert DeadlineGuard.from_config(PARAMS, {}) is None
 
 
@@ -107,7 +109,8 @@ def test_the_guard_manifest_and_policy_config_carry_the_fill():
 def test_over_random_rollouts_the_fill_only_raises_charging_and_never_the_peak():
     params = load_site("v2g_workplace", horizon_steps=48, start_hour=6)
     episode = generator_for(params).sample(params, np.random.default_rng(3), 3)
-    plain, filling = DeadlineGuard(params, 1.0), DeadlineGuard(params, 1.0, peak_fill_quantile=0.75)
+    plain = DeadlineGuard(params, 1.0, fit_headroom=True)
+    filling = DeadlineGuard(params, 1.0, fit_headroom=True, peak_fill_quantile=0.75)
     rng, state, raised = np.random.default_rng(4), reset(params, episode), 0
     while state.t < params.horizon_steps:
         obs = observe(params, state)
@@ -129,8 +132,8 @@ def test_a_run_trains_and_saves_its_policy_behind_the_fill(tmp_path):
     from tests.test_train import TINY, train_config
 
     overrides = [*TINY, "site=v2g_workplace", "agent=ppo_perport", "env=physical", "total_timesteps=96",
-                 "eval_freq=0", "checkpoint_freq=0", "env.deadline_guard_hours=1.0",
-                 "env.peak_fill_quantile=0.5"]
+                 "eval_freq=0", "checkpoint_freq=0", "env.guard_fits_headroom=true",
+                 "env.deadline_guard_hours=1.0", "env.peak_fill_quantile=0.5"]
     cfg = train_config(*overrides)
     venv = build_env(cfg, site_params(cfg))
     while not isinstance(venv, GuardedVecEnv):
