@@ -28,7 +28,7 @@ from agents.train import BEST_POLICY_DIR
 M1 = ["experiment=clone_mpc_12h", "imitation.teacher.departure_margin_hours=1.0"]  # clone_mpc_12h_m1
 M1_FT = [*M1, "+agent.policy_kwargs.occupied_likelihood=true", "env.controllable_reward=true"]  # its PPO
 PEAK = "+agent.policy_kwargs.peak_room=true"
-ARRIVALS = "+imitation.teacher.future_arrivals=true"  # a teacher that knows the EVs arriving in its window
+ARRIVALS = "imitation.teacher.future_arrivals=true"  # a teacher that knows the EVs arriving in its window
 FILL = "env.peak_fill_quantile=0.5"  # the guard fills up to the peak so far at or below the median price
 UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
 PORT_VALUES = "+agent.policy_kwargs.port_values=true"  # Q critics also sum a term per occupied port
