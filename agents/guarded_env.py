@@ -6,20 +6,18 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from agents.guards import DeadlineGuard
-from envs.site import SiteParams
 
 
 class GuardedVecEnv(VecEnvWrapper):
-    """An SB3 ``VecEnv`` whose actions pass through a ``DeadlineGuard`` on the raw observation.
+    """An SB3 ``VecEnv`` whose actions pass through ``guard`` (a ``DeadlineGuard``) on the raw observation.
 
     Wrap the env before any normalization, so the guard reads physical units; the learner
     stores its own (unguarded) actions, and the guard acts as part of the env's dynamics.
     """
 
-    def __init__(self, venv, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False,
-                 peak_fill_quantile: float | None = None):
+    def __init__(self, venv, guard: DeadlineGuard):
         super().__init__(venv)
-        self.guard = DeadlineGuard(params, margin_hours, fit_headroom, peak_fill_quantile)
+        self.guard = guard
         self._obs: np.ndarray | None = None
 
     def reset(self):

@@ -32,11 +32,12 @@ class DeadlineGuard:
     do), so the policy never asks for power the env would cut and charge as
     ``overload_requested_kwh``; discharge requests are left as they are.
 
-    With ``peak_fill_quantile`` the raised actions then pass through an ``agents.peak_fill.PeakFill``
-    at that price quantile (charging ports raised toward the peak so far while power is cheap),
-    before the headroom fit, which it needs (``fit_headroom``). ``from_config(params, mapping)`` builds the
-    guard a run, a saved policy or a manifest names (``deadline_guard_hours``,
-    ``guard_fits_headroom``, ``peak_fill_quantile``), or None where it names none.
+    With ``peak_fill_quantile`` the raised actions then pass through an
+    ``agents.peak_fill.PeakFill`` at that price quantile (charging ports raised toward the peak so
+    far while power is cheap), before the headroom fit, which it needs (``fit_headroom``).
+    ``from_config(params, mapping)`` builds the guard a run, a saved policy or a manifest names
+    (``deadline_guard_hours``, ``guard_fits_headroom``, ``peak_fill_quantile``), or None where it
+    names none.
     """
 
     def __init__(self, params: SiteParams, margin_hours: float = 0.0, fit_headroom: bool = False,
@@ -124,15 +125,12 @@ class GuardedPolicy:
     policy's actions. It measures what a margin costs a planner (MPC behind the guard is the
     ceiling of a clone of MPC behind it: ``scripts/bench_guard.py``). With ``departure_level``
     the guard reads the observation through that ``agents.departure_view.DepartureView``, as a
-    clone trained on the view does (the inner policy still reads it as it is). With
-    ``peak_fill_quantile`` the guard fills toward the peak so far (``agents.peak_fill.PeakFill``).
+    clone trained on the view does (the inner policy still reads it as it is).
     """
 
-    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True, departure_level=None,
-                 peak_fill_quantile: float | None = None):
+    def __init__(self, policy, margin_hours: float = 0.0, fit_headroom: bool = True, departure_level=None):
         self.policy = policy
         self.margin_hours, self.fit_headroom = float(margin_hours), bool(fit_headroom)
-        self.peak_fill_quantile = peak_fill_quantile
         self.departure_level = departure_level
         self.guard: DeadlineGuard | None = None
         self.view = None
@@ -141,7 +139,7 @@ class GuardedPolicy:
         begin = getattr(self.policy, "begin", None)
         if callable(begin):
             begin(params, episode)
-        self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom, self.peak_fill_quantile)
+        self.guard = DeadlineGuard(params, self.margin_hours, self.fit_headroom)
         if self.departure_level is not None:
             from agents.departure_view import DepartureView
 

@@ -101,8 +101,7 @@ def build_env(cfg: Mapping[str, Any], params: SiteParams):
     if guard is not None:
         from agents.guarded_env import GuardedVecEnv
 
-        venv = GuardedVecEnv(venv, params, guard.margin_hours, guard.fit_headroom,
-                             env_cfg.get("peak_fill_quantile"))
+        venv = GuardedVecEnv(venv, guard)
     if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
         from stable_baselines3.common.vec_env import VecNormalize
 

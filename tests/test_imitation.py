@@ -122,7 +122,7 @@ def test_a_guard_margin_raises_more_ports_earlier():
 
 def test_guarded_env_steps_the_guarded_action():
     plain = SmartChargingVecEnv(4, site=PARAMS, step_info=False)
-    guarded = GuardedVecEnv(SmartChargingVecEnv(4, site=PARAMS, step_info=False), PARAMS)
+    guarded = GuardedVecEnv(SmartChargingVecEnv(4, site=PARAMS, step_info=False), DeadlineGuard(PARAMS))
     for env in (plain, guarded):
         env.seed(0)
     obs = plain.reset()
