@@ -32,6 +32,7 @@ ARRIVALS = "imitation.teacher.future_arrivals=true"  # a teacher that knows the 
 FILL = "env.peak_fill_quantile=0.5"  # the guard fills up to the peak so far at or below the median price
 UNIT = "+site.overrides.action_mode=unit"  # trains on [0, 1] = off .. full; scored on the site as it is
 PORT_VALUES = "+agent.policy_kwargs.port_values=true"  # Q critics also sum a term per occupied port
+DAYS_2K = "imitation.episodes=2048"  # four times the demonstration days of clone_mpc_12h
 VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps sets its length)
     "mlp_ppo": (["agent=ppo"], True),
     "perport_ppo": (["agent=ppo_perport", "env=physical"], True),
@@ -91,15 +92,18 @@ VARIANTS = {  # overrides, and whether the variant runs RL (then --timesteps set
     "clone_mpc_12h_m1_fill_ft_slow_peak": ([*M1_FT, FILL, "agent.learning_rate=2.0e-5",
                                             "+env.reward.demand_charge_eur_per_kw=0.3"], True),
     "clone_mpc_12h_m1_peak_ft_slow": ([*M1_FT, PEAK, "agent.learning_rate=2.0e-5"], True),
+    "clone_mpc_12h_m1_2k": ([*M1, DAYS_2K], False),
+    "clone_mpc_12h_m1_2k_fill_ft_slow": ([*M1_FT, DAYS_2K, FILL, "agent.learning_rate=2.0e-5"], True),
 }
 STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out) RL fine-tunes
     "clone_mpc_ft": "clone_mpc",
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     **{variant: "clone_mpc_12h_m1" for variant, (overrides, _) in VARIANTS.items()
-       if overrides[:len(M1_FT)] == M1_FT and PEAK not in overrides and ARRIVALS not in overrides},
+       if overrides[:len(M1_FT)] == M1_FT and not {PEAK, ARRIVALS, DAYS_2K} & set(overrides)},
     "clone_mpc_12h_m1_peak_ft_slow": "clone_mpc_12h_m1_peak",
     "clone_mpc_12h_m1_arrivals_fill_ft_slow": "clone_mpc_12h_m1_arrivals",
+    "clone_mpc_12h_m1_2k_fill_ft_slow": "clone_mpc_12h_m1_2k",
 }
 RULES = ("earliest_deadline_first", "price_threshold", "price_aware", "v2g_arbitrage")
 
