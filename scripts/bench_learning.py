@@ -100,7 +100,7 @@ STARTS_FROM = {  # variant: the variant whose run of the same seed (under --out)
     "clone_mpc_12h_ft": "clone_mpc_12h",
     "clone_mpc_12h_d4_ft": "clone_mpc_12h_d4",
     **{variant: "clone_mpc_12h_m1" for variant, (overrides, _) in VARIANTS.items()
-       if overrides[:len(M1_FT)] == M1_FT and not {PEAK, ARRIVALS, DAYS_2K} & set(overrides)},
+       if overrides[:len(M1_FT)] == M1_FT},  # the clone_mpc_12h_m1 fine-tunings; the entries below override
     "clone_mpc_12h_m1_peak_ft_slow": "clone_mpc_12h_m1_peak",
     "clone_mpc_12h_m1_arrivals_fill_ft_slow": "clone_mpc_12h_m1_arrivals",
     "clone_mpc_12h_m1_2k_fill_ft_slow": "clone_mpc_12h_m1_2k",
